@@ -12,9 +12,10 @@ from geopd.plan import build_jobs, select, summarize
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
-def dry_run(repo, *args, cwd=None):
-    proc = subprocess.run([SNAKEMAKE, "-n", "--quiet", "rules", *args], cwd=cwd or repo,
-                          capture_output=True, text=True, timeout=300)
+def dry_run(repo, *args, workdir):
+    """A dry run in an empty working directory: outputs of a real run in the repo don't count."""
+    proc = subprocess.run([SNAKEMAKE, "-n", "--quiet", "rules", "-s", str(repo / "Snakefile"), "-d", str(workdir),
+                           *args], cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -30,8 +31,8 @@ def job_counts(text: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
-def test_dry_run_matches_planner(repo, configfile):
-    out = dry_run(repo, "--configfile", configfile)
+def test_dry_run_matches_planner(repo, configfile, tmp_path):
+    out = dry_run(repo, "--configfile", str(repo / configfile), workdir=tmp_path)
     counts = job_counts(out)
     counts.pop("all")
     planned = summarize(build_jobs(Grid.from_file(repo / configfile)))["per_rule"]
@@ -45,7 +46,7 @@ def test_paper_dry_run_trains_every_spec_row(repo):
                           cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert job_counts(proc.stdout) == {"train": 26, "prepare_data": 3}
-    trained = set(re.findall(r"results/runs/([^/\s,]+)/checkpoints", proc.stdout))
+    trained = set(re.findall(r"results/paper/runs/([^/\s,]+)/checkpoints", proc.stdout))
     assert trained == set(grid.runs)
 
 

@@ -4,11 +4,13 @@ Slurm profile (slurm/config.yaml) by a throwaway two-rule workflow.
 Skips with the script's own one-line reason where this OS cannot run the cluster
 (exit code 3); set GEOPD_REQUIRE_SLURM=1 (CI) to turn that skip into a failure.
 """
+import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,160 @@ def test_profile_puts_rules_on_their_partitions_with_their_gres(slurm_conf, tmp_
     assert _field(cpu, "MinMemoryNode") == "1000M"   # profile: mem_mb = 1000 * attempt
     assert _field(cpu, "TimeLimit") == "00:30:00"    # profile: runtime = 30 * attempt
     assert sorted(re.findall(r"^TASK=(\S+)$", cpu, re.M)) == ["0/2", "1/2"]
+
+
+# ---- a slice of the miniature grid through `snakemake --profile slurm` ------------------------
+
+SLICE = REPO / "tests" / "configs" / "slurm-slice.yaml"
+TIMEOUT = REPO / "tests" / "configs" / "slurm-timeout.yaml"
+SFT_STATE = "results/runs/sft-8b/state"
+SFT_FINAL = "results/runs/sft-8b/checkpoints/step-6/model.safetensors"
+
+
+def _grid_cmd(workdir: Path, *extra: str, configfiles=(SLICE,)) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--profile", str(PROFILE), "-s", str(REPO / "Snakefile"),
+            "-d", str(workdir), "--configfile", *map(str, configfiles),
+            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+            *extra]
+
+
+def _grid(workdir: Path, slurm_conf: str, *extra: str, configfiles=(SLICE,), env=None, timeout=600):
+    env = dict(os.environ, SLURM_CONF=slurm_conf, **(env or {}))
+    run = subprocess.run(_grid_cmd(workdir, *extra, configfiles=configfiles), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    return run
+
+
+def _jobs() -> list[dict]:
+    """Every job squeue still remembers (MinJobAge): id, state, partition, gres, rule."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%P|%b|%C|%k"], capture_output=True,
+                         text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        job, state, part, gres, cpus, comment = line.split("|", 5)
+        rows.append({"id": job, "state": state, "partition": part, "gres": gres, "cpus": int(cpus),
+                     "comment": comment})
+    return rows
+
+
+def _show(job: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def grid_slice(slurm_conf, tmp_path_factory):
+    """The slice, run once; the squeue view of its jobs is taken right after (MinJobAge)."""
+    workdir = tmp_path_factory.mktemp("slurm-slice")
+    before = {j["id"] for j in _jobs()}
+    _grid(workdir, slurm_conf, "--retries", "0")
+    jobs = [j for j in _jobs() if j["id"] not in before]
+    return workdir, jobs
+
+
+def test_slice_runs_training_diagnostics_evaluation_and_tables_as_slurm_jobs(grid_slice):
+    workdir, jobs = grid_slice
+    by_rule: dict[str, list[dict]] = {}
+    for j in jobs:
+        rule = re.match(r"rule_([a-z_]+?)(?:_wildcards_|$)", j["comment"])
+        assert rule, j
+        by_rule.setdefault(rule.group(1), []).append(j)
+    for rule in ("train", "diagnose", "evaluate", "tables", "figures", "claims"):
+        assert by_rule.get(rule), f"no Slurm job for rule {rule}: {sorted(by_rule)}"
+        assert all(j["state"] == "COMPLETED" for j in by_rule[rule]), by_rule[rule]
+    # The GPU rules of this config land on the gpu partition with the GRES they asked for.
+    for j in by_rule["train"] + by_rule["evaluate"]:
+        assert (j["partition"], j["gres"]) == ("gpu", "gres:gpu:1"), j
+    for j in by_rule["diagnose"] + by_rule["tables"]:
+        assert j["partition"] == "cpu" and "gpu" not in j["gres"], j
+    # opd-8b-t32b asked for 2 tasks: two torchrun agents rendezvoused through srun.
+    opd = [j for j in by_rule["train"] if j["comment"].endswith("opd-8b-t32b")]
+    assert len(opd) == 1 and opd[0]["cpus"] == 2
+    metrics = [json.loads(line) for line in (workdir / "results/runs/opd-8b-t32b/metrics.jsonl").read_text().splitlines()]
+    assert [m["world"] for m in metrics] == [2] * 4
+    sft = [json.loads(line) for line in (workdir / "results/runs/sft-8b/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in sft] == list(range(1, 7)) and {m["world"] for m in sft} == {1}
+    for name in ("table1_sparsity.csv", "accuracy.csv", "claims.csv"):
+        assert (workdir / "results/tables" / name).stat().st_size > 0
+    assert (workdir / "results/figures/training_curves.png").stat().st_size > 0
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"snakemake ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-4000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _train_jobs(run: str) -> list[dict]:
+    return [j for j in _jobs() if j["comment"] == f"rule_train_wildcards_{run}"]
+
+
+def _retrain_sft(workdir: Path, slurm_conf: str, delay: float, configfiles=(SLICE,)) -> subprocess.Popen:
+    env = dict(os.environ, SLURM_CONF=slurm_conf, GEOPD_FAULT_STEP_DELAY=str(delay))
+    cmd = _grid_cmd(workdir, "--retries", "1", "--forcerun", "train", "--", "results/runs/sft-8b/checkpoints",
+                    configfiles=configfiles)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{out[-3000:]}\n{err[-6000:]}"
+    return out + err
+
+
+def test_scancelled_training_job_resumes_on_retry_with_more_time_and_memory(grid_slice, slurm_conf):
+    workdir, _ = grid_slice
+    reference = {step: (workdir / f"results/runs/sft-8b/checkpoints/step-{step}/model.safetensors").read_bytes()
+                 for step in (3, 6)}
+    seen = {j["id"] for j in _train_jobs("sft-8b")}
+    proc = _retrain_sft(workdir, slurm_conf, delay=1.5)
+    # Kill the job hard (SIGKILL to the batch step and every step) once step 3's state is saved.
+    _wait_for(lambda: any((workdir / SFT_STATE).glob("state-00000003")), 240, "the step-3 state", proc)
+    first = _wait_for(lambda: [j for j in _train_jobs("sft-8b") if j["id"] not in seen and j["state"] == "RUNNING"],
+                      60, "the running train job", proc)[0]
+    subprocess.run(["scancel", "--full", "--signal=KILL", first["id"]], check=True)
+    _finish(proc, 400)
+
+    jobs = [j for j in _train_jobs("sft-8b") if j["id"] not in seen]
+    assert len(jobs) == 2, jobs  # the killed attempt and its retry
+    killed, retry = sorted(jobs, key=lambda j: int(j["id"]))
+    assert killed["state"] != "COMPLETED" and retry["state"] == "COMPLETED"
+    # attempt-scaled resources: runtime and memory double on the retry
+    assert _field(_show(killed["id"]), "TimeLimit") == "00:10:00"
+    assert _field(_show(retry["id"]), "TimeLimit") == "00:20:00"
+    assert _field(_show(killed["id"]), "MinMemoryNode") == "1000M"
+    assert _field(_show(retry["id"]), "MinMemoryNode") == "2000M"
+    log = (workdir / "results/logs/train/sft-8b.log").read_text()
+    # From the step-3 checkpoint, or a later state if the trainer caught a signal before dying.
+    resumed = re.search(r"resumed sft-8b from \S+ \(step (\d)\)", log)
+    assert resumed and 3 <= int(resumed.group(1)) < 6, log[-2000:]
+    for step, blob in reference.items():  # bitwise the uninterrupted run's weights
+        assert (workdir / f"results/runs/sft-8b/checkpoints/step-{step}/model.safetensors").read_bytes() == blob
+    metrics = [json.loads(line) for line in (workdir / "results/runs/sft-8b/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    assert not (workdir / SFT_STATE).exists()  # resume state dropped once the outputs are in place
+
+
+def test_time_limit_sigterm_saves_state_and_retry_continues(grid_slice, slurm_conf):
+    workdir, _ = grid_slice
+    reference = (workdir / SFT_FINAL).read_bytes()
+    seen = {j["id"] for j in _train_jobs("sft-8b")}
+    # 6 steps x 20 s against a 1-minute limit: Slurm sends SIGTERM mid-run (then SIGKILL after
+    # KillWait = 30 s); the trainer finishes its step, saves, exits 75; attempt 2 has 2 minutes.
+    proc = _retrain_sft(workdir, slurm_conf, delay=20, configfiles=(SLICE, TIMEOUT))
+    _finish(proc, 500)
+    jobs = sorted((j for j in _train_jobs("sft-8b") if j["id"] not in seen), key=lambda j: int(j["id"]))
+    assert [j["state"] for j in jobs] == ["TIMEOUT", "COMPLETED"], jobs
+    assert _field(_show(jobs[0]["id"]), "TimeLimit") == "00:01:00"
+    assert _field(_show(jobs[1]["id"]), "TimeLimit") == "00:02:00"
+    log = (workdir / "results/logs/train/sft-8b.log").read_text()
+    resumed = re.search(r"resumed sft-8b from \S+ \(step (\d)\)", log)
+    assert resumed and 1 <= int(resumed.group(1)) < 6, log[-2000:]
+    assert (workdir / SFT_FINAL).read_bytes() == reference

@@ -16,6 +16,7 @@ with `datasets` at paper scale and normalised here.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -146,13 +147,36 @@ def normalise_code(row: dict, index: int) -> dict:
             "tests": tests, "task": "code"}
 
 
+def normalise_mcq(row: dict, index: int) -> dict:
+    """GPQA layout: the correct answer and three distractors, shuffled into letters A-D.
+
+    The order is a pure function of the question text (a hash, not a global RNG), so every
+    preparation of the data set, on any machine, asks the same lettered question.
+    """
+    question = row.get("Question") or row.get("question")
+    correct = row.get("Correct Answer")
+    wrong = [row.get(f"Incorrect Answer {i}") for i in (1, 2, 3)]
+    if not question or correct is None or any(w is None for w in wrong):
+        raise UserError(f"multiple-choice record {index} lacks Question / Correct Answer / "
+                        f"Incorrect Answer 1-3 (keys: {sorted(row)})")
+    options = [str(correct).strip()] + [str(w).strip() for w in wrong]
+    seed = int.from_bytes(hashlib.sha256(str(question).encode()).digest()[:8], "big")
+    order = random.Random(seed).sample(range(4), 4)
+    letters = "ABCD"
+    lines = [f"({letters[pos]}) {options[i]}" for pos, i in enumerate(order)]
+    answer = letters[order.index(0)]
+    return {"id": str(row.get("Record ID", index)), "prompt": str(question).strip() + "\n\n" + "\n".join(lines),
+            "answer": answer, "task": "mcq"}
+
+
 def hub(spec: dict) -> dict[str, list[dict]]:
     kind = spec["kind"]
     if kind == "hub-lcb":
         from geopd.evaluate import lcb
         return {spec.get("as_split", "test"): lcb.load_problems(spec)}
     rows = _hub_rows(spec)
-    normalise = {"hub-math": normalise_math, "hub-sft": normalise_sft, "hub-code": normalise_code}.get(kind)
+    normalise = {"hub-math": normalise_math, "hub-sft": normalise_sft, "hub-code": normalise_code,
+                 "hub-mcq": normalise_mcq}.get(kind)
     if normalise is None:
         raise UserError(f"data set {spec['name']}: kind '{kind}' has no loader yet")
     records = [normalise(dict(row), i) for i, row in enumerate(rows)]

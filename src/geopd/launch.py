@@ -1,16 +1,20 @@
 """`geopd launch -- CMD ...`: start a training command on 1 process, 1 node, or many nodes.
 
-The train rule always runs `geopd launch --nodes N --gpus-per-node G -- geopd train ...`:
-- 1 node and at most 1 GPU (the miniature CPU grid): CMD runs as is;
-- 1 node, several GPUs, no Slurm: `torchrun --standalone --nproc-per-node G`;
-- under Slurm: the executor's job-step plugin runs the rule's shell with most SLURM_*
-  variables stripped and as a single task, so launch starts its own job step,
-  `srun --nodes N --ntasks N --ntasks-per-node 1 geopd launch ...`, and inside each srun task
-  (one per node) builds the torchrun rendezvous from the allocation: node rank from
-  SLURM_NODEID (or SLURM_PROCID), the master address from the first host of
-  SLURM_JOB_NODELIST (`scontrol show hostnames`), a port derived from the job id.
-torchrun then spawns one worker per GPU with RANK/WORLD_SIZE/LOCAL_RANK set, which the
-trainer reads (FSDP2 over all workers).
+The train rule always runs `geopd launch --nodes N --tasks T --gpus-per-node G -- geopd train ...`
+with N, T, G from the run's resources (T = N unless set: one torchrun agent per node):
+- T = 1 and at most 1 GPU (the miniature CPU grid): CMD runs as is;
+- T = 1 and several GPUs (one node, under Slurm or not): `torchrun --standalone
+  --nproc-per-node G` inside the job step the executor started (it holds all the node's GPUs);
+- T > 1 under Slurm: the rule carries the resource `mpi="srun"`, so the executor's job-step
+  plugin runs the rule's shell in the batch step itself (not in an `srun -n1` step, inside
+  which a second srun would wait for CPUs it already holds) and sbatch asks for --ntasks T.
+  launch starts `srun --nodes N --ntasks T geopd launch ...`, and inside each task builds the
+  torchrun rendezvous from the allocation: node rank = SLURM_PROCID, the master address = the
+  first host of SLURM_JOB_NODELIST (`scontrol show hostnames`), a port derived from the job
+  id, and G*N/T workers per task (at least 1: CPU tasks run one gloo worker each);
+- T > 1 without Slurm: `torchrun --standalone --nproc-per-node T` (CPU/gloo tests).
+torchrun spawns the workers with RANK/WORLD_SIZE/LOCAL_RANK set, which the trainer reads
+(FSDP2 over all workers).
 """
 from __future__ import annotations
 
@@ -56,28 +60,34 @@ def torchrun(cmd: list[str], *, nnodes: int, node_rank: int, nproc: int, master:
     return run + target
 
 
-def plan(cmd: list[str], nodes: int, gpus_per_node: int, env: dict) -> list[str]:
+def plan(cmd: list[str], nodes: int, gpus_per_node: int, env: dict, tasks: int | None = None) -> list[str]:
     """The command line launch will exec, from the allocation in `env` (pure: testable)."""
-    procs = max(1, gpus_per_node)
+    tasks = max(int(tasks or nodes), nodes)
+    per_task = max(1, (gpus_per_node * nodes) // tasks)
     if env.get(INSIDE) == "1":
-        node_rank = int(env.get("SLURM_NODEID", env.get("SLURM_PROCID", "0")))
-        return torchrun(cmd, nnodes=nodes, node_rank=node_rank, nproc=procs,
+        node_rank = int(env.get("SLURM_PROCID", env.get("SLURM_NODEID", "0")))
+        return torchrun(cmd, nnodes=tasks, node_rank=node_rank, nproc=per_task,
                         master=first_host(env["SLURM_JOB_NODELIST"]),
                         port=rendezvous_port(env.get("SLURM_JOB_ID")))
-    if nodes == 1 and procs == 1:
-        return cmd
+    if tasks == 1:
+        if gpus_per_node <= 1:
+            return cmd
+        return torchrun(cmd, nnodes=1, node_rank=0, nproc=gpus_per_node, master="127.0.0.1", port=0,
+                        standalone=True)
     if env.get("SLURM_JOB_ID"):
-        me = [sys.executable, "-m", "geopd.cli", "launch", f"--nodes={nodes}",
+        me = [sys.executable, "-m", "geopd.cli", "launch", f"--nodes={nodes}", f"--tasks={tasks}",
               f"--gpus-per-node={gpus_per_node}", "--", *cmd]
-        return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
-                "--kill-on-bad-exit=1", f"--export=ALL,{INSIDE}=1", *me]
+        return ["srun", f"--nodes={nodes}", f"--ntasks={tasks}", "--kill-on-bad-exit=1",
+                f"--export=ALL,{INSIDE}=1", *me]
     if nodes == 1:
-        return torchrun(cmd, nnodes=1, node_rank=0, nproc=procs, master="127.0.0.1", port=0, standalone=True)
+        return torchrun(cmd, nnodes=1, node_rank=0, nproc=tasks * per_task, master="127.0.0.1", port=0,
+                        standalone=True)
     raise SystemExit(f"geopd launch: {nodes} nodes requested but no Slurm allocation (SLURM_JOB_ID unset)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--tasks", type=int, default=None, help="torchrun agents (default: one per node)")
     parser.add_argument("--gpus-per-node", type=int, default=0)
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
@@ -87,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise SystemExit("geopd launch: no command given after --")
-    line = plan(cmd, args.nodes, args.gpus_per_node, dict(os.environ))
+    line = plan(cmd, args.nodes, args.gpus_per_node, dict(os.environ), tasks=args.tasks)
     if args.dry_run:
         print(shlex.join(line))
         return 0

@@ -34,7 +34,14 @@ def snakemake_resources(grid: Grid, rule: str) -> dict:
         "tasks": pick("tasks"),
         "gpus": pick("gpus"),
         "gres": gres,
+        # Without it the plugin turns `tasks` of a GPU job into --ntasks-per-gpu.
+        "tasks_per_gpu": 0,
     }
+    if rule == "train":
+        # Several torchrun agents: the job-step plugin must run the rule's shell in the batch
+        # step (its "mpi" path), where `geopd launch` starts its own srun with all the tasks.
+        # The key's presence picks that path; the value "srun" also makes sbatch ask for --ntasks.
+        resources["mpi"] = lambda wildcards: "srun" if _resolved(grid, rule, wildcards)["tasks"] > 1 else ""
     if grid.config["resources"]["default"].get("account") or grid.config["resources"].get(rule, {}).get("account"):
         resources["slurm_account"] = pick("account")
     return resources

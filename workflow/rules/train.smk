@@ -17,6 +17,6 @@ rule train:
     resources:
         **res("train"),
     shell:
-        "geopd launch --nodes {resources.nodes} --gpus-per-node {resources.gpus} -- "
+        "geopd launch --nodes {resources.nodes} --tasks {resources.tasks} --gpus-per-node {resources.gpus} -- "
         "geopd train --spec {params.spec:q} --out {output.checkpoints} "
         "--metrics {output.metrics} --threads {threads} 2> {log}"

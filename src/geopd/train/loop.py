@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +221,7 @@ class Trainer:
             self.extrapolator.load_state_dict(state["extra"]["extrapolator"])
         if self.dist.main:
             self._truncate_metrics(self.step)
-            print(f"resumed {self.spec['run']} from {latest} (step {self.step})", flush=True)
+            print(f"resumed {self.spec['run']} from {latest} (step {self.step})", file=sys.stderr, flush=True)
 
     def _truncate_metrics(self, step: int):
         if not self.metrics_path.exists():
@@ -233,7 +234,7 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self._stop_requested = True
         if self.dist.main:
-            print(f"signal {signum}: saving state after step {self.step + 1}", flush=True)
+            print(f"signal {signum}: saving state after step {self.step + 1}", file=sys.stderr, flush=True)
 
     # ---- one step ----------------------------------------------------------------------------
 
@@ -271,7 +272,7 @@ class Trainer:
         loss_local = obj.sft_loss(logits[:, :-1], labels, mask)
         (loss_local * n_local / n_global * self.dist.world).backward()
         grad_norm = self._optimizer_step()
-        return {"loss": self.dist.all_sum(float(loss_local) * n_local) / n_global,
+        return {"loss": self.dist.all_sum(float(loss_local.detach()) * n_local) / n_global,
                 "grad_norm": grad_norm, "tokens": n_global}
 
     def _rewards(self, records: list[dict], texts: list[str]) -> torch.Tensor:
@@ -284,7 +285,7 @@ class Trainer:
         n = r["samples"]
         records = shard(self.stream.next(r["prompts_per_step"]), self.dist.rank, self.dist.world)
         prompts = [format_prompt(self.tokenizer, rec["prompt"]) for rec in records]
-        if self.dist.world > 1 and r.get("source") != "teacher":
+        if r.get("source") != "teacher":  # an engine with its own copy (vLLM, replicas) needs the update
             self.rollout.sync_weights(self.model)
         seed = (self.spec["seed"] * 1_000_003 + self.step) * 64 + self.dist.rank
         t0 = time.perf_counter()
@@ -309,36 +310,49 @@ class Trainer:
         if self.method == "rlvr" and o.get("filter_zero_variance", True):
             keep = obj.nonzero_variance_groups(rewards, n).float()
             weight = weight * keep[:, None]
-        n_tokens_global = self.dist.all_sum(float((mask * (weight > 0)).sum()))
+        aggregation = o.get("aggregation", "token-mean")
+        if aggregation not in ("token-mean", "seq-mean-token-mean"):
+            raise ValueError(f"objective.aggregation must be token-mean or seq-mean-token-mean, got {aggregation!r}")
 
-        # Minibatch updates over the rollout batch (prompts stay with their samples).
+        # Minibatch updates over the rollout batch (prompts stay with their samples). Each update
+        # is normalised by its own minibatch, counted over every rank, as verl/DAPO do: the
+        # token-mean is over the minibatch's valid tokens; seq-mean-token-mean averages the
+        # per-sequence token means over the minibatch's sequences that have any valid token.
         mb = max(1, r["minibatch_prompts"] // self.dist.world) * n
         stats_sum: dict[str, float] = {}
         grad_norms, loss_total = [], 0.0
         for start in range(0, seq.shape[0], mb):
             sl = slice(start, start + mb)
             mb_mask = mask[sl] * (weight[sl] > 0)
+            if aggregation == "token-mean":
+                local, denom = "sum", self.dist.all_sum(float(mb_mask.sum()))
+            else:
+                local, denom = "seq-sum", self.dist.all_sum(float((mb_mask.sum(-1) > 0).sum()))
+            if denom == 0:  # every group filtered out: no update (AdamW would still move the weights)
+                continue
             logits = self.forward_logits(seq[sl], attn[sl])[:, :-1] / r["temperature"]
             logp = obj.token_logprobs(logits, seq[sl, 1:].to(logits.device))
             loss, stats = obj.clipped_policy_loss(
                 logp, old_logp[sl].to(logp.device), (adv[sl] * weight[sl]).to(logp.device),
                 mb_mask.to(logp.device), eps_low=o.get("clip_low", 0.2), eps_high=o.get("clip_high", 0.28),
-                aggregation="sum")
-            # token-mean over the whole step's batch on every rank (DAPO token-level loss)
-            (loss * self.dist.world / max(n_tokens_global, 1.0)).backward()
+                aggregation=local)
+            # FSDP averages gradients over ranks: multiply back by the world size.
+            (loss * self.dist.world / max(denom, 1.0)).backward()
             grad_norms.append(self._optimizer_step())
-            loss_total += float(loss) / max(n_tokens_global, 1.0)
+            loss_total += float(loss.detach()) / max(denom, 1.0)
             ent = obj.entropy(logits.detach())
             stats["entropy"] = float((ent * mb_mask.to(ent.device)).sum())
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
         valid = float(mask.sum())
-        out = {"loss": self.dist.all_sum(loss_total), "grad_norm": max(grad_norms),
+        updates = len(grad_norms)
+        out = {"loss": self.dist.all_sum(loss_total) / max(updates, 1), "updates": updates,
+               "grad_norm": max(grad_norms, default=0.0),
                "tokens": self.dist.all_sum(valid), "gen_s": t_gen,
                "response_len": self.dist.all_sum(valid) / self.dist.all_sum(float(seq.shape[0])),
                "entropy": self.dist.all_sum(stats_sum.get("entropy", 0.0)) / max(self.dist.all_sum(valid), 1.0)}
         if "clip_frac" in stats_sum:
-            out["clip_frac"] = stats_sum["clip_frac"] / len(grad_norms)
+            out["clip_frac"] = stats_sum["clip_frac"] / max(updates, 1)
         if teacher_logp is not None:
             kl = obj.kl_estimates(student_logp, teacher_logp, mask)
             out["mean_r_t"] = self.dist.all_sum(float(kl["k1"]) * valid) / self.dist.all_sum(valid)
@@ -386,12 +400,13 @@ class Trainer:
         try:
             while self.step < spec["steps"]:
                 _inject_fault("GEOPD_FAULT_SIGTERM_AT_STEP", self.step + 1, signal.SIGTERM)
+                _slow_down("GEOPD_FAULT_STEP_DELAY")
                 t0 = time.perf_counter()
                 row = self.sft_step() if self.method == "sft" else self.rl_step()
                 self.scheduler.step()
                 self.step += 1
                 search = self.after_update()
-                row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row}
+                row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row, "world": self.dist.world}
                 row["tokens_per_s"] = row["tokens"] / max(time.perf_counter() - t0, 1e-9)
                 if search is not None:
                     row["extrapolation"] = search
@@ -441,6 +456,13 @@ def _inject_fault(variable: str, step: int, sig: int) -> None:
     value = os.environ.get(variable)
     if value is not None and int(value) == step:
         os.kill(os.getpid(), sig)
+
+
+def _slow_down(variable: str) -> None:
+    """Fault tests on the Slurm cluster: stretch each step so a job can be hit mid-run."""
+    value = os.environ.get(variable)
+    if value:
+        time.sleep(float(value))
 
 
 def train(spec: dict, out_dir, metrics_out, *, threads: int | None = None, model=None, tokenizer=None,

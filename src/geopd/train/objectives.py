@@ -24,7 +24,7 @@ from torch import Tensor
 
 OBJECTIVES = ("opd", "rlvr", "mix")
 SPARSIFY_MODES = ("topkl", "random")
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "sum")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "sum", "seq-sum")
 # Keys of a run's `objective:` block. The loss-side keys (clip_*, aggregation,
 # filter_zero_variance) are read by the training loop; they are listed so that a typo such as
 # `sparsfy:` fails loudly instead of silently running the dense baseline.
@@ -343,6 +343,9 @@ def _aggregate(per_token: Tensor, m: Tensor, aggregation: str) -> Tensor:
         return (seq * has).sum() / has.sum().clamp_min(1.0)
     if aggregation == "sum":  # the caller divides by a global token count (several minibatches/ranks)
         return (per_token * m).sum()
+    if aggregation == "seq-sum":  # per-sequence token means, summed; the caller divides by a global
+        n = m.sum(dim=-1)          # sequence count (seq-mean-token-mean across ranks)
+        return ((per_token * m).sum(dim=-1) / n.clamp_min(1.0)).sum()
     raise ValueError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
 
 
