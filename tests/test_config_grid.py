@@ -132,5 +132,5 @@ def test_run_spec_paths(repo):
     assert spec["init"] == "results/runs/opd-8b-t32b/checkpoints/step-20"
     assert spec["start_step"] == 20
     assert spec["projection"] == {"checkpoint": "results/runs/opd-8b-t32b/checkpoints/step-20",
-                                  "origin": "results/runs/sft-8b/checkpoints/step-300", "rank": 16}
+                                  "origin": "results/runs/sft-8b/checkpoints/step-1000", "rank": 16}
     assert g.run_spec("opd-8b-t32b")["teacher"] == "results/models/qwen3-32b"

@@ -81,7 +81,11 @@ def synthetic(spec: dict) -> dict[str, list[dict]]:
     if kind == "synthetic-demos":
         rng = random.Random(seed + 1)
         task_list = spec.get("tasks", ["math"])
-        per_task = {t: n_train // len(task_list) for t in task_list}
+        share = spec.get("mix") or {t: 1.0 / len(task_list) for t in task_list}
+        if set(share) != set(task_list):
+            raise UserError(f"data set {spec['name']}: mix names {sorted(share)} but tasks are {sorted(task_list)}")
+        total = sum(share.values())
+        per_task = {t: int(round(n_train * share[t] / total)) for t in task_list}
         records = []
         for task, n in per_task.items():
             if task == "math":

@@ -263,17 +263,24 @@ class Trainer:
         records = shard(self.stream.next(bs), self.dist.rank, self.dist.world)
         ids, attn, loss_mask = encode_sft(self.tokenizer, records, self.spec["max_length"],
                                           loss_on=self.spec.get("loss_on", "response"))
-        logits = self.forward_logits(ids, attn)
-        labels, mask = ids[:, 1:].to(logits.device), loss_mask[:, 1:].to(logits.device)
         # Token-mean over the global batch: scale by this rank's share of the tokens
         # (FSDP averages gradients over ranks).
-        n_local = float(mask.sum())
+        n_local = float(loss_mask[:, 1:].sum())
         n_global = self.dist.all_sum(n_local)
-        loss_local = obj.sft_loss(logits[:, :-1], labels, mask)
-        (loss_local * n_local / n_global * self.dist.world).backward()
+        loss_sum = 0.0
+        for rows in length_buckets(attn, SFT_BUCKETS):
+            # Rows of similar length together, each bucket cut to its own longest row: a batch of
+            # short math demos and long programs no longer pays the programs' width everywhere.
+            width = int(attn[rows].sum(1).max())
+            b_ids, b_attn, b_mask = ids[rows, :width], attn[rows, :width], loss_mask[rows, :width]
+            logits = self.forward_logits(b_ids, b_attn)
+            labels, mask = b_ids[:, 1:].to(logits.device), b_mask[:, 1:].to(logits.device)
+            n_bucket = float(mask.sum())
+            loss = obj.sft_loss(logits[:, :-1], labels, mask)
+            (loss * n_bucket / n_global * self.dist.world).backward()
+            loss_sum += float(loss.detach()) * n_bucket
         grad_norm = self._optimizer_step()
-        return {"loss": self.dist.all_sum(float(loss_local.detach()) * n_local) / n_global,
-                "grad_norm": grad_norm, "tokens": n_global}
+        return {"loss": self.dist.all_sum(loss_sum) / n_global, "grad_norm": grad_norm, "tokens": n_global}
 
     def _rewards(self, records: list[dict], texts: list[str]) -> torch.Tensor:
         from geopd.train.rewards import reward
@@ -449,6 +456,15 @@ class Trainer:
         os.replace(self.exports, out_dir)
         shutil.copyfile(self.metrics_path, metrics_out)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+SFT_BUCKETS = 4  # micro-batches per SFT step, by length (the same count on every rank: FSDP)
+
+
+def length_buckets(attention_mask: torch.Tensor, buckets: int) -> list[torch.Tensor]:
+    """Row indices sorted by length (stable), cut into at most `buckets` equal parts."""
+    order = torch.sort(attention_mask.sum(1), stable=True).indices
+    return [part for part in torch.tensor_split(order, min(buckets, len(order))) if len(part)]
 
 
 def _inject_fault(variable: str, step: int, sig: int) -> None:
