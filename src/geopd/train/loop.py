@@ -199,9 +199,14 @@ class Trainer:
         from geopd.train.rollout import make_rollout_engine
 
         r = self.spec["rollout"]
-        source = self.teacher.model if r.get("source") == "teacher" else self.model
-        return make_rollout_engine(r.get("backend", "hf"), model=source, tokenizer=self.tokenizer,
-                                   replicate=self.dist.world > 1 and r.get("source") != "teacher")
+        if r.get("source") == "teacher":
+            # Off-policy: the teacher samples. A vLLM teacher has no torch module here; a vLLM
+            # rollout engine loads the teacher's checkpoint itself.
+            return make_rollout_engine(r.get("backend", "hf"), model=getattr(self.teacher, "model", None),
+                                       model_path=self.spec["teacher"] if r.get("backend") == "vllm" else None,
+                                       tokenizer=self.tokenizer)
+        return make_rollout_engine(r.get("backend", "hf"), model=self.model, tokenizer=self.tokenizer,
+                                   replicate=self.dist.world > 1)
 
     def _resume(self):
         latest = ckpt.latest_state(self.state_dir)
