@@ -191,6 +191,35 @@ def test_code_splits_disjoint_and_deterministic():
     assert len(tasks.code_pool("train")) >= 2000 and len(tasks.code_pool("test")) >= 100
 
 
+def test_code_demos_clean_and_corrupted():
+    probs = tasks.code_problems(600, 4, "train")
+    clean = [tasks.code_demo(p, random.Random(5), 0.0) for p in probs]
+    assert all(d == tasks.code_response(p) for d, p in zip(clean, probs))
+    rng = random.Random(5)
+    for p in probs:
+        d = tasks.code_demo(p, rng, 1.0)
+        wrong = d.split("```python\n")[1].split("\n```")[0]
+        assert wrong != p["solution"] and wrong.split("\n")[0] == p["solution"].split("\n")[0]
+        # one wrong constant: the corrupted program fails at least one of the problem's tests
+        assert any(_run_in_process(wrong, t["input"]) != t["output"] for t in p["tests"])
+    rng = random.Random(9)
+    rate = sum(tasks.code_demo(p, rng, 0.3) != tasks.code_response(p) for p in probs) / len(probs)
+    assert 0.24 < rate < 0.36
+
+
+def test_clean_demo_set_is_unchanged_by_code_corruption_of_the_noisy_one():
+    from geopd.data import synthetic
+
+    base = {"name": "d", "kind": "synthetic-demos", "tasks": ["math", "code"], "mix": {"math": 0.5, "code": 0.5},
+            "n_train": 400, "seed": 0}
+    clean = synthetic({**base, "corrupt_prob": 0.0})["train"]
+    noisy = synthetic({**base, "corrupt_prob": 0.3})["train"]
+    # Same prompts in the same order; only responses differ, on both tasks.
+    assert [r["prompt"] for r in clean] == [r["prompt"] for r in noisy]
+    differ = {r["task"] for r, s in zip(clean, noisy) if r["response"] != s["response"]}
+    assert differ == {"math", "code"}
+
+
 def test_code_tests_tell_similar_programs_apart():
     # The first two tests order the operands both ways: max/min and a-b/b-a differ on them.
     for p in tasks.code_problems(300, 0, "train"):

@@ -86,6 +86,9 @@ def synthetic(spec: dict) -> dict[str, list[dict]]:
             raise UserError(f"data set {spec['name']}: mix names {sorted(share)} but tasks are {sorted(task_list)}")
         total = sum(share.values())
         per_task = {t: int(round(n_train * share[t] / total)) for t in task_list}
+        # Code demos draw from their own stream, so adding them (or their corruption) leaves
+        # the math demos and the shuffle of an existing data set as they were.
+        code_rng = random.Random(f"code-demos:{seed}")
         records = []
         for task, n in per_task.items():
             if task == "math":
@@ -94,7 +97,7 @@ def synthetic(spec: dict) -> dict[str, list[dict]]:
                                     "response": tasks.math_demo(p, rng, spec.get("corrupt_prob", 0.0))})
             else:
                 for p in tasks.code_problems(n, seed, "train"):
-                    records.append({"prompt": p["prompt"], "task": "code", "response": tasks.code_response(p)})
+                    records.append({"prompt": p["prompt"], "task": "code", "response": tasks.code_demo(p, code_rng, spec.get("corrupt_prob", 0.0))})
         rng.shuffle(records)
         return {"train": records, "test": []}
     raise UserError(f"data set {spec['name']}: unknown synthetic kind '{kind}'")

@@ -183,8 +183,42 @@ def code_problems(n: int, seed: int, split: str) -> list[dict]:
     return out
 
 
-def code_response(problem: dict) -> str:
-    return f"{THINK_PREFIX}```python\n{problem['solution']}\n```"
+def code_response(problem: dict, solution: str | None = None) -> str:
+    return f"{THINK_PREFIX}```python\n{solution or problem['solution']}\n```"
+
+
+def _parse_program(solution: str) -> tuple[str, str, str]:
+    first, second = solution.split("\n")
+    u, v = first.split("=")[0].split(",")
+    return u, v, second[len("print("):-1]
+
+
+def _fails_a_test(u: str, v: str, expr: str, tests: list[dict]) -> bool:
+    return any(str(_evaluate(u, v, expr, *map(int, t["input"].split()))) + "\n" != t["output"] for t in tests)
+
+
+def corrupt_program(problem: dict, rng: random.Random) -> str:
+    """The reference program with one wrong constant: a digit of the expression replaced
+    (corrupt_digit), or "+d" appended to an expression that has no digit. Redrawn until the
+    program fails at least one of the problem's tests, so a corrupted demo is always wrong."""
+    u, v, expr = _parse_program(problem["solution"])
+    for _ in range(100):
+        if any(c in DIGITS for c in expr):
+            wrong = corrupt_digit(expr, rng)
+        else:
+            wrong = f"{expr}+{rng.randint(1, 9)}"
+        if _fails_a_test(u, v, wrong, problem["tests"]):
+            return program(u, v, wrong)
+    raise ValueError(f"could not corrupt {problem['solution']!r} into a failing program")
+
+
+def code_demo(problem: dict, rng: random.Random, corrupt_prob: float) -> str:
+    """As math_demo, for code: with probability `corrupt_prob` the demonstrated program has
+    one wrong constant and fails the tests. Draws from `rng` the same way whatever
+    `corrupt_prob` is."""
+    corrupt = rng.random() < corrupt_prob
+    wrong = corrupt_program(problem, rng)
+    return code_response(problem, wrong if corrupt else None)
 
 
 # ---- pretraining corpus ---------------------------------------------------------------------
