@@ -67,7 +67,7 @@ rule similarity:
         **res("similarity"),
     shell:
         "geopd similarity --init {params.base} --checkpoints {params.checkpoints} "
-        "--out {output} --k {params.k} --matrices {params.matrices} 2> {log}"
+        "--out {output} --k {params.k} --matrices {params.matrices} --workers {threads} 2> {log}"
 
 
 rule aggregate_diagnostics:
