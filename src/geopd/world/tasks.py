@@ -145,6 +145,10 @@ def _evaluate(u: str, v: str, expr: str, a: int, b: int) -> int:
     return eval(expr, {"__builtins__": _SAFE_BUILTINS}, {u: a, v: b})  # our own expression strings
 
 
+def _stdout(u: str, v: str, expr: str, a: int, b: int) -> str:
+    return f"{_evaluate(u, v, expr, a, b)}\n"
+
+
 def _tests(u: str, v: str, expr: str, rng: random.Random) -> list[dict]:
     pairs = []
     while len(pairs) < TESTS_PER_PROBLEM:
@@ -153,7 +157,7 @@ def _tests(u: str, v: str, expr: str, rng: random.Random) -> list[dict]:
         if (len(pairs) == 0 and a <= b) or (len(pairs) == 1 and a >= b):
             continue
         pairs.append((a, b))
-    return [{"input": f"{a} {b}\n", "output": f"{_evaluate(u, v, expr, a, b)}\n"} for a, b in pairs]
+    return [{"input": f"{a} {b}\n", "output": _stdout(u, v, expr, a, b)} for a, b in pairs]
 
 
 def code_problems(n: int, seed: int, split: str) -> list[dict]:
@@ -194,7 +198,7 @@ def _parse_program(solution: str) -> tuple[str, str, str]:
 
 
 def _fails_a_test(u: str, v: str, expr: str, tests: list[dict]) -> bool:
-    return any(str(_evaluate(u, v, expr, *map(int, t["input"].split()))) + "\n" != t["output"] for t in tests)
+    return any(_stdout(u, v, expr, *map(int, t["input"].split())) != t["output"] for t in tests)
 
 
 def corrupt_program(problem: dict, rng: random.Random) -> str:
