@@ -193,7 +193,8 @@ class Grid:
         if projection is not None:
             if projection["run"] not in self.config["runs"]:
                 self._fail(f"{key}.projection.run", f"unknown run '{projection['run']}'")
-        settings = {k: merged[k] for k in ("batch_size", "max_length", "optim", "rollout", "objective")
+        settings = {k: merged[k] for k in ("batch_size", "max_length", "optim", "rollout", "objective", "engine",
+                                              "teacher_engine")
                     if k in merged}
         return Run(
             name=name,

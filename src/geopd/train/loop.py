@@ -1,7 +1,7 @@
 """The one training loop of the grid: SFT, OPD, RLVR and alpha-mix, with every control.
 
 Runs differ only by their spec (built by geopd.grid from the config). One step is one
-optimizer update for SFT, and one rollout batch (split into `minibatch_prompts` updates) for
+optimizer update for SFT, and one rollout batch (split into updates of `global_batch_size` samples) for
 the on-policy methods, as in verl. Objectives come from geopd.train.objectives, chosen by name.
 
 Fault tolerance: at each checkpoint step (and on SIGTERM/SIGUSR1, which Slurm sends before
@@ -151,7 +151,7 @@ class Trainer:
         self.teacher = None
         if spec.get("teacher"):
             from geopd.train.teacher import make_teacher
-            self.teacher = make_teacher(spec.get("teacher_backend", "hf"), spec["teacher"], tokenizer,
+            self.teacher = make_teacher(spec.get("teacher_engine", {}).get("backend", "hf"), spec["teacher"], tokenizer,
                                         device=self.dist.device)
         if model is None:
             model = ckpt.load_model(spec["init"], dtype=torch.float32, device=self.dist.device)
@@ -330,7 +330,7 @@ class Trainer:
         # is normalised by its own minibatch, counted over every rank, as verl/DAPO do: the
         # token-mean is over the minibatch's valid tokens; seq-mean-token-mean averages the
         # per-sequence token means over the minibatch's sequences that have any valid token.
-        mb = max(1, r["minibatch_prompts"] // self.dist.world) * n
+        mb = max(1, r["global_batch_size"] // self.dist.world)
         stats_sum: dict[str, float] = {}
         grad_norms, loss_total = [], 0.0
         for start in range(0, seq.shape[0], mb):
