@@ -229,6 +229,8 @@ def end_of_turn_id(tokenizer) -> int | None:
     if not getattr(tokenizer, "chat_template", None):
         return None
     text = _render(tokenizer, [{"role": "user", "content": "?"}, {"role": "assistant", "content": _PROBE}])
+    if _PROBE not in text:  # a template that does not render assistant turns verbatim
+        return None
     tail = text[text.rindex(_PROBE) + len(_PROBE):]
     ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
     added = set(tokenizer.get_added_vocab().values())
