@@ -1,4 +1,6 @@
 """EffOPD's search, on a tiny Qwen3 with a scripted validation function."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -101,3 +103,63 @@ def test_validation_set_is_fixed_and_seeded():
     records = [{"prompt": str(i)} for i in range(500)]
     a, b = validation_set(records, 50, 0), validation_set(records, 50, 0)
     assert a == b and len(a) == 50 and validation_set(records, 50, 1) != a
+
+
+class CopyEngine:
+    """A rollout engine with its own copy of the weights, as vLLM has: it samples from the copy
+    and records, at every generate call, whether the copy was stale."""
+
+    def __init__(self, model):
+        self.model = model
+        self.copy = params(model)
+        self.stale: list[bool] = []
+        self.syncs = 0
+
+    def sync_weights(self, model):
+        self.copy = params(model)
+        self.syncs += 1
+
+    def generate(self, prompts, n, **kw):
+        live = params(self.model)
+        self.stale.append(any(not torch.equal(self.copy[k], live[k]) for k in live))
+        return SimpleNamespace(prompt_index=[i for i in range(len(prompts)) for _ in range(n)],
+                               texts=[""] * len(prompts) * n)
+
+
+def fake_trainer(model, scores):
+    from geopd.train.loop import Dist
+
+    scores = iter(scores)
+    trainer = SimpleNamespace(
+        spec={"run": "effopd", "seed": 0, "rollout": {"temperature": 1.0, "max_new_tokens": 4},
+              "extrapolation": {"candidates": 5, "factor_step": 2.0, "validation_prompts": 4}},
+        records=[{"prompt": str(i)} for i in range(10)], dist=Dist(), tokenizer=None, model=model)
+    trainer.rollout = CopyEngine(model)
+    trainer._rewards = lambda records, texts: torch.full((len(texts),), next(scores))
+    return trainer
+
+
+@pytest.mark.parametrize("scores, accepted", [([0.5, 0.6, 0.4], 2.0), ([0.5, 0.4], 0.0),
+                                              ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 10.0)])
+def test_every_candidate_is_scored_on_fresh_weights(scores, accepted):
+    from geopd.train.effopd import make_extrapolator
+
+    model = tiny_model()
+    trainer = fake_trainer(model, scores)
+    ext = make_extrapolator(trainer)
+    nudge(model, 0.01)  # the optimizer step: the engine's copy is now behind
+    log = ext.search(1)
+    assert log["accepted_factor"] == accepted
+    assert trainer.rollout.stale == [False] * len(scores)  # theta_t and every candidate, fresh
+    live = params(model)  # and the engine ends on the accepted weights
+    assert all(torch.equal(trainer.rollout.copy[k], live[k]) for k in live)
+
+
+def test_off_policy_rollouts_cannot_score_candidates():
+    from geopd.errors import UserError
+    from geopd.train.effopd import make_extrapolator
+
+    trainer = fake_trainer(tiny_model(), [])
+    trainer.spec["rollout"]["source"] = "teacher"
+    with pytest.raises(UserError, match="source: teacher"):
+        make_extrapolator(trainer)

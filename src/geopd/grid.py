@@ -346,6 +346,7 @@ class Grid:
             }
         if run.extrapolation:
             spec["extrapolation"] = run.extrapolation
+        spec.update(self.continuation_spec(name))
         return spec
 
     def train_inputs(self, name: str) -> dict[str, list[str]]:
@@ -480,6 +481,21 @@ class Grid:
     def gpu_hours(self, rule: str, run: str | None = None) -> float:
         r = self.resources(rule, run)
         return r.get("gpus", 0) * r.get("nodes", 1) * r["runtime"] / 60.0
+
+    def continuation_spec(self, name: str) -> dict:
+        """Runs started from run@step continue that run (weights, Adam moments, data position,
+        learning-rate schedule): the reference keeps its training state at those steps beside
+        its checkpoints ("keep_state"), and the continuing run reads it ("continues")."""
+        out: dict[str, Any] = {}
+        keep = sorted({r.init.step for r in self.runs.values() if r.init.kind == "run" and r.init.name == name
+                       and r.init.step is not None})
+        if keep:
+            out["keep_state"] = keep
+        init = self.runs[name].init
+        if init.kind == "run" and init.step is not None:
+            out["continues"] = {"run": init.name, "step": init.step,
+                                "state": f"{self.checkpoints_dir(init.name)}/state-{init.step}"}
+        return out
 
 
 def spec_json(spec: dict) -> str:

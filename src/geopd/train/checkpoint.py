@@ -546,15 +546,41 @@ def _gather_objects(obj) -> list:
     return out
 
 
+def _stage_rank_files(final: Path, rank_extra: dict) -> list[Path]:
+    """Each rank writes its `rank_extra` into a scratch folder of its own beside `final` (the
+    shared file system every rank resumes from); returns every rank's folder, in rank order.
+    Large per-rank state (an FSDP shard) never travels between processes this way."""
+    stage, error = None, None
+    try:
+        stage = _scratch_name(final, "tmp")
+        stage.mkdir(parents=True)
+        with open(stage / "extra.pt", "wb") as f:
+            torch.save(rank_extra, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:  # told to every rank below instead of leaving them in the gather
+        error = f"rank {_rank()}: {type(exc).__name__}: {exc}"
+    stages = _gather_objects(None if error else str(stage))
+    errors = _gather_objects(error)
+    if any(errors):
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise UserError(f"{final}: cannot write per-rank state ({'; '.join(e for e in errors if e)})")
+    return [Path(p) for p in stages]
+
+
 def save_state(directory: str | os.PathLike, *, model, optimizer, scheduler, step: int, rng: dict,
-               data_position: dict, extra: dict) -> Path:
+               data_position: dict, extra: dict, rank_extra: dict | None = None) -> Path:
     """Everything a run needs to continue bitwise: fp32 weights, optimizer and scheduler state,
-    every rank's RNG, the data position and `extra`. Every rank calls this; rank 0 writes."""
+    every rank's RNG, the data position, `extra` (rank 0's, shared by all) and `rank_extra`
+    (each rank's own, e.g. state held per FSDP shard: `extra-{rank}.pt`). Every rank calls
+    this; rank 0 writes the folder."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rngs = _gather_objects(rng)
+    stages = _stage_rank_files(Path(directory).absolute(), rank_extra) if rank_extra is not None else []
 
     def write(tmp: Path) -> None:
         torch.save(model_sd, tmp / "model.pt")
@@ -562,11 +588,19 @@ def save_state(directory: str | os.PathLike, *, model, optimizer, scheduler, ste
         torch.save(scheduler.state_dict() if scheduler is not None else None, tmp / "scheduler.pt")
         for r, g in enumerate(rngs):
             torch.save(g, tmp / f"rng-{r:05d}.pt")
-        torch.save({"step": int(step), "data_position": data_position, "extra": extra, "world_size": len(rngs)},
-                   tmp / "trainer.pt")
+        for r, stage in enumerate(stages):
+            os.rename(stage / "extra.pt", tmp / f"extra-{r:05d}.pt")
+            shutil.rmtree(stage, ignore_errors=True)
+        torch.save({"step": int(step), "data_position": data_position, "extra": extra, "world_size": len(rngs),
+                    "rank_extra": bool(stages)}, tmp / "trainer.pt")
 
     fields = {"kind": "state", "step": int(step), "metadata": {"world_size": len(rngs)}}
-    path = _on_rank0(lambda: write_atomically(directory, write, fields))
+    try:
+        path = _on_rank0(lambda: write_atomically(directory, write, fields))
+    finally:
+        for stage in stages:  # left behind only if rank 0 failed before moving them
+            if stage.exists() and _rank() == 0:
+                shutil.rmtree(stage, ignore_errors=True)
     return Path(directory).absolute() if path is None else path
 
 
@@ -579,7 +613,8 @@ def _torch_load(path: Path):
 
 def load_state(directory: str | os.PathLike, model, optimizer, scheduler, *, deep: bool = False) -> dict:
     """Restore model, optimizer and scheduler in place (every rank calls this); returns
-    {"step", "rng" (this rank's), "data_position", "extra"}."""
+    {"step", "rng" (this rank's), "data_position", "extra", "rank_extra" (this rank's, or None
+    when the state has none)}."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict, set_state_dict)
 
@@ -609,8 +644,14 @@ def load_state(directory: str | os.PathLike, model, optimizer, scheduler, *, dee
         warnings.warn(f"{directory}: saved with {meta['world_size']} processes, resumed with {_world()}; "
                       "RNG streams are not continued exactly")
         rank_file = directory / "rng-00000.pt"
+    rank_extra = None
+    if meta.get("rank_extra"):
+        if meta["world_size"] != _world():
+            raise UserError(f"{directory}: holds per-rank state of {meta['world_size']} processes (FSDP shards); "
+                            f"resume it with {meta['world_size']} processes, not {_world()}")
+        rank_extra = _torch_load(directory / f"extra-{_rank():05d}.pt")
     return {"step": meta["step"], "rng": _torch_load(rank_file), "data_position": meta["data_position"],
-            "extra": meta["extra"]}
+            "extra": meta["extra"], "rank_extra": rank_extra}
 
 
 def _state_dirs(root: Path) -> list[tuple[int, Path]]:

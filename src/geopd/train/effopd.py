@@ -11,6 +11,11 @@ As the authors' code does it:
   restored and the search stops;
 - only attention and MLP parameters move (embeddings, lm_head and the layer/final norms do not);
   optimizer state is untouched; the rollout engine sees the accepted weights.
+
+The rollout engine scores every point on the weights being judged: `sync` pushes theta_t (just
+moved by the optimizer), each candidate and the restored best into it. An engine with its own
+copy (vLLM, the replicated HF engine of multi-process runs) would otherwise score them all on
+stale weights; for an HF engine sharing the trainer's module the push is a no-op.
 """
 from __future__ import annotations
 
@@ -35,9 +40,10 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 class Extrapolator:
     def __init__(self, model: torch.nn.Module, validate: Callable[[int], float], *,
-                 candidates: int = 5, factor_step: float = 2.0):
+                 candidates: int = 5, factor_step: float = 2.0, sync: Callable[[], None] | None = None):
         self.model = model
         self.validate = validate  # validate(step) -> mean accuracy on the fixed validation set
+        self.sync = sync or (lambda: None)  # the rollout engine takes the model's current weights
         self.candidates = candidates
         self.factor_step = factor_step
         self.params = {n: p for n, p in model.named_parameters() if extrapolated(n)}
@@ -55,11 +61,13 @@ class Extrapolator:
     def search(self, step: int) -> dict:
         current = self._snapshot()
         delta = {n: current[n] - self.base[n] for n in current}
+        self.sync()
         best_score, best_factor = self.validate(step), 0.0
         tried, scores = [0.0], [best_score]
         for i in range(1, self.candidates + 1):
             factor = self.factor_step * i
             self._set(current, delta, factor)
+            self.sync()
             score = self.validate(step)
             tried.append(factor)
             scores.append(score)
@@ -68,6 +76,8 @@ class Extrapolator:
             else:
                 break
         self._set(current, delta, best_factor)
+        if best_factor != tried[-1]:  # the engine holds the last, rejected candidate
+            self.sync()
         self.base = self._snapshot()
         return {"step": step, "factors": tried, "scores": scores, "accepted_factor": best_factor,
                 "accepted_score": best_score}
@@ -95,19 +105,24 @@ def make_extrapolator(trainer) -> Extrapolator:
 
     spec = trainer.spec
     ext, r = spec["extrapolation"], spec["rollout"]
+    if r.get("source") == "teacher":
+        from geopd.errors import UserError
+        raise UserError(f"run {spec.get('run')}: extrapolation scores the student's own samples; "
+                        "it cannot run with rollout.source: teacher")
     val = validation_set(trainer.records, ext.get("validation_prompts", 50), spec["seed"])
-    local = shard(val, trainer.dist.rank, trainer.dist.world) if trainer.dist.world > 1 else val
+    local = shard(val, trainer.dist.rank, trainer.dist.world)
     prompts = [format_prompt(trainer.tokenizer, rec["prompt"]) for rec in local]
 
     def validate(step: int) -> float:
-        if trainer.dist.world > 1:
-            trainer.rollout.sync_weights(trainer.model)
-        # Common random numbers: every candidate of a search is sampled with the same seed.
-        seed = (spec["seed"] * 1_000_003 + step) * 64 + 63 - trainer.dist.rank
-        ro = trainer.rollout.generate(prompts, 1, temperature=r["temperature"], top_p=r.get("top_p", 1.0),
-                                      max_new_tokens=r["max_new_tokens"], seed=seed)
-        hits = trainer._rewards([local[i] for i in ro.prompt_index], ro.texts)
+        hits = torch.zeros(0)
+        if prompts:  # more ranks than validation prompts: some ranks score none
+            # Common random numbers: every candidate of a search is sampled with the same seed.
+            seed = (spec["seed"] * 1_000_003 + step) * 64 + 63 - trainer.dist.rank
+            ro = trainer.rollout.generate(prompts, 1, temperature=r["temperature"], top_p=r.get("top_p", 1.0),
+                                          max_new_tokens=r["max_new_tokens"], seed=seed)
+            hits = trainer._rewards([local[i] for i in ro.prompt_index], ro.texts)
         return trainer.dist.all_sum(float(hits.sum())) / trainer.dist.all_sum(float(len(hits)))
 
     return Extrapolator(trainer.model, validate, candidates=ext.get("candidates", 5),
-                        factor_step=ext.get("factor_step", 2.0))
+                        factor_step=ext.get("factor_step", 2.0),
+                        sync=lambda: trainer.rollout.sync_weights(trainer.model))

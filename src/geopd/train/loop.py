@@ -27,7 +27,8 @@ import torch
 from geopd.errors import UserError
 from geopd.train import checkpoint as ckpt
 from geopd.train import objectives as obj
-from geopd.train.data import RecordStream, Position, encode_sft, format_prompt, position_ids, shard
+from geopd.train.data import (JsonlRecords, Position, RecordStream, build_index, encode_sft, format_prompt,
+                              position_ids, shard)
 
 
 # ---- distributed ---------------------------------------------------------------------------
@@ -92,6 +93,8 @@ def shard_model(model, dist: Dist):
 # ---- schedules and optimizer ---------------------------------------------------------------
 
 def lr_lambda(optim: dict, total_steps: int):
+    """The learning-rate factor after `step` updates of a run of `total_steps` (warmup, then
+    constant, linear or cosine decay to min_lr_ratio)."""
     warmup = int(round(optim.get("warmup", 0.0) * total_steps))
     schedule = optim.get("schedule", "constant")
     floor = optim.get("min_lr_ratio", 0.0)
@@ -109,7 +112,10 @@ def lr_lambda(optim: dict, total_steps: int):
     return factor
 
 
-def make_optimizer(model, optim: dict, total_steps: int):
+def make_optimizer(model, optim: dict, total_steps: int, start_step: int = 0):
+    """AdamW and its schedule. A run that starts at `start_step` of a longer run (run@step)
+    continues that run's schedule: `total_steps` is the full run's length and the factor is
+    evaluated from `start_step` on, not warmed up again."""
     # Decay matrices only (norm gains and biases are not decayed), as in nanoGPT.
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -119,7 +125,8 @@ def make_optimizer(model, optim: dict, total_steps: int):
         lr=optim["lr"], betas=tuple(optim.get("betas", (0.9, 0.999))), eps=optim.get("eps", 1e-8),
         foreach=False,  # the fused/foreach paths change float summation order across torch builds
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, total_steps))
+    factor = lr_lambda(optim, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: factor(start_step + k))
     return optimizer, scheduler
 
 
@@ -157,7 +164,8 @@ class Trainer:
             model = ckpt.load_model(spec["init"], dtype=torch.float32, device=self.dist.device)
         self.model = shard_model(model, self.dist)
         self.model.train()
-        self.optimizer, self.scheduler = make_optimizer(self.model, spec["optim"], spec["steps"] - spec.get("start_step", 0))
+        self.optimizer, self.scheduler = make_optimizer(self.model, spec["optim"], spec["steps"],
+                                                        start_step=spec.get("start_step", 0))
         self.basis = self._projection_basis() if spec.get("projection") else None
         self.rollout = self._rollout_engine() if self.method != "sft" else None
         self.step = spec.get("start_step", 0)
@@ -170,15 +178,33 @@ class Trainer:
 
     # ---- set-up ----------------------------------------------------------------------------
 
-    def _load_data(self) -> list[dict]:
-        from geopd.data import load_split
-
-        keys = {"sft": ("prompt", "response")}.get(self.method, ("prompt",))
+    def _load_data(self) -> JsonlRecords:
+        """The train split, read on demand through an index of line offsets: rank 0 scans the
+        file once and caches the index in the state dir; no rank holds the records."""
+        path = Path(self.spec["data"]["dir"]) / "train.jsonl"
+        if not path.is_file():
+            raise UserError(f"data file not found: {path} (run the prepare_data rule first)")
+        cache = self.state_dir / "data-index"
+        ckpt._on_rank0(lambda: build_index(path, cache))
+        records = JsonlRecords(path, cache)
+        if not len(records):
+            raise UserError(f"{path}: the train split is empty")
+        first = records[0]
         if self.spec.get("loss_on") == "all":
-            keys = ("text",)
-        records = load_split(self.spec["data"]["dir"], "train", required_keys=keys)
-        if self.method in ("rlvr", "mix") and not any(k in records[0] for k in ("answer", "tests")):
+            options = [("text",)]
+        elif self.method == "sft":
+            options = [("messages",), ("prompt", "response")]
+        else:
+            options = [("prompt",)]
+        if not any(all(k in first for k in keys) for keys in options):
+            raise UserError(f"{path}: records lack key(s) {' or '.join(str(list(k)) for k in options)}; "
+                            "wrong data set for this stage?")
+        if self.method in ("rlvr", "mix") and not any(k in first for k in ("answer", "tests")):
             raise UserError(f"{self.spec['data']['dir']}: RLVR needs records with an answer or tests")
+        if self.method == "sft" and self.dist.main:
+            seen = self.spec["batch_size"] * (self.spec["steps"] - self.spec.get("start_step", 0))
+            print(f"{self.spec['run']}: {seen} records = {seen / len(records):.3g} epochs of {len(records)}",
+                  file=sys.stderr, flush=True)
         return records
 
     def _projection_basis(self) -> dict[str, torch.Tensor]:
@@ -217,16 +243,44 @@ class Trainer:
                 shutil.rmtree(self.exports, ignore_errors=True)
                 self.metrics_path.unlink(missing_ok=True)
             self.dist.barrier()
+            if self.spec.get("continues"):
+                self._continue(self.spec["continues"])
             return
         state = ckpt.load_state(latest, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.stream = RecordStream(self.records, self.spec["seed"], Position(**state["data_position"]))
         ckpt.restore_rng(state["rng"])
         if self.extrapolator is not None:
-            self.extrapolator.load_state_dict(state["extra"]["extrapolator"])
+            if not (state["rank_extra"] or {}).get("extrapolator"):
+                raise UserError(f"{latest}: no per-rank EffOPD state; it cannot resume run {self.spec['run']}")
+            self.extrapolator.load_state_dict(state["rank_extra"]["extrapolator"])
+        if self.step in self.spec.get("keep_state", ()):
+            self._keep_state(latest)  # a kill between saving and keeping it
         if self.dist.main:
             self._truncate_metrics(self.step)
             print(f"resumed {self.spec['run']} from {latest} (step {self.step})", file=sys.stderr, flush=True)
+
+    def _continue(self, c: dict):
+        """A run started from run@step continues that run: its fp32 weights, Adam moments, data
+        position and RNG as they were at that step (kept beside its checkpoints, `keep_state`),
+        under this run's own hyperparameters and the schedule of make_optimizer."""
+        path = Path(c["state"])
+        if not path.is_dir():
+            raise UserError(f"run {self.spec['run']} continues {c['run']}@{c['step']}, but {path} does not exist: "
+                            f"rerun {c['run']} (its checkpoints now keep the training state at steps other runs "
+                            "start from)")
+        own = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        state = ckpt.load_state(path, self.model, self.optimizer, None)
+        for group, hyper in zip(self.optimizer.param_groups, own):
+            group.update(hyper)  # lr from this run's schedule; betas, eps, decay from its spec
+        if state["step"] != self.step:
+            raise UserError(f"{path}: training state of step {state['step']}, run {self.spec['run']} starts at "
+                            f"step {self.step}")
+        self.stream = RecordStream(self.records, self.spec["seed"], Position(**state["data_position"]))
+        ckpt.restore_rng(state["rng"])
+        if self.dist.main:
+            print(f"{self.spec['run']} continues {c['run']} from {path} (step {self.step}: weights, Adam moments, "
+                  "data position)", file=sys.stderr, flush=True)
 
     def _truncate_metrics(self, step: int):
         if not self.metrics_path.exists():
@@ -376,17 +430,42 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------------
 
     def save_state(self):
-        ckpt.save_state(self.state_dir / f"state-{self.step:08d}", model=self.model, optimizer=self.optimizer,
-                        scheduler=self.scheduler, step=self.step, rng=ckpt.capture_rng(),
-                        data_position=self.stream.state(), extra=self._extra_state())
+        path = ckpt.save_state(self.state_dir / f"state-{self.step:08d}", model=self.model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, step=self.step, rng=ckpt.capture_rng(),
+                               data_position=self.stream.state(), extra=self._extra_state(),
+                               rank_extra=self._rank_extra_state())
+        if self.step in self.spec.get("keep_state", ()):
+            self._keep_state(path)
         if self.dist.main:
             ckpt.prune_states(self.state_dir, keep=1)
 
+    def _keep_state(self, state: Path) -> None:
+        """Keep this step's training state with the exports (as `state-{step}`), for the runs
+        that start from this checkpoint and continue this run (geopd.grid: keep_state). Hard
+        links: no second copy on disk, and pruning the original leaves it intact."""
+        if self.dist.main:
+            final = self.exports / f"state-{self.step}"
+            tmp = self.exports / f".state-{self.step}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for f in sorted(p for p in Path(state).rglob("*") if p.is_file()):
+                (tmp / f.relative_to(state)).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(f, tmp / f.relative_to(state))
+                except OSError:  # a file system without hard links
+                    shutil.copy2(f, tmp / f.relative_to(state))
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+        self.dist.barrier()
+
     def _extra_state(self) -> dict:
-        extra = {"run": self.spec["run"]}
-        if self.extrapolator is not None:
-            extra["extrapolator"] = self.extrapolator.state_dict()
-        return extra
+        return {"run": self.spec["run"]}
+
+    def _rank_extra_state(self) -> dict | None:
+        """What differs between ranks: EffOPD's extrapolation base holds each rank's FSDP shard."""
+        if self.extrapolator is None:
+            return None
+        return {"extrapolator": self.extrapolator.state_dict()}
 
     def export(self):
         ckpt.save_model(self.model, self.tokenizer, self.exports / f"step-{self.step}",
@@ -419,6 +498,7 @@ class Trainer:
                 self.step += 1
                 search = self.after_update()
                 row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row, "world": self.dist.world}
+                row["epoch"] = self.stream.epochs
                 row["tokens_per_s"] = row["tokens"] / max(time.perf_counter() - t0, 1e-9)
                 if search is not None:
                     row["extrapolation"] = search

@@ -78,7 +78,15 @@ class RolloutEngine(Protocol):
 # ---- shared helpers -----------------------------------------------------------------------------
 
 def eos_ids(tokenizer, model=None) -> list[int]:
+    """Tokens that end a response: the tokenizer's and the model's eos, and the chat template's
+    end-of-turn token, so a student made from a Qwen3-*-Base model (eos <|endoftext|>) stops at
+    <|im_end|> as its post-trained teacher does, and as SFT taught it."""
+    from geopd.train.data import end_of_turn_id
+
     ids = set()
+    end = end_of_turn_id(tokenizer)
+    if end is not None:
+        ids.add(end)
     for source in (tokenizer, getattr(model, "generation_config", None)):
         value = getattr(source, "eos_token_id", None) if source is not None else None
         if value is None:
