@@ -599,6 +599,9 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
             source = teacher if r.get("source") == "teacher" else student
             rollout_engine = _vllm(source, r.get("vllm", {}), gpu_bytes, default_util=0.5, a=a)
             est.problems += [f"rollout engine: {p}" for p in rollout_engine.problems(seq)]
+            if r.get("vllm", {}).get("max_model_len", seq) < seq:
+                est.problems.append(f"rollout.vllm.max_model_len {r['vllm']['max_model_len']} is shorter than "
+                                    f"a prompt ({a.max_prompt_tokens}) + max_new_tokens ({r['max_new_tokens']})")
             est.problems += _engine_parallel_problems("rollout engine", rollout_engine, gpus, world)
         if teacher is not None:
             te = s.get("teacher_engine", {})
