@@ -6,30 +6,37 @@ that are not read from the config live (each with its source or reasoning).
 
 Memory per GPU of a training job (FSDP2 over all N GPUs of the job, P parameters):
 - sharded state: fp32 master weights 4P/N + fp32 gradients 4P/N + Adam moments 8P/N;
-- compute copies (bf16 under the mixed-precision policy): the root module (embedding,
-  lm_head, final norm: FSDP2 keeps the root unsharded from forward to backward) plus two
-  decoder layers (the one computing and the one prefetched);
-- unsharded gradients during backward: the root's in param dtype, one layer's in param dtype
-  plus its reduce-dtype copy for the reduce-scatter;
-- activations of one micro-batch of T tokens: with per-layer checkpointing, each layer's
-  saved input (L x H x T) plus one layer's full activations (`layer_activation_bytes`, its
-  recompute during backward); without, every layer's;
+- compute copies in param dtype: the root module (embedding, lm_head, final norm: FSDP2 keeps
+  the root unsharded from forward to backward) plus two decoder layers (the one computing and
+  the one prefetched); unsharded gradients: the root's in param dtype, one layer's in param
+  dtype plus its reduce-dtype copy. Each of these is taken at its own worst moment, so their
+  sum is an upper bound (measured: +8% on a tiny bf16 model);
+- activations of one micro-batch of T tokens (`Shape.layer_activation_bytes`): without
+  checkpointing every layer's, alive while the log-probs run; with per-layer checkpointing each
+  layer's saved input (L x H x T) plus the larger of the log-probs' peak and one layer's
+  recompute (the log-probs finish their backward before the last layer is recomputed);
 - log-probs through lm_head: a chunk of C tokens x vocab in param dtype, its fp32 upcast and
   fp32 gradient (`logprob_chunk_tokens`); without chunking (today's trainer) the whole
-  micro-batch's logits, their gradient and the gradient of the [:, :-1] slice, all fp32;
-- colocated vLLM engines: one awake at a time when `sleep` is set (weights at the engine
-  dtype / tensor_parallel, KV cache filling gpu_memory_utilization x GPU memory); a sleeping
-  engine keeps `vllm_sleep_residue_gib` (CUDA graph pool, NCCL buffers; its weights go to
-  host memory (teacher, level 1) or are dropped (rollout engine, level 2: the trainer pushes
-  them again after wake-up) and its KV cache is freed).
-Phases of one OPD/RLVR step: generation (trainer state resident + rollout engine awake),
-teacher scoring (teacher engine awake), training (trainer peak). The job's peak is the
-largest phase; a caching-allocator factor and a CUDA context are added on top of tensors.
+  micro-batch's fp32 logits, their gradient and the gradient of the [:, :-1] slice, with the
+  logits held by the caller until backward returns.
+A caching-allocator factor and a CUDA context are added on top of the tensors.
+
+OPD/RLVR steps run in phases, each with its own peak: generation (trainer's sharded weights
+and Adam moments resident, gradients freed, rollout engine awake), teacher scoring (teacher
+engine awake, plus the prompt log-probs vLLM computes outside its budget), recompute of the
+behaviour log-probs, training. An awake vLLM engine holds its gpu_memory_utilization x GPU
+memory (weights at its dtype / tensor_parallel, activations, the rest KV cache); with `sleep`
+a sleeping one keeps `vllm_sleep_residue_gib` (its KV cache is freed; its weights go to host
+memory at level 1, the teacher, or are dropped at level 2, the rollout engine, whose weights
+the trainer pushes after waking it). This presumes the trainer empties PyTorch's cache before
+an engine wakes.
 
 Time: token counts x FLOPs per token / (GPUs x peak x utilisation) for training, recompute
 and teacher scoring; vLLM decode from a memory-bandwidth roofline (weights + the KV cache read
 per step, concurrency bounded by the KV cache), never faster than one longest response at
-concurrency 1 (the tail of a rollout batch).
+concurrency 1 (the tail of a rollout batch). Checked against measurements: the trainer terms
+by scripts/bench_memory_model.py (tensor accounting of tiny-model steps on CPU); throughput
+figures only by their sources until a GPU run measures them.
 """
 from __future__ import annotations
 

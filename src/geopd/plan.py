@@ -355,22 +355,22 @@ def estimate_tables(jobs: dict[str, Job], estimates: dict[str, cm.Estimate]) -> 
             groups[(jobs[j].rule, id(e))].append(e)
     evals = [(k[0], v) for k, v in groups.items() if k[0] in ("evaluate", "evaluate_model") and v[0].phases]
     if evals:
-        lines.append(f"{'evaluations':<40}{'jobs':>5}{'GPUs':>6}{'tp x dp':>9}{'peak GiB/GPU':>14}"
+        lines.append(f"{'evaluations (model, benchmark)':<52}{'jobs':>5}{'GPUs':>6}{'tp x dp':>9}{'peak GiB/GPU':>14}"
                      f"{'est h':>8}{'req h':>8}")
         for rule, es in sorted(evals, key=lambda kv: (kv[0], kv[1][0].subject)):
             e = es[0]
-            bench = e.info.get("bench", "")
+            what = f"checkpoints of runs from {e.subject}" if rule == "evaluate" else f"model {e.subject}"
             par = f"{e.info['tp']}x{e.info['dp']}" if "tp" in e.info else "-"
-            lines.append(f"  {e.subject + ' ' + bench:<38}{len(es):>5}{e.nodes * e.gpus:>6}{par:>9}"
+            lines.append(f"  {what + ', ' + e.info['bench']:<50}{len(es):>5}{e.nodes * e.gpus:>6}{par:>9}"
                          f"{_gib(e.peak, e.memory_limit):>14}{_hours(e.hours):>8}{e.requested_hours:>8.1f}")
         lines.append("")
     svd = [(k[0], v) for k, v in groups.items() if k[0] in ("diagnose", "diagnose_reference", "similarity")]
     if svd:
-        lines.append(f"{'CPU diagnostics (model, matrices)':<47}{'jobs':>5}{'workers':>8}{'peak GiB/node':>15}"
+        lines.append(f"{'CPU diagnostics (model, matrices)':<52}{'jobs':>5}{'workers':>8}{'peak GiB/node':>15}"
                      f"{'est h':>8}{'req h':>8}")
         for rule, es in sorted(svd, key=lambda kv: (kv[0], kv[1][0].subject)):
             e = es[0]
-            lines.append(f"  {rule + ' ' + e.subject:<45}{len(es):>5}{e.info.get('workers', '-'):>8}"
+            lines.append(f"  {rule + ' ' + e.subject:<50}{len(es):>5}{e.info.get('workers', '-'):>8}"
                          f"{_gib(e.peak, e.memory_limit):>15}{_hours(e.hours):>8}{e.requested_hours:>8.1f}")
         lines.append("")
     return lines
