@@ -101,9 +101,9 @@ class Assumptions:
     svd_core_s: float = 134.0 / (4096 * 4096 * 12288)
     svdvals_ratio: float = 48.0 / 67.0
     # Diagnostics workers, measured here (scripts/bench_memory_model.py --diagnose, peak RSS of
-    # `geopd diagnose --workers 1`): 0.31 GiB with torch imported; beyond it, per matrix
-    # element, 49-62 bytes for tall and square matrices and 74 for wide ones (transposed for
-    # LAPACK): 76 bounds them all.
+    # `geopd diagnose --workers 1`): 0.31 GiB with torch imported; beyond it, 49-74 bytes per
+    # matrix element over tall, square and wide shapes from 2048 x 512 to 2048 x 2048 in two
+    # runs (float64 copies, LAPACK's input copy and workspace, full thin SVDs): 76 bounds them.
     worker_base_gib: float = 0.31
     svd_worker_bytes_per_element: float = 76.0
     host_process_gib: float = 8.0       # host memory per GPU process beyond offloaded weights
