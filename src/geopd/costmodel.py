@@ -147,14 +147,15 @@ class Shape:
     @classmethod
     def from_entry(cls, entry: dict) -> "Shape":
         """From a config `shape:` (or a model_sizes entry plus a vocab)."""
-        head_dim = entry.get("head_dim") or entry["hidden"] // entry["heads"]
-        return cls(arch=entry.get("arch", "qwen3"), hidden=entry["hidden"], layers=entry["layers"],
-                   heads=entry["heads"], kv_heads=entry["kv_heads"], head_dim=head_dim,
+        moe = entry.get("arch") == "qwen3_moe"
+        return cls(arch="qwen3_moe" if moe else "qwen3", hidden=entry["hidden"], layers=entry["layers"],
+                   heads=entry["heads"], kv_heads=entry["kv_heads"],
+                   head_dim=entry.get("head_dim") or entry["hidden"] // entry["heads"],
                    intermediate=entry["intermediate"], vocab=entry["vocab"],
                    tied_embeddings=bool(entry.get("tied_embeddings", False)),
-                   num_experts=entry.get("num_experts", 0) if entry.get("arch") == "qwen3_moe" else 0,
-                   experts_per_tok=entry.get("experts_per_tok", 0) if entry.get("arch") == "qwen3_moe" else 0,
-                   moe_intermediate=entry.get("moe_intermediate", 0) if entry.get("arch") == "qwen3_moe" else 0)
+                   num_experts=entry.get("num_experts", 0) if moe else 0,
+                   experts_per_tok=entry.get("experts_per_tok", 0) if moe else 0,
+                   moe_intermediate=entry.get("moe_intermediate", 0) if moe else 0)
 
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "Shape":
@@ -606,6 +607,7 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
             source = teacher if r.get("source") == "teacher" else student
             rollout_engine = _vllm(source, r.get("vllm", {}), gpu_bytes, default_util=0.5, a=a)
             est.problems += [f"rollout engine: {p}" for p in rollout_engine.problems(seq)]
+            est.info["rollout engine (awake, per GPU)"] = rollout_engine.breakdown()
             if r.get("vllm", {}).get("max_model_len", seq) < seq:
                 est.problems.append(f"rollout.vllm.max_model_len {r['vllm']['max_model_len']} is shorter than "
                                     f"a prompt ({a.max_prompt_tokens}) + max_new_tokens ({r['max_new_tokens']})")
@@ -618,6 +620,7 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
                 logprobs = min(a.vllm_max_num_batched_tokens, seq) * teacher.vocab * (DTYPE_BYTES[v.get("dtype", "bfloat16")] + 4)
                 teacher_engine = _vllm(teacher, v, gpu_bytes, default_util=0.4, transient=logprobs, a=a)
                 est.problems += [f"teacher engine: {p}" for p in teacher_engine.problems(seq)]
+                est.info["teacher engine (awake, per GPU)"] = teacher_engine.breakdown()
                 est.problems += _engine_parallel_problems("teacher engine", teacher_engine, gpus, world)
                 host.add("sleeping teacher weights (level 1, in host memory)", gpus * teacher_engine.weights)
             else:
@@ -656,7 +659,7 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
     for phase in phases.values():
         phase.terms = {**ctx.terms, **phase.terms}
     est.phases = phases
-    est.info["host"] = host
+    est.info["host memory (per node)"] = host
     host_limit = resources.get("mem_mb", 0) * 1e6
     if host.total > host_limit:
         est.problems.append(f"host memory: needs {host.total / GiB:.0f} GiB per node "
@@ -743,6 +746,7 @@ def estimate_eval(rule: str, subject: str, shape: Shape, bench: dict, problems: 
     tp, dp = eval_parallelism(shape, bench, gpus, nodes, gpu_bytes, max_len, a)
     engine = _vllm(shape, {"tensor_parallel": tp, **_eval_block(bench)}, gpu_bytes, default_util=0.9, a=a)
     est.info.update(tp=tp, dp=dp)
+    est.info["vLLM engine (per GPU)"] = engine.breakdown()
     est.problems += [f"vLLM engine: {p}" for p in engine.problems(max_len)]
     if tp > gpus:
         est.problems.append(f"tensor_parallel {tp} spans more than the {gpus} GPUs of a node")

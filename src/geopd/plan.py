@@ -388,9 +388,10 @@ def detail(estimates: dict[str, cm.Estimate]) -> list[str]:
         for phase, b in e.phases.items():
             lines.append(f"  {phase}: {b.total / cm.GiB:.1f} GiB per {e.memory_kind}")
             lines += [f"    {k:<58}{v / cm.GiB:>9.2f}" for k, v in b.terms.items()]
-        host = e.info.get("host")
-        if host is not None:
-            lines.append(f"  host memory per node: {host.total / cm.GiB:.0f} GiB")
+        for name, b in e.info.items():
+            if isinstance(b, cm.Breakdown):
+                lines.append(f"  {name}: {b.total / cm.GiB:.1f} GiB")
+                lines += [f"    {k:<58}{v / cm.GiB:>9.2f}" for k, v in b.terms.items()]
         for k, v in e.seconds.items():
             lines.append(f"  time {k:<53}{v / 3600:>9.2f} h")
         for k in ("rollout_tokens", "teacher_tokens", "train_tokens"):
