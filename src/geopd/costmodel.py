@@ -41,7 +41,7 @@ figures only by their sources until a GPU run measures them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 GiB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
@@ -458,15 +458,11 @@ def svd_units(m: int, n: int) -> float:
     return float(m) * n * min(m, n)
 
 
-def svd_worker_bytes(m: int, n: int, a: "Assumptions" = None) -> float:
+def svd_worker_bytes(m: int, n: int, a: Assumptions | None = None) -> float:
     """Peak memory of one diagnostics worker on an m x n matrix (float64 copies, LAPACK's
     input copy and workspace, the thin SVDs before truncation to k vectors, masks): the
     measured per-element bound (scripts/bench_memory_model.py --diagnose)."""
     return (a or ASSUMPTIONS).svd_worker_bytes_per_element * m * n
-
-
-def as_dict(a: Assumptions = ASSUMPTIONS) -> dict:
-    return asdict(a)
 
 
 # ---- job estimates ---------------------------------------------------------------------------
