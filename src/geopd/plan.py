@@ -2,8 +2,10 @@
 
 Built from the same `Grid` the Snakefile uses, so the job list matches `snakemake -n`
 (a test checks the per-rule counts). No Snakemake, torch, GPU, Slurm or network needed.
-GPU-hours of a job = GPUs per node x nodes x runtime (the config's Slurm request, i.e. the
-budget reserved, not a measured time).
+Requested GPU-hours of a job = GPUs per node x nodes x runtime (the config's Slurm request).
+Beside it, geopd.costmodel estimates each job's peak memory (per GPU, or per node for the CPU
+diagnostics) and its time from token counts; planning fails, naming the rule and run, when a
+job does not fit the memory it asks for or asks for far less time than it needs.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from geopd import costmodel as cm
 from geopd.errors import UserError
 from geopd.grid import Grid, Ref
 
@@ -24,6 +28,7 @@ class Job:
     family: str
     resources: dict
     deps: set[str] = field(default_factory=set)
+    meta: dict = field(default_factory=dict)  # what the cost model needs: run, model, benchmark, ...
 
     @property
     def hours(self) -> float:
@@ -39,9 +44,9 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
     """Every job of the default target (`rule all`), with its dependencies."""
     jobs: dict[str, Job] = {}
 
-    def add(job_id: str, rule: str, family: str, deps: set[str], run: str | None = None) -> str:
+    def add(job_id: str, rule: str, family: str, deps: set[str], run: str | None = None, **meta) -> str:
         if job_id not in jobs:
-            jobs[job_id] = Job(job_id, rule, family, grid.resources(rule, run), set(deps))
+            jobs[job_id] = Job(job_id, rule, family, grid.resources(rule, run), set(deps), meta)
         return job_id
 
     def data(name: str) -> str:
@@ -72,29 +77,32 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
         if run.projection:
             deps.add(train(run.projection["run"]))
             deps |= ref(grid.runs[run.projection["run"]].init)
-        return add(job_id, "train", run.family, deps, run=name)
+        return add(job_id, "train", run.family, deps, run=name, subject=name)
 
     diagnoses = set()
     for name, step, matrices in grid.diagnostics_targets():
         run = grid.runs[name]
         deps = {train(name)} | ref(run.w0)
-        diagnoses.add(add(f"diagnose:{name}:{step}:{matrices}", "diagnose", run.family, deps))
+        diagnoses.add(add(f"diagnose:{name}:{step}:{matrices}", "diagnose", run.family, deps,
+                          subject=name, matrices=matrices))
     for pair, spec in grid.reference_pairs().items():
         deps = model(spec["base"]) | model(spec["tuned"])
-        diagnoses.add(add(f"diagnose_reference:{pair}", "diagnose_reference", "reference", deps))
+        diagnoses.add(add(f"diagnose_reference:{pair}", "diagnose_reference", "reference", deps,
+                          model=spec["base"], matrices="all"))
     for name in grid.similarity_runs():
         run = grid.runs[name]
-        diagnoses.add(add(f"similarity:{name}", "similarity", run.family, {train(name)} | ref(run.w0)))
+        diagnoses.add(add(f"similarity:{name}", "similarity", run.family, {train(name)} | ref(run.w0),
+                          subject=name))
     evals = set()
     for subject, step, bench in grid.eval_targets():
         bench_data = data(grid.benchmarks[bench]["data"])
         if step == "model":
             evals.add(add(f"evaluate_model:{subject}:{bench}", "evaluate_model", "teachers",
-                          model(subject) | {bench_data}))
+                          model(subject) | {bench_data}, model=subject, bench=bench))
         else:
             family = grid.runs[subject].family
             evals.add(add(f"evaluate:{subject}:{step}:{bench}", "evaluate", family,
-                          {train(subject), bench_data}))
+                          {train(subject), bench_data}, subject=subject, bench=bench))
     for name in grid.runs:  # runs nobody diagnoses or evaluates still train (their logs are plotted)
         train(name)
     agg_d = add("aggregate_diagnostics", "aggregate_diagnostics", "report", diagnoses)
@@ -144,17 +152,169 @@ def critical_path(jobs: dict[str, Job]) -> tuple[float, list[str]]:
     return max((visit(j) for j in jobs), default=(0.0, []))
 
 
-def summarize(jobs: dict[str, Job]) -> dict:
-    per_rule: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0})
+# ---- model shapes ----------------------------------------------------------------------------
+
+class Shapes:
+    """Architecture of every model and run: a hub model's config.json in the hub mirror, else
+    its `shape:` in the config (both present: they must agree); a built (miniature) model's
+    size; a run's, that of the model it starts from."""
+
+    def __init__(self, grid: Grid):
+        self.grid = grid
+        self._cache: dict[str, cm.Shape | str] = {}
+
+    def mirror_config(self, name: str) -> Path | None:
+        mirror, hub = self.grid.config.get("hub_mirror"), self.grid.models[name].get("hub")
+        if not mirror or not hub:
+            return None
+        path = Path(mirror) / "models" / hub / "config.json"
+        return path if path.is_file() else None
+
+    def _resolve(self, name: str) -> cm.Shape:
+        model = self.grid.models[name]
+        if "build" in model:
+            build = model["build"]
+            if "from" in build:
+                return self.model(build["from"])
+            return cm.Shape.from_entry({**self.grid.config["model_sizes"][build["size"]], "vocab": self._vocab()})
+        declared = cm.Shape.from_entry(model["shape"]) if "shape" in model else None
+        path = self.mirror_config(name)
+        if path is not None:
+            try:
+                found = cm.Shape.from_hf_config(json.loads(path.read_text()))
+            except (ValueError, KeyError) as exc:
+                raise UserError(f"{path}: cannot read the model's architecture ({exc})") from None
+            if declared is not None and found != declared:
+                raise UserError(f"models.{name}.shape disagrees with {path}: " + "; ".join(declared.differences(found)))
+            return found
+        if declared is None:
+            raise UserError(f"models.{name}: no architecture to plan with: add `shape:` to the model entry "
+                            f"or prefetch it into hub_mirror ({self.grid.config.get('hub_mirror', 'not set')})")
+        if "params_b" in model and abs(declared.params() / 1e9 - model["params_b"]) > 0.05 * model["params_b"]:
+            raise UserError(f"models.{name}: shape gives {declared.params() / 1e9:.2f}B parameters, "
+                            f"params_b says {model['params_b']}")
+        return declared
+
+    def _vocab(self) -> int:
+        from geopd.world.tokenizer import vocabulary  # the miniature tokenizer: no torch, no hub
+
+        return len(vocabulary())
+
+    def model(self, name: str) -> cm.Shape:
+        if name not in self._cache:
+            try:
+                self._cache[name] = self._resolve(name)
+            except UserError as exc:
+                self._cache[name] = str(exc)
+        value = self._cache[name]
+        if isinstance(value, str):
+            raise UserError(value)
+        return value
+
+    def root_model(self, ref: Ref) -> str:
+        while ref.kind == "run":
+            ref = self.grid.runs[ref.name].init
+        return ref.name
+
+    def run(self, name: str) -> cm.Shape:
+        return self.model(self.root_model(Ref("run", name)))
+
+
+# ---- estimates -------------------------------------------------------------------------------
+
+def benchmark_problems(grid: Grid, bench: str) -> int | None:
+    """Problems of a benchmark: its prepared test file when there, else its published size."""
+    spec = grid.benchmarks[bench]
+    path = Path(grid.data_dir(spec["data"])) / f"{spec.get('split', 'test')}.jsonl"
+    if path.is_file():
+        with open(path) as fh:
+            n = sum(1 for line in fh if line.strip())
+    else:
+        n = cm.BENCHMARK_PROBLEMS.get(grid.datasets[spec["data"]].get("hub"))
+    return None if n is None else min(n, spec.get("limit", n))
+
+
+def estimate_jobs(grid: Grid, jobs: dict[str, Job]) -> dict[str, cm.Estimate]:
+    """An estimate for every job the cost model covers (training, evaluation, diagnostics);
+    jobs with the same inputs share one."""
+    shapes, device = Shapes(grid), grid.config.get("device", "cpu")
+    cache: dict[tuple, cm.Estimate] = {}
+    out = {}
+    for job_id, job in jobs.items():
+        meta, res = job.meta, job.resources
+        try:
+            if job.rule == "train":
+                run = grid.runs[meta["subject"]]
+                key = ("train", run.name)
+                make = lambda: cm.estimate_train(run, shapes.run(run.name),
+                                                 shapes.model(run.teacher) if run.teacher else None, res, device=device)
+            elif job.rule in ("evaluate", "evaluate_model"):
+                # one estimate per (model, benchmark): every checkpoint of a run has its init's shape
+                model = meta.get("model") or shapes.root_model(Ref("run", meta["subject"]))
+                key = (job.rule, model, meta["bench"], json.dumps(res, sort_keys=True))
+                make = lambda: cm.estimate_eval(job.rule, model, shapes.model(model),
+                                                {**grid.benchmarks[meta["bench"]], "name": meta["bench"]},
+                                                benchmark_problems(grid, meta["bench"]), res, device=device)
+            elif job.rule in ("diagnose", "diagnose_reference", "similarity"):
+                model = meta.get("model") or shapes.root_model(Ref("run", meta["subject"]))
+                checkpoints = len(grid.runs[meta["subject"]].checkpoints) if job.rule == "similarity" else 1
+                matrices = meta.get("matrices") or grid.config["diagnostics"].get("trajectory_matrices", "attention")
+                label = f"{model} {matrices}" + (f", {checkpoints} checkpoints" if job.rule == "similarity" else "")
+                key = (job.rule, model, matrices, checkpoints, json.dumps(res, sort_keys=True))
+                make = lambda: cm.estimate_svd_job(job.rule, label, shapes.model(model), matrices, res,
+                                                   checkpoints=checkpoints)
+            else:
+                continue
+            if key not in cache:
+                cache[key] = make()
+        except UserError as exc:
+            key = ("error", job_id)
+            cache[key] = cm.Estimate(job.rule, meta.get("subject") or meta.get("model") or job_id,
+                                     res.get("gpus", 0), res.get("nodes", 1), res["runtime"] / 60,
+                                     problems=[str(exc)])
+        out[job_id] = cache[key]
+    return out
+
+
+def problems(jobs: dict[str, Job], estimates: dict[str, cm.Estimate]) -> list[str]:
+    """One line per rule and problem, naming the runs (or models) and benchmarks it concerns."""
+    found: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for job_id, est in estimates.items():
+        job = jobs[job_id]
+        who = job.meta.get("subject") or job.meta.get("model") or job_id
+        if "bench" in job.meta:
+            who = f"{who} on {job.meta['bench']}"
+        for problem in est.problems:
+            if who not in found[(job.rule, problem)]:
+                found[(job.rule, problem)].append(who)
+    return [f"rule {rule}, {', '.join(who)}: {problem}" for (rule, problem), who in found.items()]
+
+
+# ---- summary ---------------------------------------------------------------------------------
+
+def summarize(jobs: dict[str, Job], estimates: dict[str, cm.Estimate] | None = None) -> dict:
+    estimates = estimates or {}
+    per_rule: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "est_gpu_hours": 0.0,
+                                                     "estimated": 0, "peak_gib": None})
     per_family: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0})
-    for job in jobs.values():
+    for job_id, job in jobs.items():
         for table, key in ((per_rule, job.rule), (per_family, job.family)):
             table[key]["jobs"] += 1
             table[key]["gpu_hours"] += job.gpu_hours
+        est = estimates.get(job_id)
+        row = per_rule[job.rule]
+        if est is not None and est.hours is not None:
+            row["estimated"] += 1
+            row["est_gpu_hours"] += est.gpu_hours
+        if est is not None and est.peak is not None:
+            row["peak_gib"] = max(row["peak_gib"] or 0.0, est.peak / cm.GiB)
+            row["limit_gib"] = None if est.memory_limit is None else est.memory_limit / cm.GiB
+            row["memory_kind"] = est.memory_kind
     hours, chain = critical_path(jobs)
     return {
         "jobs": len(jobs),
         "gpu_hours": sum(j.gpu_hours for j in jobs.values()),
+        "est_gpu_hours": sum(r["est_gpu_hours"] for r in per_rule.values()),
         "per_rule": dict(per_rule),
         "per_family": dict(per_family),
         "critical_path_hours": hours,
@@ -162,17 +322,118 @@ def summarize(jobs: dict[str, Job]) -> dict:
     }
 
 
-def render(summary: dict, config_name: str) -> str:
-    lines = [f"Plan for {config_name}: {summary['jobs']} jobs, "
-             f"{summary['gpu_hours']:,.1f} GPU-hours requested (GPUs x nodes x runtime)", ""]
-    for title, table in (("rule", summary["per_rule"]), ("run family", summary["per_family"])):
-        lines.append(f"{'per ' + title:<24}{'jobs':>6}{'GPU-hours':>14}")
-        for key, row in sorted(table.items(), key=lambda kv: (-kv[1]["gpu_hours"], kv[0])):
-            lines.append(f"  {key:<22}{row['jobs']:>6}{row['gpu_hours']:>14,.1f}")
+def _gib(value: float | None, limit: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / cm.GiB:.1f}" + (f"/{limit / cm.GiB:.0f}" if limit not in (None, float("inf")) else "")
+
+
+def _hours(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def estimate_tables(jobs: dict[str, Job], estimates: dict[str, cm.Estimate]) -> list[str]:
+    lines = []
+    train = [(jobs[j], e) for j, e in estimates.items() if jobs[j].rule == "train"]
+    if train:
+        lines.append(f"{'training runs':<24}{'GPUs':>6}{'micro':>7}{'peak GiB/GPU':>15}{' (phase)':<18}"
+                     f"{'est h':>8}{'req h':>8}{'upd/step':>9}{'updates':>8}")
+        for job, e in train:
+            gpus = f"{e.nodes}x{e.gpus}" if e.gpus else "cpu"
+            upd = e.info.get("updates_per_step", "-")
+            if e.info.get("leftover_samples"):
+                upd = f"{upd}+"
+            lines.append(f"  {e.subject:<22}{gpus:>6}{e.info.get('micro_batch_tokens', '-'):>7}"
+                         f"{_gib(e.peak, e.memory_limit):>15}{' (' + e.peak_phase + ')' if e.peak_phase else '':<18}"
+                         f"{_hours(e.hours):>8}{e.requested_hours:>8.1f}{upd:>9}{e.info.get('updates', '-'):>8}")
+        lines.append("  (upd/step: optimizer updates per rollout step = prompts x samples // global_batch_size "
+                     "samples, as slime; '+': samples left over)")
         lines.append("")
+    groups: dict[tuple, list] = defaultdict(list)
+    for j, e in estimates.items():
+        if jobs[j].rule != "train":
+            groups[(jobs[j].rule, id(e))].append(e)
+    evals = [(k[0], v) for k, v in groups.items() if k[0] in ("evaluate", "evaluate_model") and v[0].phases]
+    if evals:
+        lines.append(f"{'evaluations (model, benchmark)':<52}{'jobs':>5}{'GPUs':>6}{'tp x dp':>9}{'peak GiB/GPU':>14}"
+                     f"{'est h':>8}{'req h':>8}")
+        for rule, es in sorted(evals, key=lambda kv: (kv[0], kv[1][0].subject)):
+            e = es[0]
+            what = f"checkpoints of runs from {e.subject}" if rule == "evaluate" else f"model {e.subject}"
+            par = f"{e.info['tp']}x{e.info['dp']}" if "tp" in e.info else "-"
+            lines.append(f"  {what + ', ' + e.info['bench']:<50}{len(es):>5}{e.nodes * e.gpus:>6}{par:>9}"
+                         f"{_gib(e.peak, e.memory_limit):>14}{_hours(e.hours):>8}{e.requested_hours:>8.1f}")
+        lines.append("")
+    svd = [(k[0], v) for k, v in groups.items() if k[0] in ("diagnose", "diagnose_reference", "similarity")]
+    if svd:
+        lines.append(f"{'CPU diagnostics (model, matrices)':<52}{'jobs':>5}{'workers':>8}{'peak GiB/node':>15}"
+                     f"{'est h':>8}{'req h':>8}")
+        for rule, es in sorted(svd, key=lambda kv: (kv[0], kv[1][0].subject)):
+            e = es[0]
+            lines.append(f"  {rule + ' ' + e.subject:<50}{len(es):>5}{e.info.get('workers', '-'):>8}"
+                         f"{_gib(e.peak, e.memory_limit):>15}{_hours(e.hours):>8}{e.requested_hours:>8.1f}")
+        lines.append("")
+    return lines
+
+
+def detail(estimates: dict[str, cm.Estimate]) -> list[str]:
+    """Every phase's memory terms and every time component of each distinct estimate."""
+    lines, seen = [], set()
+    for e in estimates.values():
+        if id(e) in seen or (not e.phases and not e.seconds):
+            continue
+        seen.add(id(e))
+        lines.append(f"{e.rule} {e.subject}" + (f" {e.info['bench']}" if "bench" in e.info else "")
+                     + f": {e.nodes} node(s) x {e.gpus} GPU(s)")
+        for phase, b in e.phases.items():
+            lines.append(f"  {phase}: {b.total / cm.GiB:.1f} GiB per {e.memory_kind}")
+            lines += [f"    {k:<58}{v / cm.GiB:>9.2f}" for k, v in b.terms.items()]
+        for name, b in e.info.items():
+            if isinstance(b, cm.Breakdown):
+                lines.append(f"  {name}: {b.total / cm.GiB:.1f} GiB")
+                lines += [f"    {k:<58}{v / cm.GiB:>9.2f}" for k, v in b.terms.items()]
+        for k, v in e.seconds.items():
+            lines.append(f"  time {k:<53}{v / 3600:>9.2f} h")
+        for k in ("rollout_tokens", "teacher_tokens", "train_tokens"):
+            if k in e.info:
+                lines.append(f"  {k.replace('_', ' '):<58}{e.info[k]:>12.3g}")
+        if "decode_tokens_per_s_per_gpu" in e.info:
+            lines.append(f"  {'vLLM decode tokens/s per GPU (modelled)':<58}{e.info['decode_tokens_per_s_per_gpu']:>12,.0f}")
+        lines.append("")
+    return lines
+
+
+def render(summary: dict, config_name: str, jobs: dict[str, Job] | None = None,
+           estimates: dict[str, cm.Estimate] | None = None, show_detail: bool = False) -> str:
+    lines = [f"Plan for {config_name}: {summary['jobs']} jobs, "
+             f"{summary['gpu_hours']:,.1f} GPU-hours requested (GPUs x nodes x runtime), "
+             f"{summary['est_gpu_hours']:,.1f} estimated", ""]
+    lines.append(f"{'per rule':<24}{'jobs':>6}{'GPU-h req':>12}{'GPU-h est':>12}{'peak mem GiB':>16}")
+    for key, row in sorted(summary["per_rule"].items(), key=lambda kv: (-kv[1]["gpu_hours"], kv[0])):
+        est = f"{row['est_gpu_hours']:,.1f}" if row["estimated"] else "-"
+        peak = "-" if row["peak_gib"] is None else (
+            f"{row['peak_gib']:.1f}" + (f"/{row['limit_gib']:.0f}" if row.get("limit_gib") else "")
+            + (" /GPU" if row.get("memory_kind") == "GPU" else " /node"))
+        lines.append(f"  {key:<22}{row['jobs']:>6}{row['gpu_hours']:>12,.1f}{est:>12}{peak:>16}")
+    lines.append("")
+    if estimates:
+        lines += estimate_tables(jobs, estimates)
+        if show_detail:
+            lines += detail(estimates)
+    lines.append(f"{'per run family':<24}{'jobs':>6}{'GPU-hours':>14}")
+    for key, row in sorted(summary["per_family"].items(), key=lambda kv: (-kv[1]["gpu_hours"], kv[0])):
+        lines.append(f"  {key:<22}{row['jobs']:>6}{row['gpu_hours']:>14,.1f}")
+    lines.append("")
     lines.append(f"longest chain of dependent jobs: {summary['critical_path_hours']:,.1f} h wall "
                  f"({len(summary['critical_path'])} jobs)")
     lines += [f"  {j}" for j in summary["critical_path"]]
+    if estimates:
+        a = cm.ASSUMPTIONS
+        lines += ["", f"Estimates assume (geopd/costmodel.py, Assumptions): {a.peak_tflops:g} TFLOP/s and "
+                  f"{a.hbm_tb_s:g} TB/s per GPU, training MFU {a.train_mfu:g}, prefill MFU {a.prefill_mfu:g}, "
+                  f"decode at {a.decode_bw_eff:g} of HBM bandwidth, mean response {a.response_fraction:g} x "
+                  f"max_new_tokens, mean SFT sequence {a.sft_fraction:g} x max_length; memory limit = "
+                  f"resources gpu_memory_gb (GPU) or mem_mb (node)."]
     return "\n".join(lines)
 
 
@@ -181,11 +442,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="rule names, run names or job ids (default: everything)")
     parser.add_argument("--configfile", default="config/config.yaml")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--detail", action="store_true",
+                        help="print each estimate's memory terms per phase and its time components")
+
+
+def _estimate_json(e: cm.Estimate) -> dict:
+    return {"rule": e.rule, "subject": e.subject, "peak_gib": None if e.peak is None else e.peak / cm.GiB,
+            "peak_phase": e.peak_phase, "memory_limit_gib": None if e.memory_limit is None else e.memory_limit / cm.GiB,
+            "memory_kind": e.memory_kind, "phases": {k: b.gib() for k, b in e.phases.items()},
+            "est_hours": e.hours, "requested_hours": e.requested_hours,
+            "seconds": e.seconds, "problems": e.problems,
+            "info": {k: (v.gib() if isinstance(v, cm.Breakdown) else v) for k, v in e.info.items()}}
 
 
 def main(args: argparse.Namespace) -> int:
     grid = Grid.from_file(args.configfile)
     jobs = select(build_jobs(grid), grid, args.targets)
-    summary = summarize(jobs)
-    print(json.dumps(summary, indent=2) if args.json else render(summary, args.configfile))
+    estimates = estimate_jobs(grid, jobs)
+    summary = summarize(jobs, estimates)
+    found = problems(jobs, estimates)
+    if args.json:
+        summary["estimates"] = {j: _estimate_json(e) for j, e in estimates.items()}
+        summary["problems"] = found
+        print(json.dumps(summary, indent=2))
+    else:
+        print(render(summary, args.configfile, jobs, estimates, args.detail))
+    if found:
+        raise UserError(f"{len(found)} problem(s) in {args.configfile}:\n  " + "\n  ".join(found))
     return 0
