@@ -161,18 +161,33 @@ def _diagnosis_files(results: Path) -> list[tuple[str, str, int | None, str, Pat
     return out
 
 
-def aggregate_diagnostics(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _tolerant(read, path: Path, errors: list | None):
+    """read(path), or with an `errors` list: None and (path, message) appended on a bad file
+    (the partial report skips and lists it; the complete report stops on it)."""
+    if errors is None:
+        return read(path)
+    try:
+        return read(path)
+    except UserError as exc:
+        errors.append((path, str(exc)))
+        return None
+
+
+def aggregate_diagnostics(results: str | Path, errors: list | None = None
+                          ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(summary, matrices, similarity) tidy tables of every diagnosis under `results`."""
     results = Path(results)
     summaries, tables = [], []
     for kind, run, step, matrices, path in _diagnosis_files(results):
-        df = read_matrix_table(path)
+        df = _tolerant(read_matrix_table, path, errors)
+        if df is None:
+            continue
         keys = {"kind": kind, "run": run, "step": step, "matrices": matrices}
         tables.append(pd.concat([pd.DataFrame({k: [v] * len(df) for k, v in keys.items()}), df], axis=1))
         for scope, part in scopes(df):
             row = {**keys, "scope": scope, **summarize_matrices(part)}
             if scope == "all":
-                row.update(json_extras(path.with_suffix(".json"), row))
+                row.update(_tolerant(lambda p: json_extras(p, row), path.with_suffix(".json"), errors) or {})
             summaries.append(row)
     summary_cols = list(KEYS) + ["scope", "n_matrices", "numel", *WEIGHTED, "princ_overlap_pooled",
                                  "low_overlap_pooled", *MEANS] + [f"norm_{g}" for g in NORM_GROUPS]
@@ -181,14 +196,16 @@ def aggregate_diagnostics(results: str | Path) -> tuple[pd.DataFrame, pd.DataFra
                    else pd.DataFrame(columns=[*KEYS, *ID_COLUMNS, *METRICS[1:]]))
     for df in (summary, matrices_df):
         df["step"] = df["step"].astype("Int64")
-    return summary, matrices_df, aggregate_similarity(results)
+    return summary, matrices_df, aggregate_similarity(results, errors)
 
 
-def aggregate_similarity(results: Path) -> pd.DataFrame:
+def aggregate_similarity(results: Path, errors: list | None = None) -> pd.DataFrame:
     frames = []
     root = results / "diagnostics"
     for f in sorted(root.glob("*/similarity.csv")) if root.is_dir() else []:
-        df = read_csv(f, SIMILARITY_COLUMNS)
+        df = _tolerant(lambda p: read_csv(p, SIMILARITY_COLUMNS), f, errors)
+        if df is None:
+            continue
         df.insert(0, "run", f.parent.name)
         frames.append(df)
     if not frames:
@@ -228,21 +245,21 @@ def _eval_rows(path: Path, subject: str, kind: str, step: int | None) -> list[di
             for m, v in result["metrics"].items()]
 
 
-def aggregate_eval(results: str | Path) -> pd.DataFrame:
+def aggregate_eval(results: str | Path, errors: list | None = None) -> pd.DataFrame:
     root = Path(results) / "eval"
     rows: list[dict] = []
     if root.is_dir():
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             if sub.name == "models":
                 for f in sorted(sub.glob("*/*.json")):
-                    rows += _eval_rows(f, f.parent.name, "model", None)
+                    rows += _tolerant(lambda p: _eval_rows(p, p.parent.name, "model", None), f, errors) or []
                 continue
             for step_dir in sorted(p for p in sub.iterdir() if p.is_dir()):
                 m = _STEP_DIR.match(step_dir.name)
                 if not m:
                     continue
                 for f in sorted(step_dir.glob("*.json")):
-                    rows += _eval_rows(f, sub.name, "run", int(m.group(1)))
+                    rows += _tolerant(lambda p: _eval_rows(p, sub.name, "run", int(m.group(1))), f, errors) or []
     df = pd.DataFrame(rows, columns=EVAL_COLUMNS)
     df["step"] = df["step"].astype("Int64")
     df = df.sort_values(["kind", "subject", "benchmark", "step", "metric"], kind="stable", ignore_index=True)

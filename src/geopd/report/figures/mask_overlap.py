@@ -10,7 +10,8 @@ import numpy as np
 from geopd.report import paper
 from geopd.report.aggregate import MODULES
 from geopd.report.data import ROLES, ReportData
-from geopd.report.figures.common import no_data, role_color, roles_present, save, style, subplots
+from geopd.report.figures.common import (no_data, role_color, roles_present, save, setting, style, subplots,
+                                         used_per_matrix)
 
 PANELS = (
     ("update_density", "(a) update density", paper.UPDATE_DENSITY_PCT, False),
@@ -61,4 +62,8 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
                         labels.append(lab)
             fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
                        bbox_to_anchor=(0.5, -0.04))
+        r = setting(data, "r", used_per_matrix(data, "r", data.endpoint_matrices))
+        fig.suptitle(f"Update masks at the endpoint, '{data.endpoint_matrices}' matrices: M_princ = top-alpha of "
+                     f"|rank-r W0| ({r}), M_low = bottom-alpha of |W0|, alpha = {alpha if alpha is not None else '?'}",
+                     fontsize=8.5)
         return save(fig, stem)
