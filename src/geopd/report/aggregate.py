@@ -84,38 +84,51 @@ def read_matrix_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def _finite_mean(x: pd.Series) -> float:
-    v = pd.to_numeric(x, errors="coerce").to_numpy(dtype=float)
+def _finite_mean(v: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else math.nan
 
 
+def _columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The numeric columns summaries read, as numpy arrays: summaries run for every scope of
+    every diagnosis (hundreds at paper scale), and pandas indexing per scope dominated."""
+    a = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+         for c in (*METRICS, "numel", "n_changed", "n_princ_changed", "n_low_changed") if c in df.columns}
+    a["angle_mean_deg"] = (a["angle_u_mean_deg"] + a["angle_v_mean_deg"]) / 2
+    a["angle_max_deg"] = np.fmax(a["angle_u_max_deg"], a["angle_v_max_deg"])
+    return a
+
+
 def summarize_matrices(df: pd.DataFrame) -> dict:
     """Weighted sparsity/density, pooled overlaps and unweighted means of one set of matrices."""
-    numel = df["numel"].astype(float)
-    total = float(numel.sum())
-    out: dict = {"n_matrices": int(len(df)), "numel": int(total)}
+    return _summarize(_columns(df))
+
+
+def _summarize(a: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict:
+    if rows is not None:
+        a = {c: v[rows] for c, v in a.items()}
+    numel = a["numel"]
+    out: dict = {"n_matrices": int(len(numel)), "numel": int(numel.sum())}
     for m in WEIGHTED:
-        v = df[m].astype(float)
-        ok = np.isfinite(v)
-        out[m] = float((numel[ok] * v[ok]).sum() / numel[ok].sum()) if ok.any() else math.nan
+        ok = np.isfinite(a[m])
+        out[m] = float((numel[ok] * a[m][ok]).sum() / numel[ok].sum()) if ok.any() else math.nan
     for name, col in (("princ_overlap_pooled", "n_princ_changed"), ("low_overlap_pooled", "n_low_changed")):
-        if col in df.columns and "n_changed" in df.columns:
-            changed = float(df["n_changed"].sum())
-            out[name] = float(df[col].sum()) / changed if changed else math.nan
+        if col in a and "n_changed" in a:
+            changed = float(a["n_changed"].sum())
+            out[name] = float(a[col].sum()) / changed if changed else math.nan
         else:
             out[name] = math.nan
-    angles = df.assign(angle_mean_deg=(df["angle_u_mean_deg"] + df["angle_v_mean_deg"]) / 2,
-                       angle_max_deg=np.fmax(df["angle_u_max_deg"], df["angle_v_max_deg"]))
     for m in MEANS:
-        out[m] = _finite_mean(angles[m])
+        out[m] = _finite_mean(a[m])
     return out
 
 
-def scopes(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    out = [("all", df)]
-    out += [(g, df[df["group"] == g]) for g in ("attention", "mlp") if (df["group"] == g).any()]
-    out += [(m, df[df["module"] == m]) for m in MODULES if (df["module"] == m).any()]
+def scopes(df: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
+    """(scope, row mask): all matrices, each group (attention, mlp), each module type."""
+    group, module = df["group"].to_numpy(), df["module"].to_numpy()
+    out = [("all", np.ones(len(df), dtype=bool))]
+    out += [(g, group == g) for g in ("attention", "mlp") if (group == g).any()]
+    out += [(m, module == m) for m in MODULES if (module == m).any()]
     return out
 
 
@@ -184,8 +197,9 @@ def aggregate_diagnostics(results: str | Path, errors: list | None = None
             continue
         keys = {"kind": kind, "run": run, "step": step, "matrices": matrices}
         tables.append(pd.concat([pd.DataFrame({k: [v] * len(df) for k, v in keys.items()}), df], axis=1))
-        for scope, part in scopes(df):
-            row = {**keys, "scope": scope, **summarize_matrices(part)}
+        columns = _columns(df)
+        for scope, rows in scopes(df):
+            row = {**keys, "scope": scope, **_summarize(columns, rows)}
             if scope == "all":
                 row.update(_tolerant(lambda p: json_extras(p, row), path.with_suffix(".json"), errors) or {})
             summaries.append(row)

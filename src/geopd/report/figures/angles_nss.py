@@ -14,8 +14,8 @@ import pandas as pd
 
 from geopd.report.aggregate import MODULES
 from geopd.report.data import ReportData
-from geopd.report.figures.common import (log_if_positive, no_data, role_color, roles_present, save, setting,
-                                         style, subplots, used_per_matrix)
+from geopd.report.figures.common import (log_if_positive, no_data, role_color, role_label, roles_present, save,
+                                         setting, style, subplots, used_per_matrix)
 
 PANELS = (
     ("angle_mean", "mean principal angle (deg)", "(a) rotation: mean angle per matrix"),
@@ -54,7 +54,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
             for role, df in per_role.items():
                 y = df[col].to_numpy(dtype=float)
                 ax.plot(np.arange(len(y)), y, marker="o", ms=2, lw=0.9, color=role_color(role),
-                        label=f"{role} ({data.role_run(role)})")
+                        label=role_label(data, role))
                 plotted += list(y)
             log_if_positive(ax, plotted)
             ax.set_xlabel("matrix index (layer-major)")

@@ -107,10 +107,16 @@ def used_per_matrix(data: ReportData, key: str, matrices: str) -> list[float]:
     return []
 
 
+def role_label(data: ReportData, role: str, run: str | None = None) -> str:
+    """'OPD (opd-8b-t32b)', flagged when the run did not move (geopd.report.evidence)."""
+    run = run or data.role_run(role)
+    return f"{role} ({run}{', did not move' if run and data.stillness(run) else ''})"
+
+
 def progress(steps, final: int | None) -> np.ndarray:
     steps = np.asarray(list(steps), dtype=float)
     return steps / final if final else steps
 
 
 __all__ = ["ROLES", "style", "subplots", "no_data", "save", "role_color", "palette", "log_if_positive",
-           "roles_present", "progress", "setting", "used_per_matrix", "WIDTH"]
+           "roles_present", "role_label", "progress", "setting", "used_per_matrix", "WIDTH"]

@@ -10,8 +10,8 @@ import numpy as np
 from geopd.report import paper
 from geopd.report.aggregate import MODULES
 from geopd.report.data import ROLES, ReportData
-from geopd.report.figures.common import (no_data, role_color, roles_present, save, setting, style, subplots,
-                                         used_per_matrix)
+from geopd.report.figures.common import (no_data, role_color, role_label, roles_present, save, setting, style,
+                                         subplots, used_per_matrix)
 
 PANELS = (
     ("update_density", "(a) update density", paper.UPDATE_DENSITY_PCT, False),
@@ -40,7 +40,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
                 if role not in have:
                     continue
                 y = [100 * float(values[role][s].get(key, np.nan)) if values[role][s] else np.nan for s in scopes]
-                ax.bar(x + (i - 1) * width, y, width, color=role_color(role), label=role)
+                ax.bar(x + (i - 1) * width, y, width, color=role_color(role), label=role_label(data, role))
                 if published and role in published:
                     ax.plot(x[0] + (i - 1) * width, published[role], marker="x", color="k", ms=5, ls="none",
                             label="paper (overall, 8B)")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from geopd.report.data import ROLES, ReportData
-from geopd.report.figures.common import (no_data, palette, progress, role_color, roles_present, save, setting,
-                                         style, subplots)
+from geopd.report.figures.common import (no_data, palette, progress, role_color, role_label, roles_present, save,
+                                         setting, style, subplots)
 
 
 def draw(data: ReportData, stem: str | Path) -> list[Path]:
@@ -26,7 +26,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
             if s is None or s.empty:
                 continue
             x = progress(s.index, data.final_step(run))
-            ax.plot(x, s["mean"], marker="o", color=role_color(role), label=f"{role} ({run})")
+            ax.plot(x, s["mean"], marker="o", color=role_color(role), label=role_label(data, role, run))
             ax.fill_between(x, s["min"], s["max"], color=role_color(role), alpha=0.12, lw=0)
             drawn.append(role)
         if drawn:
