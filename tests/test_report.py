@@ -1,6 +1,11 @@
 """Report package: aggregation, table builders, claims logic, figures (geopd.report)."""
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -617,3 +622,64 @@ def test_partial_report_of_a_paper_shaped_grid_names_what_is_missing(tmp_path, r
     for name in FIGURES:
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     assert (out / "diagnostics" / "summary.csv").exists() and (out / "eval" / "accuracy.csv").exists()
+
+
+# ---- the workflow's report_partial target ------------------------------------------------------------------
+
+def _upstream(results: Path, grid: Grid) -> None:
+    """Stand-ins for what the per-checkpoint files are made from (data, models, checkpoints),
+    older than everything made from them, so Snakemake sees the tree as up to date."""
+    made = sorted(p for p in results.rglob("*"))
+    for ds in grid.datasets:
+        (results / "data" / ds).mkdir(parents=True, exist_ok=True)
+    for model in grid.models:
+        (results / "models" / model).mkdir(parents=True, exist_ok=True)
+    for run in grid.runs:
+        (results / "runs" / run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for f in grid.eval_files():
+        Path(f.replace("results", str(results), 1)).with_suffix(".samples.jsonl").write_text("{}\n")
+    old = time.time() - 3600
+    for rank, group in enumerate([results.glob("data/*"), results.glob("models/*-tbase"), results.glob("models/*"),
+                                  [results / "runs" / "sft-8b" / "checkpoints"], results.glob("runs/*/*"),
+                                  made, results.rglob("*.samples.jsonl")]):
+        for p in group:
+            os.utime(p, (old + 60 * rank, old + 60 * rank))
+
+
+@pytest.mark.slow
+def test_report_partial_builds_from_what_exists_and_the_full_dag_still_waits(tmp_path, repo):
+    slice_cfg = repo / "tests" / "configs" / "slice.yaml"
+    grid = Grid.from_file(slice_cfg)
+    results = tmp_path / "results"
+    fake_results(results, grid)
+    _upstream(results, grid)
+    lost = ["eval/rlvr-8b/step-4/math-heldout.json", "diagnostics/opd-8b-t32b/step-4.all.csv"]
+    for f in lost:
+        (results / f).unlink()
+
+    def smk(*args):
+        proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(repo / "Snakefile"),
+                               "-d", str(tmp_path), "--configfile", str(slice_cfg), "--cores", "1", *args],
+                              cwd=repo, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    def jobs(text):
+        stats = text.split("Job stats:")[1] if "Job stats:" in text else ""
+        return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)
+                if m.group(1) not in ("total", "all")}
+
+    # The complete DAG still waits for every evaluation and diagnosis ...
+    assert jobs(smk("-n", "--quiet", "rules")) == {"evaluate": 1, "diagnose": 1, "aggregate_eval": 1,
+                                                  "aggregate_diagnostics": 1, "tables": 1, "figures": 1, "claims": 1}
+    # ... report_partial makes none of them, only the report from the rest.
+    assert jobs(smk("-n", "--quiet", "rules", "--", "report_partial")) == {"report_partial": 1}
+    smk("report_partial")
+    out = results / "partial"
+    missing = pd.read_csv(out / "tables" / "missing.csv")
+    assert set(lost) <= set(missing.loc[missing["problem"] == "missing input", "file"])
+    claims_ = pd.read_csv(out / "tables" / "claims.csv").set_index("id")
+    assert claims_.loc["C1", "reproduced"] == "insufficient data"
+    assert "missing diagnostics/opd-8b-t32b/step-4.all.csv" in claims_.loc["C1", "reason"]
+    assert (out / "figures" / "fig2_angles_nss.png").stat().st_size > 1000
+    assert not (results / lost[0]).exists() and not (results / "tables").exists()
