@@ -370,6 +370,15 @@ def test_accuracy_table_init_rows_and_teacher_gap():
     assert th.loc["opd-8b-t32b", "gap_closed_pct"] == pytest.approx(40.0)
 
 
+def test_teachers_table_names_an_anchor_the_config_never_evaluates():
+    grid = small_grid()
+    grid["runs"]["opd-code"] = {**grid["runs"]["opd-8b-t32b"], "family": "code", "eval": ["code"]}
+    grid["teachers"]["T"] = ["math", "code"]
+    md = render(tables.teachers(ReportData(grid=grid)))
+    assert "never evaluates** (add the benchmark to the anchor run's `eval` to measure the gap): " \
+           "sft-8b on code (anchor of opd-code)." in md
+
+
 def test_effopd_speedup_known_answer():
     acc = acc_rows({("sft-8b", 20): 0.4, ("opd-8b-t32b", 10): 0.45, ("opd-8b-t32b", 20): 0.6,
                     ("effopd", 10): 0.58, ("effopd", 20): 0.61})
@@ -517,6 +526,9 @@ def test_a_run_that_did_not_move_makes_every_claim_using_it_insufficient():
     assert c1.reproduced == claims.INSUFFICIENT and c1.runs == "sft-8b, opd-8b-t32b, rlvr-8b"
     assert "rlvr-8b did not move: no weight changed by step 20" in c1.reason and "sparsity 100%" in c1.reason
     assert claims.judge(data, claims.stable_rank_band(data)).reproduced == claims.YES   # OPD alone: decided
+    late = ReportData(grid=small_grid(), summary=summary_rows(
+        {("rlvr-8b", 10, "all"): {"bf16_sparsity": 1.0}, ("rlvr-8b", 20, "all"): {"bf16_sparsity": 0.7}}))
+    assert late.stillness("rlvr-8b") == []    # moved by its final checkpoint: a late start is a start
 
     # The training log says it first: no optimizer update (zero-variance groups filtered out),
     # or zero gradient at every step; and a "no" resting on such a run is no evidence either.

@@ -6,9 +6,9 @@ Two things void a number, and both are named rather than skipped:
 - a missing input: a per-checkpoint file the grid expects (grid.json "inputs", written by
   Grid.report_spec) that does not exist under results/, or that exists but cannot be read;
 - a run that did not move: it made no optimizer update (metrics.jsonl: updates = 0 at every
-  step), its gradient was zero at every step, or its weights did not change (its latest
-  diagnosis: bf16 sparsity 100%, or dW = 0); and an accuracy that is undefined (not
-  evaluated, NaN, zero problems).
+  step), its gradient was zero at every step, or its weights did not change (the diagnosis
+  of its final checkpoint: bf16 sparsity 100%, or dW = 0); and an accuracy that is
+  undefined (not evaluated, NaN, zero problems).
 
 A claim lists the evidence it uses (`Use`); `problems` says what of it is missing or void,
 and the claim is then "insufficient data" with those reasons, never "yes" or "no".
@@ -191,8 +191,8 @@ def _all_zero(df: pd.DataFrame, col: str) -> bool:
 
 def stillness(data: "ReportData", run: str) -> list[str]:
     """Why `run` is no evidence of what training does: no update, zero gradient or unchanged
-    weights, from its training log and its latest diagnosis. Empty when it moved (or when
-    neither is there to say)."""
+    weights, from its training log and the diagnosis of its final checkpoint. Empty when it
+    moved (or when neither is there to say)."""
     files = {(e.kind, e.step, e.detail): e.file for e in data.expected if e.subject == run}
     out = []
     log = data.metrics.get(run)
@@ -205,12 +205,11 @@ def stillness(data: "ReportData", run: str) -> list[str]:
             out.append(f"no optimizer update in {len(log)} logged steps ({log_name}: updates = 0{reward})")
         elif _all_zero(log, "grad_norm"):
             out.append(f"zero gradient in all {len(log)} logged steps ({log_name}: grad_norm = 0)")
-    s = data.summary
-    rows = s[(s["kind"] == "run") & (s["run"] == run) & (s["scope"] == "all")] if not s.empty else s
-    rows = rows.dropna(subset=["step"]) if len(rows) else rows
-    if len(rows):
-        step = int(rows["step"].max())
-        latest = rows[rows["step"] == step]
+    s, step = data.summary, data.final_step(run)
+    # Only the final checkpoint says whether the run moved: early checkpoints may not have yet.
+    latest = s[(s["kind"] == "run") & (s["run"] == run) & (s["scope"] == "all") & (s["step"] == step)] \
+        if not s.empty and step is not None else s.iloc[0:0]
+    if len(latest):
         where = ", ".join(files.get(("diagnostics", step, m), f"diagnosis {m}") for m in latest["matrices"])
         if _all_at(latest, "bf16_sparsity", 1.0):
             out.append(f"no weight changed by step {step} ({where}: bf16 sparsity 100%)")
@@ -260,8 +259,8 @@ def notes(data: "ReportData", kinds: tuple[str, ...], runs: list[str] | None = N
         more = f" and {len(gone) - limit} more" if len(gone) > limit else ""
         out.append(f"**Missing inputs ({len(gone)})**: {listed}{more} (all of them in missing.md). "
                    "Their cells are empty.")
-    still = [(r, why) for r in (runs if runs is not None else list(data.runs)) for why in data.stillness(r)]
+    still = [(r, data.stillness(r)) for r in (runs if runs is not None else list(data.runs)) if data.stillness(r)]
     if still:
         out.append("**Runs that did not move** (no evidence for any claim): "
-                   + "; ".join(f"{r}: {why}" for r, why in still) + ".")
+                   + "; ".join(f"{r}: {'; '.join(why)}" for r, why in still) + ".")
     return out

@@ -328,7 +328,7 @@ def accuracy(data: ReportData) -> Table:
 # ---- teachers ------------------------------------------------------------------------------------
 
 def teachers(data: ReportData) -> Table:
-    rows = []
+    rows, unevaluated = [], []
     for teacher, benches in data.grid["teachers"].items():
         students = [r for r, s in data.runs.items() if s.get("teacher") == teacher]
         for bench in benches:
@@ -340,6 +340,9 @@ def teachers(data: ReportData) -> Table:
                 init = data.origin_accuracy(run, bench)
                 acc = data.accuracy_series(run, bench)
                 anchor = init[0] if init else math.nan
+                origin = data.origin(run)
+                if origin is not None and origin.kind == "run" and bench not in data.benchmarks(origin.name):
+                    unevaluated.append(f"{origin.name} on {bench} (anchor of {run})")
                 final = float(acc.iloc[-1]) if len(acc) else math.nan
                 t = t_acc if t_acc is not None else math.nan
                 gap = t - anchor
@@ -356,6 +359,9 @@ def teachers(data: ReportData) -> Table:
         "stronger, as distillation needs); gap_closed_pct = (final - anchor) / gap.",
         *evidence.notes(data, ("eval",)),
     ]
+    if unevaluated:
+        notes.append("**Anchors the config never evaluates** (add the benchmark to the anchor run's `eval` "
+                     "to measure the gap): " + "; ".join(dict.fromkeys(unevaluated)) + ".")
     digits = {"gap_closed_pct": 1}
     return Table("teachers", "Teachers vs student anchors", frame, notes, digits)
 
