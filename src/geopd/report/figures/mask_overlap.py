@@ -63,7 +63,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
             fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
                        bbox_to_anchor=(0.5, -0.04))
         r = setting(data, "r", used_per_matrix(data, "r", data.endpoint_matrices))
-        fig.suptitle(f"Update masks at the endpoint, '{data.endpoint_matrices}' matrices: M_princ = top-alpha of "
-                     f"|rank-r W0| ({r}), M_low = bottom-alpha of |W0|, alpha = {alpha if alpha is not None else '?'}",
-                     fontsize=8.5)
+        fig.suptitle(f"Update masks at the endpoint, '{data.endpoint_matrices}' matrices\nM_princ = top-alpha of "
+                     f"|rank-r W0| ({r}); M_low = bottom-alpha of |W0|; alpha = "
+                     f"{alpha if alpha is not None else '?'}", fontsize=8.5)
         return save(fig, stem)
