@@ -1,6 +1,11 @@
 """Report package: aggregation, table builders, claims logic, figures (geopd.report)."""
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -365,6 +370,15 @@ def test_accuracy_table_init_rows_and_teacher_gap():
     assert th.loc["opd-8b-t32b", "gap_closed_pct"] == pytest.approx(40.0)
 
 
+def test_teachers_table_names_an_anchor_the_config_never_evaluates():
+    grid = small_grid()
+    grid["runs"]["opd-code"] = {**grid["runs"]["opd-8b-t32b"], "family": "code", "eval": ["code"]}
+    grid["teachers"]["T"] = ["math", "code"]
+    md = render(tables.teachers(ReportData(grid=grid)))
+    assert "never evaluates** (add the benchmark to the anchor run's `eval` to measure the gap): " \
+           "sft-8b on code (anchor of opd-code)." in md
+
+
 def test_effopd_speedup_known_answer():
     acc = acc_rows({("sft-8b", 20): 0.4, ("opd-8b-t32b", 10): 0.45, ("opd-8b-t32b", 20): 0.6,
                     ("effopd", 10): 0.58, ("effopd", 20): 0.61})
@@ -490,3 +504,194 @@ def test_cli_bad_grid_is_a_user_error(tmp_path, capsys):
     (tmp_path / "grid.json").write_text("{}")
     assert geopd_main(["report", "tables", "--results", str(tmp_path)]) == 2
     assert "grid.json: expected an object with a 'runs' mapping" in capsys.readouterr().err
+
+
+# ---- evidence: runs that did not move, undefined accuracy, missing inputs --------------------------------
+
+def endpoints(values: dict[str, float], key: str = "bf16_sparsity", step: int = 20) -> dict:
+    return {(run, step, "all"): {key: v, "n_matrices": 14} for run, v in values.items()}
+
+
+def log(run_updates: list[int], **cols) -> pd.DataFrame:
+    return pd.DataFrame({"step": range(1, len(run_updates) + 1), "updates": run_updates, **cols})
+
+
+def test_a_run_that_did_not_move_makes_every_claim_using_it_insufficient():
+    # SFT 10% < OPD 50% < RLVR 100%: the ordering "holds" only because RLVR never changed a weight.
+    summary = summary_rows({**endpoints({"sft-8b": 0.1, "opd-8b-t32b": 0.5, "rlvr-8b": 1.0}),
+                            ("opd-8b-t32b", 10, "attention"): {"stable_rank": 3.0},
+                            ("opd-8b-t32b", 20, "attention"): {"stable_rank": 3.2}})
+    data = ReportData(grid=small_grid(), summary=summary)
+    c1 = claims.judge(data, claims.sparsity_order(data))
+    assert c1.reproduced == claims.INSUFFICIENT and c1.runs == "sft-8b, opd-8b-t32b, rlvr-8b"
+    assert "rlvr-8b did not move: no weight changed by step 20" in c1.reason and "sparsity 100%" in c1.reason
+    assert claims.judge(data, claims.stable_rank_band(data)).reproduced == claims.YES   # OPD alone: decided
+    late = ReportData(grid=small_grid(), summary=summary_rows(
+        {("rlvr-8b", 10, "all"): {"bf16_sparsity": 1.0}, ("rlvr-8b", 20, "all"): {"bf16_sparsity": 0.7}}))
+    assert late.stillness("rlvr-8b") == []    # moved by its final checkpoint: a late start is a start
+
+    # The training log says it first: no optimizer update (zero-variance groups filtered out),
+    # or zero gradient at every step; and a "no" resting on such a run is no evidence either.
+    summary = summary_rows(endpoints({"sft-8b": 0.9, "opd-8b-t32b": 0.5, "rlvr-8b": 0.7}))
+    data = ReportData(grid=small_grid(), summary=summary,
+                      metrics={"rlvr-8b": log([0, 0, 0], reward=[0.0, 0.0, 0.0], grad_norm=[0.0] * 3),
+                               "sft-8b": pd.DataFrame({"step": [1, 2], "grad_norm": [0.0, 0.0]}),
+                               "opd-8b-t32b": log([2, 2, 2], grad_norm=[1.0, 0.5, 0.7])})
+    v = verdicts(data)
+    c1 = claims.check_all(data).set_index("id").loc["C1"]
+    assert v["C1"] == claims.INSUFFICIENT   # the numbers alone would say "no"
+    assert "rlvr-8b did not move: no optimizer update in 3 logged steps" in c1["reason"]
+    assert "updates = 0; reward 0 at every step" in c1["reason"]
+    assert "sft-8b did not move: zero gradient in all 2 logged steps" in c1["reason"]
+    assert data.stillness("opd-8b-t32b") == []
+    missing = claims.missing_table(data).frame
+    still = missing[missing["problem"] == "did not move"].set_index("subject")
+    assert set(still.index) == {"rlvr-8b", "sft-8b"} and "C1" in still.loc["rlvr-8b", "claims"]
+
+
+def test_undefined_or_floor_accuracy_decides_no_projection_claim():
+    def c13(acc):
+        return claims.judge(ReportData(grid=small_grid(), accuracy=acc), claims.projection_keeps_opd(
+            ReportData(grid=small_grid(), accuracy=acc)))
+    ok = acc_rows({("opd-8b-t32b", 20): 0.60, ("rank16-opd", 20): 0.55})
+    assert c13(ok).reproduced == claims.YES and c13(ok).runs == "rank16-opd, opd-8b-t32b"
+    # Two zeros: SE = 0, so "projected >= unconstrained - tol" would pass with nothing measured.
+    zeros = acc_rows({("opd-8b-t32b", 20): 0.0, ("rank16-opd", 20): 0.0})
+    c = c13(zeros)
+    assert c.reproduced == claims.INSUFFICIENT and "opd-8b-t32b has accuracy 0 at step 20" in c.reason
+    c = c13(acc_rows({("opd-8b-t32b", 20): 0.60, ("rank16-opd", 20): 0.55}, n=0))
+    assert c.reproduced == claims.INSUFFICIENT and "n = 0 problems" in c.reason
+    c = c13(acc_rows({("opd-8b-t32b", 20): 0.60, ("rank16-opd", 20): math.nan}))
+    assert c.reproduced == claims.INSUFFICIENT and "rank16-opd at step 20 on math: accuracy is NaN" in c.reason
+    # Only the last common checkpoint of the grid decides: an earlier one does not stand in.
+    c = c13(acc_rows({("opd-8b-t32b", 10): 0.60, ("opd-8b-t32b", 20): 0.6, ("rank16-opd", 10): 0.6}))
+    assert c.reproduced == claims.INSUFFICIENT and "no accuracy of rank16-opd at step 20 on math" in c.reason
+
+
+def test_figure_titles_take_k_r_and_the_matrix_set_from_the_config():
+    from geopd.report.figures.common import setting, used_per_matrix
+    grid = {**small_grid(), "diagnostics": {"k": 512, "r": 64, "sim_k": 16, "endpoint_matrices": "all"}}
+    matrices = pd.DataFrame({"kind": "run", "run": "sft-8b", "step": 20, "matrices": "all", "name": ["q", "k"],
+                             "layer": 0, "module": ["q", "k"], "numel": [1024, 512], "k": [32, 16],
+                             "rows": [32, 16], "cols": [32, 32]})
+    data = ReportData(grid=grid, matrices=matrices)
+    assert setting(data, "k", used_per_matrix(data, "k", "all")) == "k = 512, capped per matrix at 16-32"
+    assert setting(data, "r", used_per_matrix(data, "r", "all")) == "r = 64, capped per matrix at 16-32"
+    assert setting(data, "sim_k", [16, 16]) == "K = 16"
+    assert setting(ReportData(grid={**grid, "diagnostics": {"k": 16}}), "k", [16]) == "k = 16"
+
+
+def test_partial_report_of_a_paper_shaped_grid_names_what_is_missing(tmp_path, repo):
+    """The paper grid's run names, families, benchmarks (aime24, lcb-v5) and reference pairs
+    through aggregation, tables, figures and claims, with a few inputs missing or broken."""
+    grid = Grid.from_file(repo / "config/paper.yaml")
+    root = fake_results(tmp_path / "results", grid)
+    gone = {
+        "diagnostics/rlvr-8b/step-1023.all.csv",          # RLVR's endpoint: C1 and its kin
+        "diagnostics/reference/klear-8b-grpo.all.csv",    # a hub checkpoint that could not be read
+        "eval/rank16-opd/step-299/aime24.json",           # C13's deciding evaluation
+        "eval/models/qwen3-8b/aime24.json",               # a teacher's evaluation
+    }
+    for f in gone:
+        (root / f).unlink()
+    (root / "eval/opd-8b-t32b-code/step-63/lcb-v5.json").write_text("{not json")
+    assert geopd_main(["report", "partial", "--results", str(root), "--out-dir", str(root / "partial")]) == 0
+    out = root / "partial"
+
+    missing = pd.read_csv(out / "tables" / "missing.csv")
+    files = dict(zip(missing["file"], missing["problem"]))
+    assert {f: files.get(f) for f in gone} == {f: "missing input" for f in gone}
+    assert files["eval/opd-8b-t32b-code/step-63/lcb-v5.json"] == "unreadable input"
+    claims_ = pd.read_csv(out / "tables" / "claims.csv").set_index("id")
+    for cid in ("C1", "C2", "C3", "C4", "C6", "C7"):
+        assert claims_.loc[cid, "reproduced"] == "insufficient data", cid
+        assert "missing diagnostics/rlvr-8b/step-1023.all.csv" in claims_.loc[cid, "reason"], cid
+    assert "missing eval/rank16-opd/step-299/aime24.json" in claims_.loc["C13", "reason"]
+    assert claims_.loc["C14", "reproduced"] == "yes"          # rank16-sft vs sft-8b at step 5375
+    for cid in ("C9", "C10", "C11", "C12", "C15", "C16", "C17", "C18"):
+        assert claims_.loc[cid, "reproduced"] == "yes", (cid, claims_.loc[cid, "reason"])
+    row = missing.set_index("file").loc["diagnostics/rlvr-8b/step-1023.all.csv"]
+    assert "C1" in row["claims"] and "C9" not in row["claims"]
+
+    t1 = pd.read_csv(out / "tables" / "table1_sparsity.csv").set_index("run")
+    assert set(grid.runs) - {"rank16-opd", "rank16-sft"} == set(t1.index) - set(grid.reference_pairs())
+    assert t1.loc["opd-8b-t32b-code", "paper_pct"] == 57.1 and t1.loc["opd-8b-t30ba3b", "paper_pct"] == 48.6
+    assert math.isnan(t1.loc["rlvr-8b", "sparsity_pct"]) and t1.loc["rlvr-8b", "paper_pct"] == 77.2
+    assert math.isnan(t1.loc["klear-8b-grpo", "sparsity_pct"]) and t1.loc["klear-8b-grpo", "paper_pct"] == 69.9
+    assert t1.loc["polaris-4b-dapo", "sparsity_pct"] > 0
+    assert "`diagnostics/reference/klear-8b-grpo.all.csv`" in (out / "tables" / "table1_sparsity.md").read_text()
+
+    acc = pd.read_csv(out / "tables" / "accuracy.csv")
+    assert set(acc.loc[acc["run"] == "opd-8b-t32b-code", "benchmark"]) == {"lcb-v5"}
+    code = acc[(acc["run"] == "opd-8b-t32b-code") & (acc["point"] == "checkpoint")].set_index("step")
+    assert math.isnan(code.loc[63, "avg@1"]) and code.loc[299, "avg@1"] > 0
+    assert set(acc.loc[acc["run"] == "rlvr-8b", "benchmark"]) == {"aime24"}
+    teachers_ = pd.read_csv(out / "tables" / "teachers.csv")
+    assert {("qwen3-32b", "lcb-v5"), ("qwen3-32b", "aime24"), ("qwen3-8b", "aime24")} <= set(
+        zip(teachers_["teacher"], teachers_["benchmark"]))
+    assert teachers_.loc[teachers_["teacher"] == "qwen3-8b", "teacher_acc"].isna().all()   # its eval is missing
+    assert list(teachers_.loc[teachers_["benchmark"] == "lcb-v5", "student_run"]) == ["opd-8b-t32b-code"]
+    for name in FIGURES:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    assert (out / "diagnostics" / "summary.csv").exists() and (out / "eval" / "accuracy.csv").exists()
+
+
+# ---- the workflow's report_partial target ------------------------------------------------------------------
+
+def _upstream(results: Path, grid: Grid) -> None:
+    """Stand-ins for what the per-checkpoint files are made from (data, models, checkpoints),
+    older than everything made from them, so Snakemake sees the tree as up to date."""
+    made = sorted(p for p in results.rglob("*"))
+    for ds in grid.datasets:
+        (results / "data" / ds).mkdir(parents=True, exist_ok=True)
+    for model in grid.models:
+        (results / "models" / model).mkdir(parents=True, exist_ok=True)
+    for run in grid.runs:
+        (results / "runs" / run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for f in grid.eval_files():
+        Path(f.replace("results", str(results), 1)).with_suffix(".samples.jsonl").write_text("{}\n")
+    old = time.time() - 3600
+    for rank, group in enumerate([results.glob("data/*"), results.glob("models/*-tbase"), results.glob("models/*"),
+                                  [results / "runs" / "sft-8b" / "checkpoints"], results.glob("runs/*/*"),
+                                  made, results.rglob("*.samples.jsonl")]):
+        for p in group:
+            os.utime(p, (old + 60 * rank, old + 60 * rank))
+
+
+@pytest.mark.slow
+def test_report_partial_builds_from_what_exists_and_the_full_dag_still_waits(tmp_path, repo):
+    slice_cfg = repo / "tests" / "configs" / "slice.yaml"
+    grid = Grid.from_file(slice_cfg)
+    results = tmp_path / "results"
+    fake_results(results, grid)
+    _upstream(results, grid)
+    lost = ["eval/rlvr-8b/step-4/math-heldout.json", "diagnostics/opd-8b-t32b/step-4.all.csv"]
+    for f in lost:
+        (results / f).unlink()
+
+    def smk(*args):
+        proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(repo / "Snakefile"),
+                               "-d", str(tmp_path), "--configfile", str(slice_cfg), "--cores", "1", *args],
+                              cwd=repo, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    def jobs(text):
+        stats = text.split("Job stats:")[1] if "Job stats:" in text else ""
+        return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)
+                if m.group(1) not in ("total", "all")}
+
+    # The complete DAG still waits for every evaluation and diagnosis ...
+    assert jobs(smk("-n", "--quiet", "rules")) == {"evaluate": 1, "diagnose": 1, "aggregate_eval": 1,
+                                                  "aggregate_diagnostics": 1, "tables": 1, "figures": 1, "claims": 1}
+    # ... report_partial makes none of them, only the report from the rest.
+    assert jobs(smk("-n", "--quiet", "rules", "--", "report_partial")) == {"report_partial": 1}
+    smk("report_partial")
+    out = results / "partial"
+    missing = pd.read_csv(out / "tables" / "missing.csv")
+    assert set(lost) <= set(missing.loc[missing["problem"] == "missing input", "file"])
+    claims_ = pd.read_csv(out / "tables" / "claims.csv").set_index("id")
+    assert claims_.loc["C1", "reproduced"] == "insufficient data"
+    assert "missing diagnostics/opd-8b-t32b/step-4.all.csv" in claims_.loc["C1", "reason"]
+    assert (out / "figures" / "fig2_angles_nss.png").stat().st_size > 1000
+    assert not (results / lost[0]).exists() and not (results / "tables").exists()

@@ -1,5 +1,6 @@
 """The CI slice of the miniature grid end to end through Snakemake on this CPU, then what a
 researcher does next: rerun one rule, resume after a killed run, build the report."""
+import csv
 import json
 import os
 import re
@@ -58,6 +59,12 @@ def test_slice_builds_every_table_figure_and_the_claims_check(done):
         assert fig.stat().st_size > 1000
     accuracy = (tables / "accuracy.csv").read_text().splitlines()
     assert any(line.startswith("opd-8b-t32b,") for line in accuracy)
+    # No verdict rests on a run that did not move (on the slice RLVR makes no update).
+    with open(tables / "missing.csv") as f:
+        still = {row["subject"] for row in csv.DictReader(f) if row["problem"] == "did not move"}
+    with open(tables / "claims.csv") as f:
+        for row in csv.DictReader(f):
+            assert row["reproduced"] == "insufficient data" or not still & set(row["runs"].split(", ")), row
     assert planned(done) == {}  # nothing left to do
 
 

@@ -438,9 +438,19 @@ class Grid:
                 "objective": run.settings.get("objective", {}),
                 "rollout_source": run.settings.get("rollout", {}).get("source", "student"),
             }
+        # Every per-checkpoint file the report reads, relative to results/, so a report built
+        # from what exists can name what is missing (geopd.report.evidence).
+        rel = lambda path: Path(path).relative_to(self.results).as_posix()  # noqa: E731
+        inputs = {
+            "diagnostics": [[r, s, m, rel(self.diagnostics_file(r, s, m))] for r, s, m in self.diagnostics_targets()],
+            "similarity": {r: rel(self.similarity_file(r)) for r in self.similarity_runs()},
+            "reference": {p: rel(self.reference_file(p)) for p in self.reference_pairs()},
+            "eval": [[s, st, b, rel(f)] for (s, st, b), f in zip(self.eval_targets(), self.eval_files())],
+            "metrics": {r: rel(self.metrics_file(r)) for r in self.runs},
+        }
         return {"name": self.config["name"], "runs": runs, "run_order": list(self.runs), "benchmarks": self.benchmarks,
                 "teachers": self.teacher_benchmarks(), "reference_pairs": self.reference_pairs(),
-                "diagnostics": self.config["diagnostics"]}
+                "diagnostics": self.config["diagnostics"], "inputs": inputs}
 
     TABLES = ("table1_sparsity", "update_masks", "effopd_spectral", "accuracy", "teachers")
     FIGURES = ("fig2_angles_nss", "fig3_mask_overlap", "fig4_trajectories", "fig5_sim16",

@@ -84,38 +84,51 @@ def read_matrix_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def _finite_mean(x: pd.Series) -> float:
-    v = pd.to_numeric(x, errors="coerce").to_numpy(dtype=float)
+def _finite_mean(v: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else math.nan
 
 
+def _columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The numeric columns summaries read, as numpy arrays: summaries run for every scope of
+    every diagnosis (hundreds at paper scale), and pandas indexing per scope dominated."""
+    a = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+         for c in (*METRICS, "numel", "n_changed", "n_princ_changed", "n_low_changed") if c in df.columns}
+    a["angle_mean_deg"] = (a["angle_u_mean_deg"] + a["angle_v_mean_deg"]) / 2
+    a["angle_max_deg"] = np.fmax(a["angle_u_max_deg"], a["angle_v_max_deg"])
+    return a
+
+
 def summarize_matrices(df: pd.DataFrame) -> dict:
     """Weighted sparsity/density, pooled overlaps and unweighted means of one set of matrices."""
-    numel = df["numel"].astype(float)
-    total = float(numel.sum())
-    out: dict = {"n_matrices": int(len(df)), "numel": int(total)}
+    return _summarize(_columns(df))
+
+
+def _summarize(a: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict:
+    if rows is not None:
+        a = {c: v[rows] for c, v in a.items()}
+    numel = a["numel"]
+    out: dict = {"n_matrices": int(len(numel)), "numel": int(numel.sum())}
     for m in WEIGHTED:
-        v = df[m].astype(float)
-        ok = np.isfinite(v)
-        out[m] = float((numel[ok] * v[ok]).sum() / numel[ok].sum()) if ok.any() else math.nan
+        ok = np.isfinite(a[m])
+        out[m] = float((numel[ok] * a[m][ok]).sum() / numel[ok].sum()) if ok.any() else math.nan
     for name, col in (("princ_overlap_pooled", "n_princ_changed"), ("low_overlap_pooled", "n_low_changed")):
-        if col in df.columns and "n_changed" in df.columns:
-            changed = float(df["n_changed"].sum())
-            out[name] = float(df[col].sum()) / changed if changed else math.nan
+        if col in a and "n_changed" in a:
+            changed = float(a["n_changed"].sum())
+            out[name] = float(a[col].sum()) / changed if changed else math.nan
         else:
             out[name] = math.nan
-    angles = df.assign(angle_mean_deg=(df["angle_u_mean_deg"] + df["angle_v_mean_deg"]) / 2,
-                       angle_max_deg=np.fmax(df["angle_u_max_deg"], df["angle_v_max_deg"]))
     for m in MEANS:
-        out[m] = _finite_mean(angles[m])
+        out[m] = _finite_mean(a[m])
     return out
 
 
-def scopes(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    out = [("all", df)]
-    out += [(g, df[df["group"] == g]) for g in ("attention", "mlp") if (df["group"] == g).any()]
-    out += [(m, df[df["module"] == m]) for m in MODULES if (df["module"] == m).any()]
+def scopes(df: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
+    """(scope, row mask): all matrices, each group (attention, mlp), each module type."""
+    group, module = df["group"].to_numpy(), df["module"].to_numpy()
+    out = [("all", np.ones(len(df), dtype=bool))]
+    out += [(g, group == g) for g in ("attention", "mlp") if (group == g).any()]
+    out += [(m, module == m) for m in MODULES if (module == m).any()]
     return out
 
 
@@ -161,18 +174,34 @@ def _diagnosis_files(results: Path) -> list[tuple[str, str, int | None, str, Pat
     return out
 
 
-def aggregate_diagnostics(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _tolerant(read, path: Path, errors: list | None):
+    """read(path), or with an `errors` list: None and (path, message) appended on a bad file
+    (the partial report skips and lists it; the complete report stops on it)."""
+    if errors is None:
+        return read(path)
+    try:
+        return read(path)
+    except UserError as exc:
+        errors.append((path, str(exc)))
+        return None
+
+
+def aggregate_diagnostics(results: str | Path, errors: list | None = None
+                          ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(summary, matrices, similarity) tidy tables of every diagnosis under `results`."""
     results = Path(results)
     summaries, tables = [], []
     for kind, run, step, matrices, path in _diagnosis_files(results):
-        df = read_matrix_table(path)
+        df = _tolerant(read_matrix_table, path, errors)
+        if df is None:
+            continue
         keys = {"kind": kind, "run": run, "step": step, "matrices": matrices}
         tables.append(pd.concat([pd.DataFrame({k: [v] * len(df) for k, v in keys.items()}), df], axis=1))
-        for scope, part in scopes(df):
-            row = {**keys, "scope": scope, **summarize_matrices(part)}
+        columns = _columns(df)
+        for scope, rows in scopes(df):
+            row = {**keys, "scope": scope, **_summarize(columns, rows)}
             if scope == "all":
-                row.update(json_extras(path.with_suffix(".json"), row))
+                row.update(_tolerant(lambda p: json_extras(p, row), path.with_suffix(".json"), errors) or {})
             summaries.append(row)
     summary_cols = list(KEYS) + ["scope", "n_matrices", "numel", *WEIGHTED, "princ_overlap_pooled",
                                  "low_overlap_pooled", *MEANS] + [f"norm_{g}" for g in NORM_GROUPS]
@@ -181,14 +210,16 @@ def aggregate_diagnostics(results: str | Path) -> tuple[pd.DataFrame, pd.DataFra
                    else pd.DataFrame(columns=[*KEYS, *ID_COLUMNS, *METRICS[1:]]))
     for df in (summary, matrices_df):
         df["step"] = df["step"].astype("Int64")
-    return summary, matrices_df, aggregate_similarity(results)
+    return summary, matrices_df, aggregate_similarity(results, errors)
 
 
-def aggregate_similarity(results: Path) -> pd.DataFrame:
+def aggregate_similarity(results: Path, errors: list | None = None) -> pd.DataFrame:
     frames = []
     root = results / "diagnostics"
     for f in sorted(root.glob("*/similarity.csv")) if root.is_dir() else []:
-        df = read_csv(f, SIMILARITY_COLUMNS)
+        df = _tolerant(lambda p: read_csv(p, SIMILARITY_COLUMNS), f, errors)
+        if df is None:
+            continue
         df.insert(0, "run", f.parent.name)
         frames.append(df)
     if not frames:
@@ -228,21 +259,21 @@ def _eval_rows(path: Path, subject: str, kind: str, step: int | None) -> list[di
             for m, v in result["metrics"].items()]
 
 
-def aggregate_eval(results: str | Path) -> pd.DataFrame:
+def aggregate_eval(results: str | Path, errors: list | None = None) -> pd.DataFrame:
     root = Path(results) / "eval"
     rows: list[dict] = []
     if root.is_dir():
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             if sub.name == "models":
                 for f in sorted(sub.glob("*/*.json")):
-                    rows += _eval_rows(f, f.parent.name, "model", None)
+                    rows += _tolerant(lambda p: _eval_rows(p, p.parent.name, "model", None), f, errors) or []
                 continue
             for step_dir in sorted(p for p in sub.iterdir() if p.is_dir()):
                 m = _STEP_DIR.match(step_dir.name)
                 if not m:
                     continue
                 for f in sorted(step_dir.glob("*.json")):
-                    rows += _eval_rows(f, sub.name, "run", int(m.group(1)))
+                    rows += _tolerant(lambda p: _eval_rows(p, sub.name, "run", int(m.group(1))), f, errors) or []
     df = pd.DataFrame(rows, columns=EVAL_COLUMNS)
     df["step"] = df["step"].astype("Int64")
     df = df.sort_values(["kind", "subject", "benchmark", "step", "metric"], kind="stable", ignore_index=True)

@@ -3,20 +3,25 @@
 results that decide it, and whether this grid reproduces it.
 
 Every operational test and tolerance is fixed here, before any result is seen, and printed in
-the table's `test` column. Nothing is tuned: a claim whose numbers go the other way is "no";
-"insufficient data" only when a number the test needs is missing.
+the table's `test` column. Nothing is tuned: a claim whose numbers go the other way is "no".
+"insufficient data" when a number the test needs is missing, or when the evidence it rests on
+is void (geopd.report.evidence): a missing input file, a run that did not move (no optimizer
+update, zero gradient, unchanged weights) or an undefined accuracy. Each claim lists the runs
+and evidence it uses; the `reason` column names the file or the run and why.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
-from geopd.report import paper
+from geopd.report import evidence, paper
 from geopd.report.data import ROLES, ReportData
+from geopd.report.evidence import Use
 from geopd.report.markdown import Table, write
 
 YES, NO, INSUFFICIENT = "yes", "no", "insufficient data"
@@ -41,6 +46,23 @@ class Claim:
     numbers: str
     paper: str
     reproduced: str
+    reason: str = ""                                   # why "insufficient data"
+    uses: list[Use] = field(default_factory=list)      # the evidence the verdict rests on
+
+    @property
+    def runs(self) -> str:
+        return ", ".join(dict.fromkeys(u.run for u in self.uses))
+
+
+COLUMNS = ["id", "claim", "section", "test", "numbers", "paper", "reproduced", "reason", "runs"]
+
+
+def _uses(data: ReportData, runs, what: str) -> list[Use]:
+    return [Use(r, what) for r in runs if r is not None]
+
+
+def _role_uses(data: ReportData, what: str = "endpoint") -> list[Use]:
+    return _uses(data, (data.role_run(role) for role in ROLES), what)
 
 
 def _f(x: float, digits: int = 4) -> str:
@@ -80,7 +102,8 @@ def _order_claim(cid, claim, section, data, key, increasing, paper_text, scale=1
     sign = "<" if increasing else ">"
     test = (f"{what or key} at each run's final checkpoint (endpoint matrix set): "
             f"SFT {sign} OPD {sign} RLVR, strictly")
-    return Claim(cid, claim, section, test, _describe(values, unit), paper_text, _ordering(values, increasing))
+    return Claim(cid, claim, section, test, _describe(values, unit), paper_text, _ordering(values, increasing),
+                 uses=_role_uses(data))
 
 
 # ---- endpoint geometry ---------------------------------------------------------------------------
@@ -113,7 +136,9 @@ def variants_between(data: ReportData) -> Claim:
         else:
             result = YES if len(present) == len(got) else INSUFFICIENT
     return Claim("C2", "OPD variants stay between SFT and RLVR in sparsity", "s3.2, Table 1", test, numbers,
-                 "OPD variants 48.6-57.1% (SFT 8.1, RLVR 77.2)", result)
+                 "OPD variants 48.6-57.1% (SFT 8.1, RLVR 77.2)", result,
+                 "" if variants else "no OPD variant runs in this grid",
+                 _uses(data, [data.role_run("SFT"), data.role_run("RLVR"), *variants], "endpoint"))
 
 
 def rotation_order(data: ReportData) -> Claim:
@@ -141,7 +166,8 @@ def nss_levels(data: ReportData) -> Claim:
                                                             for r, d in decades.items())
     return Claim("C5", "NSS levels ~1e-3 (SFT), ~1e-4 (OPD), ~1e-5 (RLVR)", "s3.2", 
                  "floor(log10(NSS)) = -3, -4, -5 for SFT, OPD, RLVR (absolute levels depend on model "
-                 "scale and training length; the ordering is C4)", numbers, "1e-3 / 1e-4 / 1e-5", result)
+                 "scale and training length; the ordering is C4)", numbers, "1e-3 / 1e-4 / 1e-5", result,
+                 uses=_role_uses(data))
 
 
 def density_order(data: ReportData) -> Claim:
@@ -170,7 +196,7 @@ def principal_overlap(data: ReportData) -> Claim:
     numbers = _describe(values, "%") + f"; random baseline alpha = {_f(alpha * 100) if alpha is not None else 'n/a'}%"
     return Claim("C8", "principal-mask overlap: SFT > OPD > RLVR, OPD and RLVR below random", "s3.2, Fig. 3",
                  "Overlap(M_princ, M_upd), mean over matrices: SFT > OPD > RLVR strictly, and OPD, RLVR < alpha",
-                 numbers, "decreasing; OPD and RLVR below the random baseline", result)
+                 numbers, "decreasing; OPD and RLVR below the random baseline", result, uses=_role_uses(data))
 
 
 # ---- trajectories ----------------------------------------------------------------------------------
@@ -198,7 +224,8 @@ def stable_rank_band(data: ReportData) -> Claim:
         result, numbers = INSUFFICIENT, _series_text(run, s) + " (needs >= 2 checkpoints)"
     return Claim("C9", "OPD stable rank stays in a narrow band", "s4.1, Fig. 4a",
                  f"mean stable rank of dW_t over the trajectory matrices, per checkpoint: "
-                 f"(max - min) / mean <= {BAND_TOL}", numbers, "narrow band over training", result)
+                 f"(max - min) / mean <= {BAND_TOL}", numbers, "narrow band over training", result,
+                 uses=_uses(data, [run], "trajectory"))
 
 
 def _trend_claim(cid, role, grows: bool) -> Callable[[ReportData], Claim]:
@@ -215,7 +242,7 @@ def _trend_claim(cid, role, grows: bool) -> Callable[[ReportData], Claim]:
                 f"{'>' if grows else '<'} {'+' if grows else '-'}{CHANGE_TOL}")
         return Claim(cid, f"{role} stable rank {word} over training", "s4.1, Fig. 4a", test,
                      f"{_series_text(run, s)}; relative change {_f(change, 3)}",
-                     "SFT expands, RLVR contracts", result)
+                     "SFT expands, RLVR contracts", result, uses=_uses(data, [run], "trajectory"))
     return check
 
 
@@ -237,7 +264,8 @@ def sim_first_checkpoint(data: ReportData) -> Claim:
     return Claim("C12", f"OPD reaches high Sim_{k} from the first checkpoint", "s4.2, Fig. 5",
                  f"mean Sim_{k} to the final update at each run's first checkpoint: OPD >= {SIM_HIGH} "
                  f"and OPD > SFT and OPD > RLVR", numbers,
-                 "OPD aligned from the first checkpoint; SFT and RLVR converge gradually", result)
+                 "OPD aligned from the first checkpoint; SFT and RLVR converge gradually", result,
+                 uses=_role_uses(data, "similarity"))
 
 
 # ---- rank-16 projection ------------------------------------------------------------------------------
@@ -246,8 +274,19 @@ def _se(p: float, n: int | None) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else math.nan
 
 
-def _projection(data: ReportData, method: str) -> tuple[str, str | None, float, float, float, str]:
-    """(numbers, result parts) for the projected run whose reference run has `method`."""
+@dataclass
+class _Compared:
+    text: str
+    pa: float = math.nan     # projected run
+    pb: float = math.nan     # its unconstrained reference run
+    tol: float = math.nan
+    reason: str = ""
+    uses: list[Use] = field(default_factory=list)
+
+
+def _projection(data: ReportData, method: str) -> _Compared:
+    """Accuracy of the projected run whose reference run has `method` vs that reference, at
+    the last checkpoint both have in the grid (an evaluation missing there is missing)."""
     for run, spec in data.runs.items():
         proj = spec.get("projection")
         if not proj or data.runs.get(proj.get("run"), {}).get("method") != method:
@@ -255,38 +294,50 @@ def _projection(data: ReportData, method: str) -> tuple[str, str | None, float, 
         ref = proj["run"]
         benches = data.benchmarks(ref)
         if not benches:
-            return f"{run}: its reference run {ref} has no benchmark", None, math.nan, math.nan, math.nan, run
+            return _Compared(f"{run}: its reference run {ref} has no benchmark", reason=f"{ref} has no benchmark")
         bench = benches[0]
-        a, b = data.accuracy_series(run, bench), data.accuracy_series(ref, bench)
-        common = sorted(set(a.index) & set(b.index))
+        common = sorted(set(data.checkpoints(run)) & set(data.checkpoints(ref)))
         if not common:
-            return (f"{run} vs {ref} on {bench}: no common evaluated step", None, math.nan, math.nan, math.nan, run)
+            return _Compared(f"{run} vs {ref}: no common checkpoint step in the grid",
+                             reason=f"{run} and {ref} share no checkpoint step")
         step = common[-1]
-        pa, pb = float(a[step]), float(b[step])
+        uses = [Use(run, "accuracy", bench, (step,)), Use(ref, "accuracy", bench, (step,))]
+        a, b = data.accuracy_series(run, bench), data.accuracy_series(ref, bench)
+        pa, pb = (float(a[step]) if step in a.index else math.nan), (float(b[step]) if step in b.index else math.nan)
         na, nb = data.accuracy_n(run, bench, step), data.accuracy_n(ref, bench, step)
         tol = SE_MULT * math.sqrt(_se(pa, na) ** 2 + _se(pb, nb) ** 2)
-        text = (f"{run} (projected from step {proj.get('step')}) vs {ref} on {bench} "
+        text = (f"{run} (rank {proj.get('rank')}, projected from step {proj.get('step')}) vs {ref} on {bench} "
                 f"({data.primary_metric(bench)}) at step {step}: {_f(pa, 3)} vs {_f(pb, 3)} "
                 f"(diff {_f(pa - pb, 3)}, tolerance {_f(tol, 3)}; n = {na}, {nb})")
-        return text, bench, pa, pb, tol, run
-    return f"no projected run whose reference run is {method.upper()}", None, math.nan, math.nan, math.nan, ""
+        # At 0 the unconstrained run has nothing to keep or lose, and SE = sqrt(p(1-p)/n) = 0
+        # would let "projected >= unconstrained - tol" pass with two zeros.
+        reason = f"{ref} has accuracy 0 at step {step}: nothing to keep or lose" if pb == 0 else ""
+        return _Compared(text, pa, pb, tol, reason, uses)
+    return _Compared(f"no projected run whose reference run is {method.upper()}",
+                     reason=f"no projected run whose reference run is {method.upper()} in this grid")
+
+
+def _projection_claim(cid: str, claim: str, c: _Compared, holds: bool, test: str, paper_text: str) -> Claim:
+    if c.reason or not all(map(math.isfinite, (c.pa, c.pb, c.tol))):
+        result = INSUFFICIENT
+    else:
+        result = YES if holds else NO
+    return Claim(cid, claim, "s4.2, Fig. 6", test, c.text, paper_text, result, c.reason, c.uses)
 
 
 def projection_keeps_opd(data: ReportData) -> Claim:
-    text, _, pa, pb, tol, _ = _projection(data, "opd")
-    result = INSUFFICIENT if not all(map(math.isfinite, (pa, pb, tol))) else (YES if pa >= pb - tol else NO)
-    return Claim("C13", "rank-16 projection keeps OPD accuracy", "s4.2, Fig. 6",
-                 f"projected accuracy >= unconstrained - tol at the last common step; tol = {SE_MULT:g} x "
-                 f"sqrt(SE1^2 + SE2^2), SE = sqrt(p(1-p)/n problems)", text,
-                 "OPD essentially unchanged under rank-16", result)
+    c = _projection(data, "opd")
+    return _projection_claim("C13", "rank-16 projection keeps OPD accuracy", c, c.pa >= c.pb - c.tol,
+                             f"projected accuracy >= unconstrained - tol at the last common checkpoint; tol = "
+                             f"{SE_MULT:g} x sqrt(SE1^2 + SE2^2), SE = sqrt(p(1-p)/n problems); unconstrained "
+                             f"accuracy 0 decides nothing", "OPD essentially unchanged under rank-16")
 
 
 def projection_hurts_sft(data: ReportData) -> Claim:
-    text, _, pa, pb, tol, _ = _projection(data, "sft")
-    result = INSUFFICIENT if not all(map(math.isfinite, (pa, pb, tol))) else (YES if pa < pb - tol else NO)
-    return Claim("C14", "rank-16 projection hurts SFT", "s4.2, Fig. 6",
-                 f"projected accuracy < unconstrained - tol at the last common step (tol as in C13)", text,
-                 "SFT degraded over the matched window", result)
+    c = _projection(data, "sft")
+    return _projection_claim("C14", "rank-16 projection hurts SFT", c, c.pa < c.pb - c.tol,
+                             "projected accuracy < unconstrained - tol at the last common checkpoint (tol as in C13)",
+                             "SFT degraded over the matched window")
 
 
 # ---- controls ----------------------------------------------------------------------------------------
@@ -320,7 +371,7 @@ def _control_claim(cid, claim, runs, data: ReportData, should_track: bool, secti
     if base.empty or not runs:
         result = INSUFFICIENT
         parts.insert(0, f"OPD baseline {base_run or 'missing'}: {'no trajectory' if base.empty else 'ok'}"
-                     + ("" if runs else f"; no {selection} runs in this grid"))
+                     + ("" if runs else f"; no {selection} in this grid"))
     elif any(v is False for v in verdicts):
         result = NO
     elif any(v is None for v in verdicts):
@@ -330,7 +381,8 @@ def _control_claim(cid, claim, runs, data: ReportData, should_track: bool, secti
     rel = "<=" if should_track else ">"
     test = (f"{selection}: max over shared checkpoints of |srank_run - srank_OPD| / srank_OPD "
             f"{rel} {TRACK_TOL} for every such run (mean stable rank over the trajectory matrices)")
-    return Claim(cid, claim, section, test, "; ".join(parts), paper_text, result)
+    return Claim(cid, claim, section, test, "; ".join(parts), paper_text, result,
+                 "" if runs else f"no {selection} in this grid", _uses(data, [base_run, *runs], "trajectory"))
 
 
 def token_sparse_tracks(data: ReportData) -> Claim:
@@ -369,13 +421,31 @@ CHECKS: tuple[Callable[[ReportData], Claim], ...] = (
 )
 
 
+def judge(data: ReportData, claim: Claim) -> Claim:
+    """A verdict resting on void evidence becomes "insufficient data", with the reasons."""
+    reasons = evidence.problems(data, claim.uses)
+    if reasons:
+        claim.reproduced = INSUFFICIENT
+        claim.reason = "; ".join(reasons + ([claim.reason] if claim.reason else []))
+    elif claim.reproduced == INSUFFICIENT and not claim.reason:
+        claim.reason = "a number the test needs is missing (see numbers)"
+    return claim
+
+
+def evaluate(data: ReportData) -> list[Claim]:
+    return [judge(data, check(data)) for check in CHECKS]
+
+
+def frame_of(claims: list[Claim]) -> pd.DataFrame:
+    return pd.DataFrame([{c: getattr(claim, c) for c in COLUMNS} for claim in claims], columns=COLUMNS)
+
+
 def check_all(data: ReportData) -> pd.DataFrame:
-    return pd.DataFrame([asdict(c(data)) for c in CHECKS],
-                        columns=["id", "claim", "section", "test", "numbers", "paper", "reproduced"])
+    return frame_of(evaluate(data))
 
 
-def claims_table(data: ReportData) -> Table:
-    frame = check_all(data)
+def claims_table(data: ReportData, claims: list[Claim] | None = None) -> Table:
+    frame = frame_of(claims if claims is not None else evaluate(data))
     counts = frame["reproduced"].value_counts()
     roles = ", ".join(f"{r} = {data.role_run(r) or 'none'}" for r in ROLES)
     notes = [
@@ -384,10 +454,39 @@ def claims_table(data: ReportData) -> Table:
         f"{counts.get(INSUFFICIENT, 0)} insufficient data, of {len(frame)}.",
         "Tests and tolerances are fixed in geopd.report.claims before any result is read and are never "
         "tuned; 'no' means our numbers contradict the claim; 'insufficient data' means a number the "
-        "test needs is missing from this grid's results.",
+        "test needs is missing, or rests on a run that did not move (no optimizer update, zero "
+        "gradient, unchanged weights) or on an undefined accuracy: `reason` names the file or the run. "
+        "`runs`: the runs each verdict rests on.",
+        *evidence.notes(data, evidence.KINDS),
     ]
     return Table("claims", "Claims check: the geometry paper's qualitative claims on this grid", frame, notes)
 
 
+def missing_table(data: ReportData, claims: list[Claim] | None = None) -> Table:
+    claims = claims if claims is not None else evaluate(data)
+    frame = evidence.missing_frame(data, {c.id: c.uses for c in claims})
+    counts = frame["problem"].value_counts()
+    n_expected = len(data.expected)
+    summary = (f"{counts.get(evidence.MISSING, 0)} of {n_expected} expected inputs missing, "
+               f"{counts.get(evidence.UNREADABLE, 0)} unreadable, {counts.get(evidence.STILL, 0)} "
+               f"run problem(s) (did not move), {counts.get(evidence.UNDEFINED, 0)} undefined accuracies."
+               if n_expected else "The grid description lists no expected inputs (grid.json without "
+               "'inputs'): only runs that did not move and undefined accuracies are checked.")
+    notes = [
+        summary,
+        "Inputs: every per-checkpoint file the grid expects (diagnostics, Sim_K trajectories, reference "
+        "pairs, evaluations, training logs; paths relative to results/). `claims`: the claims each "
+        "problem makes 'insufficient data'. Tables and figures are built from what exists; their "
+        "cells for a missing input are empty and their panels say 'no data'.",
+    ]
+    return Table("missing", "What the report is missing, and runs that are no evidence", frame, notes,
+                 empty="nothing: every expected input exists and is readable, every run moved, every "
+                       "accuracy is defined")
+
+
 def write_claims(data: ReportData, out_dir: str | Path) -> list[Path]:
-    return write(claims_table(data), out_dir)
+    """claims.{csv,md} and missing.{csv,md}; the verdicts also go to stderr (the job's log)."""
+    claims = evaluate(data)
+    for c in claims:
+        print(f"{c.id:>4} {c.reproduced:<17} {c.claim}" + (f"  [{c.reason}]" if c.reason else ""), file=sys.stderr)
+    return write(claims_table(data, claims), out_dir) + write(missing_table(data, claims), out_dir)

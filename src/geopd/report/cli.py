@@ -4,10 +4,13 @@
   aggregate-diagnostics  --results R --out-summary F --out-matrices F --out-similarity F
   aggregate-eval         --results R --out F
   tables | figures | claims   --results R [--grid FILE.json] [--out-dir DIR]
+  partial                --results R [--grid FILE.json] --out-dir DIR
 
 tables, figures and claims read R/diagnostics/{summary,matrices,similarity}.csv,
 R/eval/accuracy.csv, R/runs/<run>/metrics.jsonl and the grid (default R/grid.json); they write
-R/tables/<name>.{csv,md}, R/figures/<name>.{png,pdf} and R/tables/claims.{csv,md}.
+R/tables/<name>.{csv,md}, R/figures/<name>.{png,pdf} and R/tables/{claims,missing}.{csv,md}.
+partial does all of it from whatever per-checkpoint files exist under R (unreadable ones are
+skipped and listed), into DIR/{diagnostics,eval,tables,figures}: the report after failed jobs.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from geopd.errors import UserError
 
-SUBCOMMANDS = ("grid", "aggregate-diagnostics", "aggregate-eval", "tables", "figures", "claims")
+SUBCOMMANDS = ("grid", "aggregate-diagnostics", "aggregate-eval", "tables", "figures", "claims", "partial")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,17 +52,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--out-dir", default=None, help=f"output folder (default: RESULTS/{default})")
         p.set_defaults(default_out=default)
 
+    p = sub.add_parser("partial", help="tables, figures, claims and missing.md from whatever inputs exist")
+    p.add_argument("--results", required=True)
+    p.add_argument("--grid", default=None, help="grid description JSON (default: RESULTS/grid.json)")
+    p.add_argument("--out-dir", required=True, help="output folder (the workflow's: RESULTS/partial)")
 
-def _grid(args) -> int:
+
+def write_grid(text: str, out: str | Path) -> Path:
+    """The grid description (JSON text of Grid.report_spec()), checked, to `out`."""
     try:
-        spec = json.loads(args.spec)
+        spec = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"--spec is not valid JSON ({exc})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("runs"), dict):
         raise UserError("--spec: expected an object with a 'runs' mapping (Grid.report_spec())")
-    out = Path(args.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def _grid(args) -> int:
+    write_grid(args.spec, args.out)
     return 0
 
 
@@ -87,6 +101,12 @@ def main(args: argparse.Namespace) -> int:
 
     from geopd.report.data import ReportData
 
+    if cmd == "partial":
+        from geopd.report.build import write_report
+        data = ReportData.from_tree(args.results, args.grid)
+        paths = write_report(data, Path(args.out_dir))
+        print(f"wrote {len(paths)} files under {args.out_dir}", file=sys.stderr)
+        return 0
     data = ReportData.load(args.results, args.grid)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.results) / args.default_out
     if cmd == "tables":
@@ -96,11 +116,7 @@ def main(args: argparse.Namespace) -> int:
         from geopd.report.figures import render_all
         paths = render_all(data, out_dir)
     else:
-        from geopd.report.claims import claims_table
-        from geopd.report.markdown import write
-        table = claims_table(data)
-        paths = write(table, out_dir)
-        for row in table.frame.itertuples():
-            print(f"{row.id:>4} {row.reproduced:<17} {row.claim}", file=sys.stderr)
+        from geopd.report.claims import write_claims
+        paths = write_claims(data, out_dir)
     print(f"wrote {len(paths)} files under {out_dir}", file=sys.stderr)
     return 0

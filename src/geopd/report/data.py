@@ -4,9 +4,11 @@ trajectory diagnostics, accuracy per step, an init's accuracy).
 
 The grid description is `Grid.report_spec()` (R/grid.json): runs -> {family, method, teacher,
 init, w0, start_step, checkpoints, eval, diagnostics, projection, extrapolation, objective,
-rollout_source}, benchmarks, teachers, reference_pairs, diagnostics settings, name.
+rollout_source}, benchmarks, teachers, reference_pairs, diagnostics settings, name, and the
+per-checkpoint inputs it expects (geopd.report.evidence).
 A missing aggregated file reads as an empty table (with a warning): a miniature grid may lack
-rows, and every consumer says "no data" rather than failing or inventing numbers.
+rows, and every consumer says "no data" rather than failing or inventing numbers. `missing`
+lists the expected inputs that do not exist (or could not be read) under `results`.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from geopd.errors import UserError
-from geopd.report.aggregate import EVAL_COLUMNS, warn
+from geopd.report import evidence
+from geopd.report.aggregate import EVAL_COLUMNS, aggregate_diagnostics, aggregate_eval, warn
 
 # The controlled comparison: the run of each of these families plays the role.
 ROLES = ("SFT", "OPD", "RLVR")
@@ -60,9 +63,14 @@ class ReportData:
     accuracy: pd.DataFrame = field(default_factory=pd.DataFrame)
     metrics: dict[str, pd.DataFrame] = field(default_factory=dict)   # run -> per-step training log
     searches: dict[str, list[dict]] = field(default_factory=dict)    # run -> EffOPD search log
+    missing: list[dict] = field(default_factory=list)                # evidence.find_missing rows
+    results: Path | None = None
+    expected: list[evidence.Expected] = field(init=False, repr=False)
+    _still: dict[str, list[str]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self):
         self.grid = {**EMPTY_GRID, **(self.grid or {})}
+        self.expected = evidence.expected_inputs(self.grid)
         # spec_json sorts keys; the config's run order comes back from `run_order` when given.
         order = [r for r in self.grid.get("run_order") or [] if r in self.grid["runs"]]
         if order:
@@ -88,12 +96,41 @@ class ReportData:
             matrices=_read_optional(results / "diagnostics" / "matrices.csv"),
             similarity=_read_optional(results / "diagnostics" / "similarity.csv"),
             accuracy=_read_optional(results / "eval" / "accuracy.csv"),
+            missing=evidence.find_missing(spec, results),
+            results=results,
         )
-        for run in spec["runs"]:
-            path = results / "runs" / run / "metrics.jsonl"
-            if path.exists():
-                data.metrics[run], data.searches[run] = read_metrics(path)
+        data._read_logs(lambda path: read_metrics(path))
         return data
+
+    @classmethod
+    def from_tree(cls, results: str | Path, grid: str | Path | None = None) -> "ReportData":
+        """Aggregated in memory from whatever per-checkpoint files exist under `results` (the
+        partial report): an unreadable file is skipped and listed, never fatal."""
+        results = Path(results)
+        spec = read_grid(Path(grid) if grid else results / "grid.json")
+        errors: list[tuple[Path, str]] = []
+        summary, matrices, similarity = aggregate_diagnostics(results, errors)
+        accuracy = aggregate_eval(results, errors)
+        data = cls(grid=spec, summary=summary, matrices=matrices, similarity=similarity, accuracy=accuracy,
+                   missing=evidence.find_missing(spec, results), results=results)
+
+        def read(path: Path):
+            try:
+                return read_metrics(path)
+            except UserError as exc:
+                errors.append((path, str(exc)))
+                return None
+        data._read_logs(read)
+        data.missing += evidence.unreadable_rows(spec, results, errors)
+        return data
+
+    def _read_logs(self, read) -> None:
+        files = {e.subject: e.file for e in self.expected if e.kind == "metrics"}
+        for run in self.runs:
+            path = self.results / files.get(run, f"runs/{run}/metrics.jsonl")
+            got = read(path) if path.exists() else None
+            if got is not None:
+                self.metrics[run], self.searches[run] = got
 
     # ---- the grid ------------------------------------------------------------------------------
 
@@ -228,6 +265,14 @@ class ReportData:
         n = pd.to_numeric(rows["n"], errors="coerce").dropna() if "n" in rows.columns else []
         return int(n.iloc[0]) if len(n) else None
 
+    def accuracy_rows(self, subject: str, bench: str | None, step: int | None, kind: str = "run") -> pd.DataFrame:
+        """Every metric of one evaluation (a run's checkpoint, or a model when step is None)."""
+        a = self.accuracy
+        if a.empty:
+            return a
+        rows = a[(a["subject"] == subject) & (a["kind"] == kind) & (a["benchmark"] == bench)]
+        return rows[rows["step"].isna()] if step is None else rows[rows["step"] == step]
+
     def model_accuracy(self, model: str, bench: str, metric: str | None = None) -> float | None:
         rows = self._acc(model, "model", bench, metric)
         return float(rows["value"].iloc[0]) if len(rows) else None
@@ -243,6 +288,15 @@ class ReportData:
             s = self.accuracy_series(o.name, bench, metric)
             v = float(s[o.step]) if o.step in s.index else None
         return (v, str(o)) if v is not None and math.isfinite(v) else None
+
+
+    # ---- evidence ------------------------------------------------------------------------------
+
+    def stillness(self, run: str) -> list[str]:
+        """Why `run` did not move (evidence.stillness), cached: empty when it moved."""
+        if run not in self._still:
+            self._still[run] = evidence.stillness(self, run)
+        return self._still[run]
 
 
 def read_grid(path: Path) -> dict:

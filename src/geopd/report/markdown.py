@@ -26,6 +26,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     digits: dict[str, int] = field(default_factory=dict)
     extra: list[Section] = field(default_factory=list)   # further sections of the Markdown only
+    empty: str = ""           # what an empty table means (default: its inputs do not exist)
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -53,10 +54,13 @@ def fmt(value, digits: int = 3) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(df: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
+EMPTY = "no rows: none of this table's inputs exist in this grid's results"
+
+
+def markdown_table(df: pd.DataFrame, digits: dict[str, int] | None = None, empty: str = "") -> str:
     digits = digits or {}
     if df.empty:
-        return "_(no rows: none of this table's inputs exist in this grid's results)_\n"
+        return f"_({empty or EMPTY})_\n"
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in df.itertuples(index=False):
@@ -67,7 +71,7 @@ def markdown_table(df: pd.DataFrame, digits: dict[str, int] | None = None) -> st
 def render(table: Table) -> str:
     parts = [f"# {table.title}\n"]
     parts += [n + "\n" for n in table.notes]
-    parts.append(markdown_table(table.frame, table.digits))
+    parts.append(markdown_table(table.frame, table.digits, table.empty))
     for sec in table.extra:
         parts.append(f"## {sec.title}\n")
         parts += [n + "\n" for n in sec.notes]

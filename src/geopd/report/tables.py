@@ -8,7 +8,8 @@ accuracy          accuracy per run and checkpoint, with the init's accuracy wher
 teachers          teacher accuracy vs the student anchors (the teacher-student gap)
 
 Each builder takes a ReportData and returns a Table; a run without data keeps its row with
-empty cells, so a missing result is visible rather than silently dropped.
+empty cells, so a missing result is visible rather than silently dropped, and the Markdown
+names the missing input files and the runs that did not move (geopd.report.evidence).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from geopd.report import paper
+from geopd.report import evidence, paper
 from geopd.report.data import ReportData
 from geopd.report.markdown import Section, Table, write
 
@@ -115,6 +116,7 @@ def table1_sparsity(data: ReportData) -> Table:
     if not data.grid["reference_pairs"]:
         notes.append("No published reference pairs in this config (the paper config computes them "
                      "from hub checkpoints).")
+    notes += evidence.notes(data, ("diagnostics", "reference"), [r for _, r in diagnosed_runs(data)])
     digits = {"sparsity_pct": 1, "attention_pct": 1, "mlp_pct": 1, "paper_pct": 1}
     return Table("table1_sparsity", "Table 1: bf16-aware update sparsity", frame, notes, digits)
 
@@ -156,6 +158,7 @@ def update_masks(data: ReportData) -> Table:
         f"M_low: bottom-alpha of |W0|; alpha = {alpha if alpha is not None else '?'}, which is also the "
         "random baseline of both overlaps. Paper columns: the controlled 8B SFT / OPD / RLVR comparison "
         "(s3.2), beside the run playing that role here.",
+        *evidence.notes(data, ("diagnostics", "reference"), [r for _, r in diagnosed_runs(data)]),
     ]
     digits = {c: 2 for c in frame.columns if c.endswith("_pct")}
     return Table("update_masks", "Update density and update-mask overlaps", frame, notes, digits)
@@ -259,6 +262,8 @@ def effopd_spectral(data: ReportData) -> Table:
         "rank exp(-sum p_i log p_i), p_i = s_i/sum s; top-1% ratio ||rank-ceil(1% rank) approx||_F / ||dW||_F. "
         "Paper rows: EffOPD Table 1 at the 8B scale (absolute values are scale-dependent; compare "
         "the OPD-vs-RL direction).",
+        *evidence.notes(data, ("diagnostics", "eval"), list(frame["run"].dropna())
+                        + [effopd_reference(data, r) for r in data.family("effopd")]),
     ]
     speed = effopd_speedup(data)
     speed_notes = [
@@ -315,6 +320,7 @@ def accuracy(data: ReportData) -> Table:
         "correct; pass@1 for LiveCodeBench). `init` rows are the run's starting point where it was "
         "evaluated (a run's checkpoint, or a model under eval/models); empty cells: not evaluated "
         "or missing.",
+        *evidence.notes(data, ("eval",)),
     ]
     return Table("accuracy", "Accuracy per run and checkpoint", frame, notes, {m: 3 for m in metrics})
 
@@ -322,7 +328,7 @@ def accuracy(data: ReportData) -> Table:
 # ---- teachers ------------------------------------------------------------------------------------
 
 def teachers(data: ReportData) -> Table:
-    rows = []
+    rows, unevaluated = [], []
     for teacher, benches in data.grid["teachers"].items():
         students = [r for r, s in data.runs.items() if s.get("teacher") == teacher]
         for bench in benches:
@@ -334,6 +340,9 @@ def teachers(data: ReportData) -> Table:
                 init = data.origin_accuracy(run, bench)
                 acc = data.accuracy_series(run, bench)
                 anchor = init[0] if init else math.nan
+                origin = data.origin(run)
+                if origin is not None and origin.kind == "run" and bench not in data.benchmarks(origin.name):
+                    unevaluated.append(f"{origin.name} on {bench} (anchor of {run})")
                 final = float(acc.iloc[-1]) if len(acc) else math.nan
                 t = t_acc if t_acc is not None else math.nan
                 gap = t - anchor
@@ -348,7 +357,11 @@ def teachers(data: ReportData) -> Table:
         "Each teacher's accuracy beside the student anchor each of its runs starts from (the run's "
         "init) and the run's final checkpoint. gap = teacher - anchor (positive: the teacher is "
         "stronger, as distillation needs); gap_closed_pct = (final - anchor) / gap.",
+        *evidence.notes(data, ("eval",)),
     ]
+    if unevaluated:
+        notes.append("**Anchors the config never evaluates** (add the benchmark to the anchor run's `eval` "
+                     "to measure the gap): " + "; ".join(dict.fromkeys(unevaluated)) + ".")
     digits = {"gap_closed_pct": 1}
     return Table("teachers", "Teachers vs student anchors", frame, notes, digits)
 

@@ -14,8 +14,8 @@ import pandas as pd
 
 from geopd.report.aggregate import MODULES
 from geopd.report.data import ReportData
-from geopd.report.figures.common import (log_if_positive, no_data, role_color, roles_present, save, style,
-                                         subplots)
+from geopd.report.figures.common import (log_if_positive, no_data, role_color, role_label, roles_present, save,
+                                         setting, style, subplots, used_per_matrix)
 
 PANELS = (
     ("angle_mean", "mean principal angle (deg)", "(a) rotation: mean angle per matrix"),
@@ -54,7 +54,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
             for role, df in per_role.items():
                 y = df[col].to_numpy(dtype=float)
                 ax.plot(np.arange(len(y)), y, marker="o", ms=2, lw=0.9, color=role_color(role),
-                        label=f"{role} ({data.role_run(role)})")
+                        label=role_label(data, role))
                 plotted += list(y)
             log_if_positive(ax, plotted)
             ax.set_xlabel("matrix index (layer-major)")
@@ -62,6 +62,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
         if per_role:
             missing = [r for r in ("SFT", "OPD", "RLVR") if r not in per_role]
             axes[0][0].legend(loc="best", title=f"no data for {', '.join(missing)}" if missing else None)
-        fig.suptitle(f"Endpoint geometry vs W0 (top-k subspaces, k = {data.grid['diagnostics'].get('k', '?')})",
+        k = setting(data, "k", used_per_matrix(data, "k", data.endpoint_matrices))
+        fig.suptitle(f"Endpoint geometry vs W0, '{data.endpoint_matrices}' matrices (top-k subspaces, {k})",
                      fontsize=8.5)
         return save(fig, stem)

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from geopd.report.data import ROLE_COLORS, ROLES, ReportData  # noqa: E402
 
@@ -76,10 +77,46 @@ def roles_present(data: ReportData) -> dict[str, str]:
     return {role: run for role, run in data.role_runs().items() if run is not None}
 
 
+def setting(data: ReportData, key: str, used=()) -> str:
+    """'k = 512' from the grid's diagnostics settings, with the values the diagnosis actually
+    used where a matrix's min(rows, cols) capped them ('k = 512, capped per matrix at 16-32')."""
+    cfg = data.grid["diagnostics"].get(key)
+    name = {"sim_k": "K"}.get(key, key)
+    if cfg is None:
+        return f"{name} = ?"
+    v = sorted({int(x) for x in used if x is not None and np.isfinite(x)})
+    if not v or v == [int(cfg)]:
+        return f"{name} = {cfg}"
+    span = f"{v[0]}" if len(v) == 1 else f"{v[0]}-{v[-1]}"
+    return f"{name} = {cfg}, capped per matrix at {span}"
+
+
+def used_per_matrix(data: ReportData, key: str, matrices: str) -> list[float]:
+    """The k or r each analysed matrix of the `matrices` set used (k is recorded; r is
+    min(r, rows, cols) as in the diagnosis)."""
+    m = data.matrices
+    if m.empty:
+        return []
+    rows = m[m["matrices"] == matrices]
+    if key == "k" and "k" in rows.columns:
+        return list(pd.to_numeric(rows["k"], errors="coerce"))
+    cfg = data.grid["diagnostics"].get(key)
+    if key == "r" and cfg is not None and {"rows", "cols"} <= set(rows.columns):
+        side = np.minimum(pd.to_numeric(rows["rows"], errors="coerce"), pd.to_numeric(rows["cols"], errors="coerce"))
+        return list(np.minimum(side, float(cfg)))
+    return []
+
+
+def role_label(data: ReportData, role: str, run: str | None = None) -> str:
+    """'OPD (opd-8b-t32b)', flagged when the run did not move (geopd.report.evidence)."""
+    run = run or data.role_run(role)
+    return f"{role} ({run}{', did not move' if run and data.stillness(run) else ''})"
+
+
 def progress(steps, final: int | None) -> np.ndarray:
     steps = np.asarray(list(steps), dtype=float)
     return steps / final if final else steps
 
 
 __all__ = ["ROLES", "style", "subplots", "no_data", "save", "role_color", "palette", "log_if_positive",
-           "roles_present", "progress", "WIDTH"]
+           "roles_present", "role_label", "progress", "setting", "used_per_matrix", "WIDTH"]

@@ -53,4 +53,5 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
                     ax.set_xlabel("step")
                 if i == 0:
                     ax.legend(loc="best", fontsize=5.5)
+        fig.suptitle(f"Controls vs OPD: dW_t, mean over '{data.trajectory_matrices}' matrices", fontsize=8.5)
         return save(fig, stem)

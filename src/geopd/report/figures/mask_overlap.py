@@ -10,7 +10,8 @@ import numpy as np
 from geopd.report import paper
 from geopd.report.aggregate import MODULES
 from geopd.report.data import ROLES, ReportData
-from geopd.report.figures.common import no_data, role_color, roles_present, save, style, subplots
+from geopd.report.figures.common import (no_data, role_color, role_label, roles_present, save, setting, style,
+                                         subplots, used_per_matrix)
 
 PANELS = (
     ("update_density", "(a) update density", paper.UPDATE_DENSITY_PCT, False),
@@ -39,7 +40,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
                 if role not in have:
                     continue
                 y = [100 * float(values[role][s].get(key, np.nan)) if values[role][s] else np.nan for s in scopes]
-                ax.bar(x + (i - 1) * width, y, width, color=role_color(role), label=role)
+                ax.bar(x + (i - 1) * width, y, width, color=role_color(role), label=role_label(data, role))
                 if published and role in published:
                     ax.plot(x[0] + (i - 1) * width, published[role], marker="x", color="k", ms=5, ls="none",
                             label="paper (overall, 8B)")
@@ -61,4 +62,8 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
                         labels.append(lab)
             fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
                        bbox_to_anchor=(0.5, -0.04))
+        r = setting(data, "r", used_per_matrix(data, "r", data.endpoint_matrices))
+        fig.suptitle(f"Update masks at the endpoint, '{data.endpoint_matrices}' matrices\nM_princ = top-alpha of "
+                     f"|rank-r W0| ({r}); M_low = bottom-alpha of |W0|; alpha = "
+                     f"{alpha if alpha is not None else '?'}", fontsize=8.5)
         return save(fig, stem)

@@ -1,4 +1,4 @@
-"""Fig. 6/8: rank-16 projected vs unconstrained training: accuracy per step of each projected
+"""Fig. 6/8: low-rank (the paper: rank-16) projected vs unconstrained training: accuracy per step of each projected
 run and of the run it branched from, with the projection start marked (vertical line). One
 panel per projected run and benchmark (Fig. 8: the further benchmarks)."""
 from __future__ import annotations
@@ -35,8 +35,8 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
         fig, axes = subplots(nrows, ncols, height=2.4, width=min(7.0, 2.5 * ncols))
         flat = axes.ravel()
         if not todo:
-            flat[0].set_title("rank-16 projected training")
-            no_data(flat[0], "rank-16 projected runs (none in this grid)")
+            flat[0].set_title("low-rank projected training")
+            no_data(flat[0], "projected runs (none in this grid)")
         for ax, (run, ref, bench, start) in zip(flat, todo):
             metric = data.primary_metric(bench) if bench else None
             ax.set_title(f"{run} vs {ref}" + (f"\n{bench}" if bench else ""))

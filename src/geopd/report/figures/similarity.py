@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from geopd.report.data import ROLES, ReportData
-from geopd.report.figures.common import (no_data, palette, progress, role_color, roles_present, save, style,
-                                         subplots)
+from geopd.report.figures.common import (no_data, palette, progress, role_color, role_label, roles_present, save,
+                                         setting, style, subplots)
 
 
 def draw(data: ReportData, stem: str | Path) -> list[Path]:
@@ -24,7 +26,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
             if s is None or s.empty:
                 continue
             x = progress(s.index, data.final_step(run))
-            ax.plot(x, s["mean"], marker="o", color=role_color(role), label=f"{role} ({run})")
+            ax.plot(x, s["mean"], marker="o", color=role_color(role), label=role_label(data, role, run))
             ax.fill_between(x, s["min"], s["max"], color=role_color(role), alpha=0.12, lw=0)
             drawn.append(role)
         if drawn:
@@ -55,4 +57,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
             ax.set_ylabel(f"Sim_{k}")
             ax.set_ylim(0, 1.05)
             ax.legend(loc="lower right", ncol=2, fontsize=5.5)
+        used = pd.to_numeric(data.similarity["k"], errors="coerce") if "k" in data.similarity.columns else []
+        fig.suptitle(f"Top-K right singular subspace of dW_t vs the final update's, "
+                     f"'{data.trajectory_matrices}' matrices ({setting(data, 'sim_k', used)})", fontsize=8.5)
         return save(fig, stem)

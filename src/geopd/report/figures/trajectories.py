@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from geopd.report.data import ROLES, ReportData
-from geopd.report.figures.common import no_data, progress, role_color, roles_present, save, style, subplots
+from geopd.report.figures.common import (no_data, progress, role_color, role_label, roles_present, save, style,
+                                         subplots)
 
 METRICS = (
     ("stable_rank", "stable rank", "(a) stable rank"),
@@ -28,7 +29,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
                 if s is None or s.empty:
                     continue
                 ax.plot(progress(s.index, data.final_step(run)), s.to_numpy(), marker="o",
-                        color=role_color(role), label=f"{role} ({run})")
+                        color=role_color(role), label=role_label(data, role, run))
                 drawn.append(role)
             if not drawn:
                 no_data(ax, f"{ylabel} trajectories of SFT / OPD / RLVR")
