@@ -153,9 +153,37 @@ def _source(spec: dict) -> str:
     return spec["hub"]
 
 
+def _data_files(spec: dict, subset: str | None, split: str) -> list[str]:
+    """The files of one config/split as `datasets` resolves them (README configs, split names)."""
+    import datasets
+
+    try:
+        files = datasets.load_dataset_builder(_source(spec), subset).config.data_files
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. a hub repo offline; hub_rows reports the real error
+        return []
+    return [str(f) for f in (files or {}).get(split) or []]
+
+
+def _local_parquet(files: list[str]) -> bool:
+    return bool(files) and all(f.endswith(".parquet") and Path(f).is_file() for f in files)
+
+
+def _parquet_rows(files: list[str]) -> Iterator[dict]:
+    """Rows of local parquet files, one row group in memory at a time (no pre-buffering of the
+    whole file, which `datasets` streaming does: its memory grows with the file size)."""
+    import pyarrow.parquet as pq
+
+    for path in files:
+        pf = pq.ParquetFile(path, pre_buffer=False, memory_map=False)
+        for group in range(pf.num_row_groups):
+            yield from pf.read_row_group(group).to_pylist()
+
+
 def hub_rows(spec: dict, subset: str | None = None, split: str | None = None) -> Iterator[dict]:
-    """Rows of one config/split, streamed (datasets' streaming mode: one row group at a time,
-    nothing cached), from the mirror copy or the hub."""
+    """Rows of one config/split with bounded memory: local parquet row group by row group, any
+    other format or a hub repo through `datasets`' streaming mode; nothing is cached."""
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets comes with lm-eval
@@ -165,12 +193,11 @@ def hub_rows(spec: dict, subset: str | None = None, split: str | None = None) ->
     where = f"data set {spec['name']}: '{spec.get('path') or spec['hub']}' ({subset or 'default'}, split {split})"
     source = _source(spec)
     try:
-        rows = iter(datasets.load_dataset(source, subset, split=split, streaming=True))
-        while True:
-            try:
-                row = next(rows)
-            except StopIteration:
-                return
+        files = _data_files(spec, subset, split)
+        if _local_parquet(files):
+            yield from _parquet_rows(files)
+            return
+        for row in datasets.load_dataset(source, subset, split=split, streaming=True):
             yield dict(row)
     except UserError:
         raise
@@ -181,18 +208,13 @@ def hub_rows(spec: dict, subset: str | None = None, split: str | None = None) ->
 def row_count(spec: dict, subset: str | None = None, split: str | None = None) -> int:
     """Rows of one split: from the parquet footers when the files are local parquet (no data
     read), else by one streaming pass."""
-    import datasets
-
     subset = subset if subset is not None else spec.get("subset")
     split = split or spec.get("split", "train")
-    try:
-        files = list(datasets.load_dataset_builder(_source(spec), subset).config.data_files.get(split) or [])
-    except Exception:  # noqa: BLE001 - fall back to counting; hub_rows names any real error
-        files = []
-    if files and all(str(f).endswith(".parquet") and Path(str(f)).is_file() for f in files):
+    files = _data_files(spec, subset, split)
+    if _local_parquet(files):
         import pyarrow.parquet as pq
 
-        return sum(pq.ParquetFile(str(f)).metadata.num_rows for f in files)
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     return sum(1 for _ in hub_rows(spec, subset, split))
 
 
