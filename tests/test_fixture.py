@@ -215,6 +215,16 @@ def test_dry_run_of_the_overlay_lists_every_rule_and_prefetch_only_without_the_f
     assert set(counts) == every                       # (no model is built: pretrain/finetune are miniature-only)
     assert counts == {r: row["jobs"] for r, row in summarize(build_jobs(Grid.from_files(PAPER)))["per_rule"].items()}
     assert counts["prefetch"] == 18 and counts["prepare_data"] == 5 and counts["train"] == 26
-    # With the fixture where the overlay's hub_mirror points, nothing is downloaded.
+    # With the fixture where the overlay's hub_mirror points, nothing is downloaded, and the
+    # prepare_data rule of every data set runs (offline) through the real loaders.
     shutil.copytree(paper_mirror, tmp_path / "results/paper-fixture/mirror")
     assert dry_run() == {r: n for r, n in counts.items() if r != "prefetch"}
+    grid = Grid.from_files(PAPER)
+    targets = [grid.data_dir(d) for d in grid.datasets]
+    proc = subprocess.run([SNAKEMAKE, *targets, "--cores", "2", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                           "--configfile", *map(str, PAPER)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rule prefetch:" not in proc.stdout + proc.stderr and "rule prepare_data:" in proc.stdout + proc.stderr
+    for name, data in grid.datasets.items():
+        info = json.loads((tmp_path / grid.data_dir(name) / "info.json").read_text())
+        assert info["counts"][data.get("as_split", "train")] > 0, name
