@@ -1,6 +1,7 @@
 """Data preparation: hub-record normalisers on hand-written rows, and every paper data set
 prepared through the real loaders from the paper-shaped fixture's hub mirror. No network."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -230,21 +231,25 @@ print([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")
 
 @pytest.mark.slow
 def test_sft_preparation_memory_does_not_grow_with_rows(tmp_path):
-    """Peak RSS of preparing 500 vs 10,000 long conversations (2 MB vs 38 MB of output): the
-    conversations stream to disk, so the peak stays put (materialised, it grows by the data)."""
+    """Peak RSS of preparing 2,000 vs 10,000 long conversations (7 MB vs 37 MB of output): the
+    conversations stream to disk, so the peak stays put (materialised, it grows by ~1.5x the
+    data). Both sizes are past the few row groups it takes pyarrow's allocator to level off."""
     from geopd.fixture import write_repo
 
     peaks, sizes = [], []
-    for rows in (500, 10000):
+    for rows in (2000, 10000):
         mirror = tmp_path / f"m{rows}"
         write_repo(mirror, "datasets", "allenai/Dolci-Think-SFT-7B", rows=rows, files=2, row_group_size=256, words=400)
         spec = {"name": "sft", "kind": "hub-sft", "hub": "allenai/Dolci-Think-SFT-7B", "split": "train", "seed": 0,
                 "path": str(mirror / "datasets/allenai/Dolci-Think-SFT-7B")}
         out = tmp_path / f"out{rows}"
+        # Arrow's default jemalloc pool keeps a few MB more or less from run to run; the system
+        # allocator makes the peak repeatable (2 MB apart here), and what is measured, rows held in
+        # Python, does not depend on it.
         proc = subprocess.run([sys.executable, "-c", _RSS, json.dumps(spec), str(out)], capture_output=True,
-                              text=True, timeout=600)
+                              text=True, timeout=600, env={**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"})
         assert proc.returncode == 0, proc.stderr[-2000:]
         peaks.append(int(proc.stdout.split()[-1]) / 1024)
         sizes.append((out / "train.jsonl").stat().st_size / 2**20)
-    assert sizes[1] - sizes[0] > 30
-    assert peaks[1] - peaks[0] < 0.5 * (sizes[1] - sizes[0]), (peaks, sizes)
+    assert sizes[1] - sizes[0] > 25
+    assert peaks[1] - peaks[0] < 0.25 * (sizes[1] - sizes[0]), (peaks, sizes)
