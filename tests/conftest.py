@@ -24,3 +24,13 @@ def _cpu_threads():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ["PATH"] = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")])
+
+
+# ---- the paper-shaped fixture as a hub mirror (issue 14), built once per session -----------------
+@pytest.fixture(scope="session")
+def paper_mirror(tmp_path_factory) -> Path:
+    from geopd.fixture import build
+
+    out = tmp_path_factory.mktemp("paper") / "mirror"
+    build(out)
+    return out

@@ -165,12 +165,21 @@ def test_missing_sources_give_clear_errors(tmp_path, monkeypatch):
 
 def test_tokenizer_mismatch_names_both():
     ck.check_same_tokenizer(make_tokenizer(), make_tokenizer(), "student", "teacher")
-    with pytest.raises(UserError, match=r"tokenizer of student differs from tokenizer of teacher.*<extra>"):
+    with pytest.raises(UserError, match=r"student and teacher have different vocabularies.*<extra>"):
         ck.check_same_tokenizer(make_tokenizer(), make_tokenizer(["<extra>"]), "student", "teacher")
     other = make_tokenizer()
-    other.add_special_tokens({"pad_token": "?"})  # same vocabulary, different special ids
-    with pytest.raises(UserError, match="special token ids"):
+    other.add_special_tokens({"pad_token": "?"})  # same vocabulary, "?" now a special token
+    with pytest.raises(UserError, match=r"student and teacher differ in their added/special tokens.*'\?'"):
         ck.check_same_tokenizer(make_tokenizer(), other, "student", "teacher")
+
+
+def test_tokenizers_differing_only_in_eos_are_compatible():
+    # A Base model ends text with one token, its post-trained sibling a turn with another, over
+    # the same vocabulary (Qwen3: <|endoftext|> vs <|im_end|>): the same token log-probs.
+    other = make_tokenizer()
+    other.eos_token = "<pad>"
+    assert other.eos_token_id != make_tokenizer().eos_token_id
+    ck.check_same_tokenizer(make_tokenizer(), other, "student", "teacher")
 
 
 # ---- atomicity ------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_paper_settings_follow_spec(repo):
     assert g.runs["opd-sparse-random-0.25"].settings["objective"]["sparsify"] == {"mode": "random", "rho": 0.25}
     assert g.runs["rank16-opd"].init.name == "opd-8b-t32b" and g.runs["rank16-opd"].init.step == 63
     assert g.runs["opd-8b-t30ba3b"].teacher == "qwen3-30b-a3b"
-    assert g.model_source("qwen3-32b") == "Qwen/Qwen3-32B"
+    assert g.model_source("qwen3-32b") == "results/paper/mirror/models/Qwen/Qwen3-32B"  # hub_mirror
 
 
 def test_extends_inherits_and_overrides(repo):

@@ -45,7 +45,8 @@ def test_paper_dry_run_trains_every_spec_row(repo):
     proc = subprocess.run([SNAKEMAKE, *targets, "-n", "--configfile", "config/paper.yaml"],
                           cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert job_counts(proc.stdout) == {"train": 26, "prepare_data": 3}
+    # prefetch: the 3 Base inits and 4 teachers, and the 3 training data sets, into the hub mirror
+    assert job_counts(proc.stdout) == {"train": 26, "prepare_data": 3, "prefetch": 10}
     trained = set(re.findall(r"results/paper/runs/([^/\s,]+)/checkpoints", proc.stdout))
     assert trained == set(grid.runs)
 
@@ -65,4 +66,6 @@ def test_planner_targets_and_sums(repo):
     jobs = build_jobs(grid)
     only = select(jobs, grid, ["opd-8b-t32b"])
     assert set(only) == {"train:opd-8b-t32b", "train:sft-8b", "prepare_data:dapo-math-17k",
-                         "prepare_data:dolci-think-sft"}
+                         "prepare_data:dolci-think-sft", "prefetch:models/Qwen/Qwen3-8B-Base",
+                         "prefetch:models/Qwen/Qwen3-32B", "prefetch:datasets/BytedTsinghua-SIA/DAPO-Math-17k",
+                         "prefetch:datasets/allenai/Dolci-Think-SFT-7B"}

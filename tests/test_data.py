@@ -1,8 +1,20 @@
-"""Hub-record normalisers (paper-scale data sets), on hand-written rows: no network."""
+"""Data preparation: hub-record normalisers on hand-written rows, and every paper data set
+prepared through the real loaders from the paper-shaped fixture's hub mirror. No network."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from geopd.data import normalise_math, normalise_mcq, prepare, read_jsonl
+from geopd.data import (MATH_INSTRUCTION, MCQ_INSTRUCTION, code_tests, normalise_code, normalise_math, normalise_mcq,
+                        prepare, read_jsonl)
 from geopd.errors import UserError
+from geopd.grid import Grid
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = [REPO / "config/paper.yaml", REPO / "tests/configs/paper-fixture.yaml"]
 
 GPQA_ROW = {"Question": "Which particle mediates the electromagnetic force?",
             "Correct Answer": "photon", "Incorrect Answer 1": "gluon",
@@ -15,6 +27,7 @@ def test_mcq_letter_points_at_the_correct_option():
     lines = {line[1]: line[4:] for line in rec["prompt"].splitlines() if line.startswith("(")}
     assert sorted(lines) == ["A", "B", "C", "D"]
     assert lines[rec["answer"]] == "photon"
+    assert rec["prompt"].endswith("\n" + MCQ_INSTRUCTION)
     assert sorted(lines.values()) == sorted(["photon", "gluon", "W boson", "graviton"])
 
 
@@ -34,7 +47,8 @@ def test_mcq_missing_option_is_a_clear_error():
 def test_math_answer_from_fields_in_order():
     assert normalise_math({"problem": "1+1?", "answer": 2}, 0)["answer"] == "2"
     dapo = {"prompt": [{"role": "user", "content": "What is 3?"}], "reward_model": {"ground_truth": "3"}}
-    assert normalise_math(dapo, 1) == {"id": "1", "prompt": "What is 3?", "answer": "3", "task": "math"}
+    assert normalise_math(dapo, 1) == {"id": "1", "prompt": "What is 3?\n" + MATH_INSTRUCTION, "answer": "3",
+                                       "task": "math"}
     sol = {"question": "q", "solution": r"so \boxed{4} then \boxed{5}"}
     assert normalise_math(sol, 2)["answer"] == "5"
     with pytest.raises(UserError, match="no problem/answer"):
@@ -49,3 +63,193 @@ def test_prepare_is_atomic_and_replaces(tmp_path):
     assert prepare(spec, out) == {"train": 5, "test": 3}
     assert read_jsonl(out / "test.jsonl") == first  # deterministic from the seed
     assert [p.name for p in tmp_path.iterdir()] == ["math"]  # no temporary folder left behind
+
+
+# ---- one answer format: \boxed{} from training prompt to reward to evaluation ----------------------
+
+DAPO_CONTENT = ("Solve the following math problem step by step. The last line of your response should be of the "
+                "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+                "Find $x$ if $2x = 6$.\n\nRemember to put your answer on its own line after \"Answer:\".")
+
+
+def test_dapo_prompt_asks_for_boxed_not_answer_line():
+    row = {"prompt": [{"role": "user", "content": DAPO_CONTENT}], "reward_model": {"ground_truth": "3"},
+           "extra_info": {"index": "abc"}}
+    stats = {}
+    rec = normalise_math(row, 0, stats)
+    assert rec == {"id": "abc", "prompt": "Find $x$ if $2x = 6$.\n" + MATH_INSTRUCTION, "answer": "3", "task": "math"}
+    assert "Answer:" not in rec["prompt"] and stats == {"answer_wrapper_removed": 1}
+
+
+def test_reward_grades_the_format_the_prompt_asks_for():
+    # The instruction asks for \boxed{}; the math grader (reward, EffOPD validation, benchmarks)
+    # reads the last \boxed{}: an answer in the asked format scores, DAPO's "Answer:" line does not.
+    from geopd.grading.math import grade_math
+
+    assert "\\boxed{}" in MATH_INSTRUCTION
+    assert grade_math("so x = 3, hence \\boxed{3}", "3")
+    assert not grade_math("so x = 3.\nAnswer: 3", "3")
+
+
+# ---- code: DeepCoder's four test formats -> one schema ---------------------------------------------
+
+def test_code_tests_every_deepcoder_format():
+    stdin = [{"input": "1 2\n", "output": "3\n"}]
+    assert code_tests(json.dumps(stdin)) == (stdin, None)                                        # codeforces
+    lcb_fn = [{"input": "[1, 2]\n3", "output": "[1, 2, 3]", "testtype": "functional"}]
+    assert code_tests(json.dumps(lcb_fn), json.dumps({"func_name": "push"})) == (
+        [{"input": "[1, 2]\n3", "output": "[1, 2, 3]"}], "push")                                  # lcbv5
+    assert code_tests(json.dumps([dict(stdin[0], testtype="stdin")]), "{}") == (stdin, None)
+    pi = [{"type": "function_call", "fn_name": "f", "input": [[1, 2], "a"], "output": [{"k": 1}]}]
+    assert code_tests(json.dumps(pi)) == ([{"input": "[1, 2]\n\"a\"", "output": "{\"k\": 1}"}], "f")  # primeintellect
+    assert code_tests(json.dumps([{"type": "stdin_stdout", "input": "5\n", "output": "5\n"}])) == (
+        [{"input": "5\n", "output": "5\n"}], None)
+    taco_fn = {"fn_name": "g", "inputs": [[3], [[1, 2]]], "outputs": [[9], [[2, 1]]]}            # taco, call-based
+    assert code_tests(json.dumps(taco_fn)) == ([{"input": "3", "output": "9"},
+                                                {"input": "[1, 2]", "output": "[2, 1]"}], "g")
+    taco_io = {"inputs": ["ab\n", ["1 2", "3"]], "outputs": ["ba\n", ["3", "3"]]}                # taco, stdin
+    assert code_tests(str(taco_io)) == ([{"input": "ab\n", "output": "ba\n"},
+                                        {"input": "1 2\n3", "output": "3\n3"}], None)
+
+
+@pytest.mark.parametrize("tests", ["[]", json.dumps({"inputs": ["1"], "outputs": []}), "not json",
+                                   json.dumps([{"input": "1", "output": "1", "testtype": "functional"}]),
+                                   json.dumps([{"input": "1", "output": "1"},
+                                               {"type": "function_call", "fn_name": "f", "input": [1], "output": [1]}])])
+def test_code_without_usable_tests_is_dropped(tests):
+    assert code_tests(tests) is None
+    assert normalise_code({"problem": "p", "tests": tests}, 0, "taco") is None
+
+
+def test_code_record_schema_and_prompt():
+    rec = normalise_code({"problem": "Add.", "tests": json.dumps([{"input": "1\n2", "output": "3",
+                                                                     "testtype": "functional"}]),
+                          "metadata": json.dumps({"func_name": "add"}),
+                          "starter_code": "class Solution:\n    def add(self, a, b):\n        "}, 4, "lcbv5")
+    assert rec["id"] == "lcbv5-4" and rec["task"] == "code" and rec["source"] == "lcbv5" and rec["fn_name"] == "add"
+    assert rec["tests"] == [{"input": "1\n2", "output": "3"}]
+    assert rec["prompt"].startswith("### Question:\nAdd.") and "def add(self, a, b)" in rec["prompt"]
+
+
+# ---- every paper data set through the real loaders, from the fixture mirror ---------------------------
+
+@pytest.fixture(scope="module")
+def fixture_grid(paper_mirror):
+    from geopd.config import validate
+    from geopd.grid import merged_config
+
+    config = merged_config(PAPER)
+    config["hub_mirror"] = str(paper_mirror)
+    return Grid(validate(config, PAPER), PAPER)
+
+
+def _prepared(grid, name, tmp_path):
+    spec = grid.data_spec(name)
+    assert spec["path"] == str(grid.mirror / "datasets" / spec["hub"])  # read from the mirror, not the hub
+    counts = prepare(spec, tmp_path / name)
+    info = json.loads((tmp_path / name / "info.json").read_text())
+    split = spec.get("as_split", "train")
+    return read_jsonl(tmp_path / name / f"{split}.jsonl"), counts, info
+
+
+def test_every_paper_data_set_prepares_from_the_mirror(fixture_grid, tmp_path):
+    keys = {"hub-math": {"id", "prompt", "answer", "task"}, "hub-mcq": {"id", "prompt", "answer", "task"},
+            "hub-sft": {"id", "messages", "task"}, "hub-code": {"id", "prompt", "tests", "task", "source"},
+            "hub-lcb": {"id", "question_content", "public_test_cases", "private_test_cases", "task"}}
+    assert {d["kind"] for d in fixture_grid.datasets.values()} == set(keys)
+    for name, data in fixture_grid.datasets.items():
+        records, counts, info = _prepared(fixture_grid, name, tmp_path)
+        assert records and counts[data.get("as_split", "train")] == len(records), name
+        assert all(keys[data["kind"]] <= set(r) for r in records), name
+        if data["kind"] == "hub-math":
+            assert all(r["prompt"].endswith("\n" + MATH_INSTRUCTION) for r in records), name
+        if data["kind"] == "hub-mcq":
+            assert all(r["answer"] in "ABCD" and r["prompt"].endswith(MCQ_INSTRUCTION) for r in records)
+
+
+def test_dapo_is_deduplicated_with_counts(fixture_grid, tmp_path):
+    records, counts, info = _prepared(fixture_grid, "dapo-math-17k", tmp_path)
+    assert info["stats"] == {"rows": 2000, "duplicates_dropped": 1980, "unique": 20, "answer_wrapper_removed": 2000}
+    assert counts["train"] == 20 and len({r["prompt"] for r in records}) == 20
+    assert not any("Answer:" in r["prompt"] for r in records)
+
+
+def test_deepcoder_every_config_with_dropped_counts(fixture_grid, tmp_path):
+    assert fixture_grid.data_spec("deepcoder")["subsets"] == ["codeforces", "lcbv5", "primeintellect", "taco"]
+    records, counts, info = _prepared(fixture_grid, "deepcoder", tmp_path)
+    assert info["stats"] == {"rows": {"codeforces": 3, "lcbv5": 3, "primeintellect": 2, "taco": 4},
+                             "dropped_no_tests": {"codeforces": 1, "lcbv5": 0, "primeintellect": 0, "taco": 1}}
+    by_source = {}
+    for r in records:
+        by_source.setdefault(r["source"], []).append(r)
+        assert r["tests"] and all(set(t) == {"input", "output"} and all(isinstance(v, str) for v in t.values())
+                                  for t in r["tests"])
+    assert sorted(by_source) == ["codeforces", "lcbv5", "primeintellect", "taco"]
+    assert {r.get("fn_name") for r in records} == {None, "sumList", "add", "max_of", "pair_list"}
+
+
+def test_sft_keeps_conversations_and_samples_n_train(fixture_grid, tmp_path):
+    records, counts, info = _prepared(fixture_grid, "dolci-think-sft", tmp_path)
+    assert counts["train"] == 48 and info["stats"] == {"rows": 64, "sampled": 48, "dropped_unusable": 0}
+    rows = {}
+    import pyarrow.parquet as pq
+    for f in sorted((fixture_grid.mirror / "datasets/allenai/Dolci-Think-SFT-7B/data").glob("*.parquet")):
+        rows.update({r["id"]: r for r in pq.read_table(f).to_pylist()})
+    for r in records:
+        assert set(r) == {"id", "messages", "task"} and r["task"] == "sft"
+        assert r["messages"] == [{k: v for k, v in m.items() if v is not None} for m in rows[r["id"]]["messages"]]
+    assert any(r["messages"][0]["role"] == "system" for r in records)
+    assert any(sum(m["role"] == "assistant" for m in r["messages"]) > 1 for r in records)
+    again, _, _ = _prepared(fixture_grid, "dolci-think-sft", tmp_path / "again")
+    assert again == records                                # the sample is a function of the seed
+
+
+def test_lcb_reads_release_files_from_the_mirror(fixture_grid, tmp_path):
+    from geopd.evaluate.lcb import load_problems
+
+    spec = fixture_grid.data_spec("lcb-v5")
+    assert [p["id"] for p in load_problems(spec)] == ["abc301_a", "3500", "abc390_b"]  # in the v5 window only
+    with pytest.raises(UserError, match="LiveCodeBench files not found.*prefetch"):
+        load_problems({**spec, "path": str(tmp_path)})
+
+
+def test_missing_mirror_copy_names_the_data_set_and_the_fix(fixture_grid, tmp_path):
+    spec = {**fixture_grid.data_spec("aime24"), "path": str(tmp_path / "nowhere")}
+    with pytest.raises(UserError, match="data set aime24: its copy .* does not exist .*prefetch"):
+        prepare(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# VmHWM, not getrusage: ru_maxrss survives exec, so a child of a big pytest starts at its size.
+_RSS = """
+import json, sys
+from geopd.data import prepare
+prepare(json.loads(sys.argv[1]), sys.argv[2])
+print([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")][0])
+"""
+
+
+@pytest.mark.slow
+def test_sft_preparation_memory_does_not_grow_with_rows(tmp_path):
+    """Peak RSS of preparing 2,000 vs 10,000 long conversations (7 MB vs 37 MB of output): the
+    conversations stream to disk, so the peak stays put (materialised, it grows by ~1.5x the
+    data). Both sizes are past the few row groups it takes pyarrow's allocator to level off."""
+    from geopd.fixture import write_repo
+
+    peaks, sizes = [], []
+    for rows in (2000, 10000):
+        mirror = tmp_path / f"m{rows}"
+        write_repo(mirror, "datasets", "allenai/Dolci-Think-SFT-7B", rows=rows, files=2, row_group_size=256, words=400)
+        spec = {"name": "sft", "kind": "hub-sft", "hub": "allenai/Dolci-Think-SFT-7B", "split": "train", "seed": 0,
+                "path": str(mirror / "datasets/allenai/Dolci-Think-SFT-7B")}
+        out = tmp_path / f"out{rows}"
+        # Arrow's default jemalloc pool keeps a few MB more or less from run to run; the system
+        # allocator makes the peak repeatable (2 MB apart here), and what is measured, rows held in
+        # Python, does not depend on it.
+        proc = subprocess.run([sys.executable, "-c", _RSS, json.dumps(spec), str(out)], capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks.append(int(proc.stdout.split()[-1]) / 1024)
+        sizes.append((out / "train.jsonl").stat().st_size / 2**20)
+    assert sizes[1] - sizes[0] > 25
+    assert peaks[1] - peaks[0] < 0.25 * (sizes[1] - sizes[0]), (peaks, sizes)

@@ -14,6 +14,8 @@ from geopd.errors import UserError
 # name -> (module, help). Each module defines `configure(parser)` and `main(args)`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("geopd.data", "prepare a data set as local JSONL files"),
+    "prefetch": ("geopd.mirror", "download hub models and data sets into the hub mirror (needs network)"),
+    "fixture": ("geopd.fixture", "write the paper-shaped offline fixture as a hub mirror"),
     "make-model": ("geopd.world.build", "build a miniature model (pretrain or finetune)"),
     "train": ("geopd.train.cli", "train one run of the grid"),
     "launch": ("geopd.launch", "run a command on 1 process, torchrun, or srun+torchrun across nodes"),

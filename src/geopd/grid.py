@@ -63,6 +63,9 @@ class Grid:
         self.models: dict[str, dict] = config["models"]
         self.datasets: dict[str, dict] = config["datasets"]
         self.benchmarks: dict[str, dict] = config["benchmarks"]
+        # Hub models and data sets are read from here (geopd.mirror) when set, never downloaded
+        # by a compute job.
+        self.mirror = Path(config["hub_mirror"]) if config.get("hub_mirror") else None
         self.runs: dict[str, Run] = {}
         self._raw_runs = self._resolve_extends(config["runs"])
         self._check_model_builds()
@@ -82,6 +85,12 @@ class Grid:
         if overrides:
             config = deep_merge(config, overrides)
         return cls(validate(config, [path]), [path])
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | Path]) -> "Grid":
+        """Several config files merged in order, as `snakemake --configfile a b` merges them."""
+        paths = list(paths)
+        return cls(validate(merged_config(paths), paths), paths)
 
     def _fail(self, key: str, message: str):
         raise UserError(f"{', '.join(self.sources)}: {key}: {message}")
@@ -266,15 +275,61 @@ class Grid:
         return str(self.results / "runs" / run / "state")
 
     def model_source(self, name: str) -> str:
-        """Where a model's weights are read from: a local dir, or a hub id at paper scale."""
+        """Where a model's weights are read from: a built or local dir, its hub mirror copy, or
+        (no mirror configured) the hub id itself."""
         model = self.models[name]
         if "build" in model:
             return self.built_model_dir(name)
-        return model.get("path") or model["hub"]
+        if "path" in model:
+            return model["path"]
+        if self.mirror is not None:
+            return self.mirror_dir("models", model["hub"])
+        return model["hub"]
 
     def model_inputs(self, name: str) -> list[str]:
-        """Files Snakemake must make before a model can be read (none for hub/path models)."""
-        return [self.built_model_dir(name)] if "build" in self.models[name] else []
+        """Files Snakemake must make before a model can be read: a built model's folder, a hub
+        model's prefetch marker (with a mirror), nothing for local paths."""
+        model = self.models[name]
+        if "build" in model:
+            return [self.built_model_dir(name)]
+        if "hub" in model and self.mirror is not None:
+            return [self.prefetch_marker("models", model["hub"])]
+        return []
+
+    # ---- the hub mirror ------------------------------------------------------------------
+
+    def mirror_dir(self, kind: str, repo: str) -> str:
+        from geopd import mirror
+
+        return str(mirror.repo_dir(self.mirror, kind, repo))
+
+    def prefetch_marker(self, kind: str, repo: str) -> str:
+        from geopd import mirror
+
+        return str(mirror.marker(self.mirror, kind, repo))
+
+    def hub_repos(self) -> list[tuple[str, str]]:
+        """(kind, repo) of every hub model and data set the config names, in config order."""
+        out = [("models", m["hub"]) for m in self.models.values() if "hub" in m and "path" not in m]
+        out += [("datasets", d["hub"]) for d in self.datasets.values() if "hub" in d and "path" not in d]
+        return list(dict.fromkeys(out))
+
+    def prefetch_spec(self, kind: str, repo: str) -> dict:
+        """What `geopd prefetch` downloads for one repo: models their weights, config and
+        tokenizer; LiveCodeBench only the release files its data sets read; others whole."""
+        if self.mirror is None:
+            self._fail("hub_mirror", "not set: there is no mirror to prefetch into")
+        if (kind, repo) not in self.hub_repos():
+            self._fail("models" if kind == "models" else "datasets", f"no {kind[:-1]} with hub id '{repo}'")
+        spec: dict[str, Any] = {"kind": kind, "repo": repo, "mirror": str(self.mirror)}
+        if kind == "datasets":
+            specs = [d for d in self.datasets.values() if d.get("hub") == repo]
+            if specs and all(d["kind"] == "hub-lcb" for d in specs):
+                from geopd.evaluate.lcb import RELEASE_FILES
+
+                names = sorted({n for d in specs for n in RELEASE_FILES.get(d.get("release", "release_v5"), [])})
+                spec["allow_patterns"] = ["README.md", *names]
+        return spec
 
     def ref_source(self, ref: Ref) -> str:
         if ref.kind == "model":
@@ -289,7 +344,17 @@ class Grid:
     # ---- specs handed to the package's commands ----------------------------------------
 
     def data_spec(self, name: str) -> dict:
-        return {"name": name, "seed": self.config["seed"], **self.datasets[name]}
+        spec = {"name": name, "seed": self.config["seed"], **self.datasets[name]}
+        if "hub" in spec and "path" not in spec and self.mirror is not None:
+            spec["path"] = self.mirror_dir("datasets", spec["hub"])
+        return spec
+
+    def data_inputs(self, name: str) -> list[str]:
+        """What prepare_data of a data set needs first: its hub mirror copy, if it has one."""
+        data = self.datasets[name]
+        if "hub" in data and "path" not in data and self.mirror is not None:
+            return [self.prefetch_marker("datasets", data["hub"])]
+        return []
 
     def model_spec(self, name: str) -> dict:
         build = self.models[name]["build"]
@@ -506,6 +571,14 @@ class Grid:
             out["continues"] = {"run": init.name, "step": init.step,
                                 "state": f"{self.checkpoints_dir(init.name)}/state-{init.step}"}
         return out
+
+
+def merged_config(paths: Iterable[str | Path]) -> dict:
+    """Config files merged in order (mappings key by key, anything else replaced)."""
+    config: dict = {}
+    for path in paths:
+        config = deep_merge(config, read_yaml(path))
+    return config
 
 
 def spec_json(spec: dict) -> str:

@@ -49,13 +49,16 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
             jobs[job_id] = Job(job_id, rule, family, grid.resources(rule, run), set(deps), meta)
         return job_id
 
+    def prefetched(markers: list[str]) -> set[str]:  # hub mirror copies (the prefetch rule)
+        return {add(f"prefetch:{Path(m).parent.relative_to(grid.mirror)}", "prefetch", "data", set()) for m in markers}
+
     def data(name: str) -> str:
-        return add(f"prepare_data:{name}", "prepare_data", "data", set())
+        return add(f"prepare_data:{name}", "prepare_data", "data", prefetched(grid.data_inputs(name)))
 
     def model(name: str) -> set[str]:
         stage = grid.model_stage(name)
         if stage is None:
-            return set()  # hub or local path: nothing to make
+            return prefetched(grid.model_inputs(name))  # hub: its mirror copy; local path: nothing
         build = grid.models[name]["build"]
         settings = build.get("pretrain") or build.get("finetune")
         deps = {data(settings.get("corpus") or settings.get("data"))}

@@ -1,7 +1,32 @@
-# Data sets and the miniature models (pretrained bases, fine-tuned teachers).
+# Data sets, the hub mirror, and the miniature models (pretrained bases, fine-tuned teachers).
+
+if G.mirror is not None:
+    # Every compute job reads hub models and data sets from the mirror, never from the network
+    # (many clusters have none on compute nodes); set here, so Slurm jobs (which re-read this
+    # file) get it too. Only `prefetch` goes online.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+    rule prefetch:
+        output:
+            f"{G.mirror}/{{kind}}/{{owner}}/{{repo}}/.geopd-prefetch.json",
+        wildcard_constraints:
+            kind="models|datasets",
+            owner=r"[^/]+",
+            repo=r"[^/]+",
+        params:
+            spec=lambda wc: spec_json(G.prefetch_spec(wc.kind, f"{wc.owner}/{wc.repo}")),
+        log:
+            f"{R}/logs/prefetch/{{kind}}.{{owner}}.{{repo}}.log",
+        # Runs where Snakemake runs (the login node has the network); gated repos need HF_TOKEN.
+        localrule: True
+        shell:
+            "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 geopd prefetch --spec {params.spec:q} 2> {log}"
 
 
 rule prepare_data:
+    input:
+        lambda wc: G.data_inputs(wc.dataset),
     output:
         directory(f"{R}/data/{{dataset}}"),
     params:

@@ -191,8 +191,10 @@ def in_window(problem: dict, start: str = WINDOW[0], end: str = WINDOW[1]) -> bo
 
 
 def load_problems(spec: dict) -> list[dict]:
-    """The data rule's loader: released JSONL files (local `path`, else from the hub),
-    filtered to the window before the private tests are decoded."""
+    """The data rule's loader: released JSONL files, filtered to the window before the private
+    tests are decoded. Read from `path` (the repo's copy in the hub mirror, which the grid sets
+    when the config has a hub_mirror: <mirror>/datasets/livecodebench/code_generation_lite/),
+    else downloaded from the hub."""
     release = spec.get("release", "release_v5")
     if release not in RELEASE_FILES:
         raise UserError(f"data set {spec.get('name', 'lcb')}: unknown LiveCodeBench release '{release}'")
@@ -221,7 +223,8 @@ def _release_files(spec: dict, names: list[str]) -> list[Path]:
         paths = [base / n for n in names] if base.is_dir() else [base]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise UserError(f"LiveCodeBench files not found: {missing}")
+            raise UserError(f"LiveCodeBench files not found: {missing} (the hub mirror is filled by the "
+                            "prefetch rule, the test fixture by `geopd fixture`)")
         return paths
     try:
         from huggingface_hub import hf_hub_download

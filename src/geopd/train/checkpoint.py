@@ -476,26 +476,34 @@ def load_tokenizer(source: str | os.PathLike, *, verify: bool = True, allow_fore
         raise _hub_unreachable(where, exc) from None
 
 
-def _special_ids(tok) -> dict[str, object]:
-    out = {name: getattr(tok, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")}
-    out["all"] = sorted(set(getattr(tok, "all_special_ids", []) or []))
-    return out
+def _added_tokens(tok) -> dict[str, tuple[int, bool]]:
+    """Added tokens (Qwen3: <|endoftext|>, <|im_start|>, <|im_end|>, <think>, ...) as
+    content -> (id, special flag)."""
+    return {t.content: (i, bool(t.special)) for i, t in (getattr(tok, "added_tokens_decoder", None) or {}).items()}
 
 
 def check_same_tokenizer(tok_a, tok_b, name_a: str, name_b: str) -> None:
-    """Raise UserError unless both tokenizers map the same strings to the same ids and agree on
-    their special tokens (token-level log-probs of two models are only comparable then)."""
+    """Raise UserError unless both tokenizers have the same vocabulary: every token, added and
+    special tokens included, with the same id, and the same tokens marked special. Token-level
+    log-probs of two models are comparable exactly then.
+
+    Which token a tokenizer *designates* as eos/bos/pad is not compared: a Qwen3-*-Base model
+    ends text with <|endoftext|> while the post-trained Qwen3 models end a turn with <|im_end|>,
+    over one and the same vocabulary (a Base student and a post-trained teacher are compatible).
+    """
     va, vb = tok_a.get_vocab(), tok_b.get_vocab()
     if va != vb:
         only_a = sorted(set(va) - set(vb))[:5]
         only_b = sorted(set(vb) - set(va))[:5]
         moved = sorted(t for t in set(va) & set(vb) if va[t] != vb[t])[:5]
-        raise UserError(f"tokenizer of {name_a} differs from tokenizer of {name_b}: vocab sizes {len(va)} vs {len(vb)}"
-                        f"; only in {name_a}: {only_a}; only in {name_b}: {only_b}; different ids: {moved}")
-    sa, sb = _special_ids(tok_a), _special_ids(tok_b)
-    if sa != sb:
-        diff = {k: (sa[k], sb[k]) for k in sa if sa[k] != sb[k]}
-        raise UserError(f"tokenizer of {name_a} differs from tokenizer of {name_b} in special token ids: {diff}")
+        raise UserError(f"{name_a} and {name_b} have different vocabularies, so their token log-probs cannot be "
+                        f"compared: vocab sizes {len(va)} vs {len(vb)}; only in {name_a}: {only_a}; "
+                        f"only in {name_b}: {only_b}; different ids: {moved}")
+    aa, ab = _added_tokens(tok_a), _added_tokens(tok_b)
+    if aa != ab:
+        diff = {t: (aa.get(t), ab.get(t)) for t in sorted(set(aa) | set(ab)) if aa.get(t) != ab.get(t)}
+        raise UserError(f"{name_a} and {name_b} differ in their added/special tokens "
+                        f"(token: ((id, special) in {name_a}, (id, special) in {name_b})): {dict(list(diff.items())[:5])}")
 
 
 # ---- random number generators -----------------------------------------------------------------
