@@ -942,7 +942,8 @@ class _Sandboxed:
                     self._on_exit()
                     continue
             for key, _ in self.sel.select(timeout=wait):
-                self._event(key.data, key.fd)
+                if key.fd in self.sel.get_map():  # an earlier event of the batch may have closed it
+                    self._event(key.data, key.fd)
 
     def _event(self, name: str, fd: int) -> None:
         if name == "in":
@@ -999,7 +1000,7 @@ class _Sandboxed:
         drain_until = time.monotonic() + 1.0
         while self.open_streams and time.monotonic() < drain_until:
             for key, _ in self.sel.select(timeout=max(0.0, drain_until - time.monotonic())):
-                if key.data not in ("in", "exit"):
+                if key.data not in ("in", "exit") and key.fd in self.sel.get_map():
                     self._event(key.data, key.fd)
 
     def _reap(self) -> None:
