@@ -804,7 +804,9 @@ class _Sandboxed:
                 "memory_bytes": int(memory_mb) << 20, "file_bytes": int(max_file_mb) << 20,
                 "nofile": int(max_open_files), "nproc": nproc, "guard": bool(guard), "guard_src": _GUARD,
                 "info_fd": info_w, "reply_fd": reply_w, "source": source,
-                "landlock": {"read": exposed, "write": [cwd],
+                # Without namespaces the directory is on the host's disk, which nothing
+                # here can bound: there the program may not write at all.
+                "landlock": {"read": exposed + ([] if bwrap else [cwd]), "write": [cwd] if bwrap else [],
                              "devices": ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random"]}
                 if seccomp and _landlock_abi() else None,
                 "seccomp": None, "seccomp_pid": None,
