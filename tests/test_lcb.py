@@ -317,3 +317,21 @@ def test_grade_code_reward():
     t = time.monotonic()
     assert grade_code(wrong_then_hang, tests, timeout_s=5) is False
     assert time.monotonic() - t < 3
+
+
+def test_reward_takes_stdin_and_call_based_records():
+    from geopd.train.rewards import reward
+
+    stdin_record = {"id": "m1", "prompt": "add", "tests": [{"input": "2 3\n", "output": "5\n"}]}
+    good = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    assert reward(stdin_record, good) == 1.0 and reward(stdin_record, "```python\nprint(4)\n```") == 0.0
+    call = {"id": "d1", "prompt": "add", "fn_name": "add",
+            "tests": [{"input": "2\n3", "output": "5"}, {"input": "[1]\n[2]", "output": "[1, 2]"}]}
+    solution = "```python\nclass Solution:\n    def add(self, a, b):\n        return a + b\n```"
+    function = "```python\ndef add(a, b):\n    return a + b\n```"
+    assert reward(call, solution) == 1.0 and reward(call, function) == 1.0
+    assert reward(call, good) == 0.0  # a stdin program is no answer to a call-based problem
+    with pytest.raises(UserError, match="d2.*fn_name"):
+        reward({"id": "d2", "fn_name": 3, "tests": call["tests"]}, solution)
+    with pytest.raises(UserError, match="d3.*tests"):
+        reward({"id": "d3", "tests": [{"input": 1, "output": "2"}]}, solution)
