@@ -55,10 +55,14 @@ def test_hook_mode_says_it_does_not_isolate(caplog):
     sandbox._warn_unisolated.cache_clear()
     with caplog.at_level(logging.WARNING, logger="geopd.evaluate.sandbox"):
         r = run_program("print('ok')", mode="hook")
-        monkey_auto = sandbox._resolve_mode("hook")
-    assert r.stdout == "ok\n" and not r.isolated and monkey_auto == "hook"
+    assert r.stdout == "ok\n" and not r.isolated
+    assert "cannot isolate" in caplog.text
     g = grade_tests("print(1)", [{"input": "", "output": "1"}], mode="hook")
     assert g["results"][0]["passed"] and g["isolated"] is False
+    # what evaluation results record (geopd.evaluate.cli writes it as "sandbox")
+    assert sandbox.summary("hook") == {"mode": "hook", "isolated": False, "why": sandbox.summary("hook")["why"]}
+    assert "Landlock ABI" in sandbox.summary("hook")["why"]
+    assert sandbox.summary() == {"mode": "bwrap", "isolated": True, "why": None}
 
 
 def test_missing_bubblewrap_is_named(monkeypatch):

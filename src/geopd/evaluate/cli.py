@@ -206,6 +206,10 @@ def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file
         result["lm_eval_task"] = extra["lm_eval_task"]
     if "integer_range" in spec:
         result["integer_range"] = spec["integer_range"]
+    if kind not in ("math", "mcq"):  # programs ran: say whether the sandbox isolated them
+        from geopd.evaluate.sandbox import summary
+
+        result["sandbox"] = summary()
     write_atomic(samples_file, "".join(json.dumps(s, sort_keys=True, default=str) + "\n" for s in samples))
     write_atomic(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result

@@ -557,6 +557,16 @@ def capabilities() -> dict:
             "seccomp": seccomp_program(_BWRAP_PID) is not None, "root": os.geteuid() == 0}
 
 
+def summary(mode: str = "auto") -> dict:
+    """What a run in `mode` gets on this machine, for results files: {"mode", "isolated",
+    "why"} (why: what is missing when it does not isolate)."""
+    resolved = _resolve_mode(mode)
+    isolated = resolved in ("bwrap", "landlock")
+    why = None if isolated else (f"{_bwrap_works() or 'bubblewrap works'}; Landlock ABI {_landlock_abi()}; "
+                                 f"libseccomp bindings {'found' if _seccomp_module() else 'missing'}")
+    return {"mode": resolved, "isolated": isolated, "why": why}
+
+
 def _resolve_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"sandbox mode must be one of {MODES}, got {mode!r}")
@@ -567,14 +577,15 @@ def _resolve_mode(mode: str) -> str:
     if mode in ("bwrap", "landlock") and seccomp_program(_BWRAP_PID) is None:
         raise SandboxUnavailable("libseccomp or its Python bindings are missing "
                                  "(scripts/install-sandbox-deps.sh installs them)")
-    if mode != "auto":
-        return mode
-    if _bwrap_works() is None and seccomp_program(_BWRAP_PID) is not None:
-        return "bwrap"
-    if _landlock_abi() and seccomp_program(_BWRAP_PID) is not None:
-        return "landlock"
-    _warn_unisolated()
-    return "hook"
+    if mode == "auto":
+        if _bwrap_works() is None and seccomp_program(_BWRAP_PID) is not None:
+            return "bwrap"
+        if _landlock_abi() and seccomp_program(_BWRAP_PID) is not None:
+            return "landlock"
+        mode = "hook"
+    if mode == "hook":
+        _warn_unisolated()
+    return mode
 
 
 @functools.lru_cache(maxsize=1)
@@ -1330,10 +1341,7 @@ class Session:
         return self.box.status()
 
     def close(self) -> None:
-        if not self.box.exited:
-            self.box.send(b"", close=True)
-            self.box.pump(lambda: False, time.monotonic() + 1.0)
-        self.box.close()
+        self.box.close()  # kills what still runs: nothing of a run outlives its session
 
     def __enter__(self):
         return self
