@@ -26,7 +26,8 @@ Kernel layers (the program cannot undo these from Python):
              bounds the run's total memory and the process count is one.
   landlock   Landlock (Linux >= 5.13) allows reading only the exposed directories and
              writing only the program's directory (and /dev/null); with ABI >= 6 it also
-             scopes signals and abstract unix sockets to the sandbox.
+             scopes signals and abstract unix sockets to the sandbox. Without bubblewrap
+             the directory is on the host's disk, which nothing bounds: it is read-only.
   rlimits    RLIMIT_AS (memory), RLIMIT_CPU (a backstop; the grader times each request),
              RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0, RLIMIT_NPROC (as the random uid).
 In-process, a second line only:
@@ -39,8 +40,9 @@ Modes: "auto" takes bwrap when it works here, else Landlock without namespaces;
 rlimits and the audit hook: it does NOT isolate (`isolated` is False, and a warning is
 logged once), and exists for machines that offer nothing else and for tests.
 
-Output: stdout is kept up to max_output_bytes (then the run is stopped: "output_limit");
-stderr keeps its first and last STDERR_KEEP/2 bytes however much is written.
+Output: `run_program` keeps stdout up to max_output_bytes (then the run is stopped:
+"output_limit"); a `Session`'s replies are capped the same way, and what its program writes
+to fd 1 is kept as head and tail like stderr, STDERR_KEEP bytes however much is written.
 """
 from __future__ import annotations
 
@@ -625,6 +627,12 @@ def _outermost(paths) -> list[str]:
     return out
 
 
+def _ancestors(path: str) -> list[str]:
+    """"/a/b/c" -> ["/a", "/a/b"]."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
 def _minimal_env(home: str, extra: dict | None) -> dict:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -737,20 +745,6 @@ def _uid_pids(uid: int) -> list[int]:
     return pids
 
 
-def _kill_uid(uid: int) -> None:
-    """Kill every process of a sandbox uid (only needed where no seccomp filter stopped it
-    from forking). kill(-1) sent as that uid reaches all of them in one pass."""
-    for _ in range(20):
-        if not _uid_pids(uid):
-            return
-        subprocess.run(
-            [sys.executable, "-I", "-S", "-c",
-             f"import os\nos.setgroups([]); os.setresgid({uid},{uid},{uid}); os.setresuid({uid},{uid},{uid})\n"
-             "try:\n    os.kill(-1, 9)\nexcept ProcessLookupError:\n    pass"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-        time.sleep(0.01)
-
-
 def _rmtree(path: str) -> None:
     def retry(func, p, _exc):
         try:
@@ -826,8 +820,7 @@ class _Sandboxed:
             if bwrap:
                 argv = [shutil.which("bwrap"), *_bwrap_ns_args(is_root)]
                 # Parents bubblewrap would make 0700 (unreadable to the run's uid): 0755.
-                parents = sorted({os.path.dirname(p[:i]) for p in exposed for i in range(1, len(p) + 1)
-                                  if p[i - 1:i] == "/" or i == len(p)} - {"/", ""})
+                parents = sorted({a for p in exposed for a in _ancestors(p)})
                 for d in parents:
                     argv += ["--perms", "0755", "--dir", d]
                 for p in exposed:
@@ -1075,8 +1068,6 @@ class _Sandboxed:
                     pass
         for fd in list(self._fds):
             self._close(fd)
-        if self.uid is not None:
-            _kill_uid(self.uid)
         if self.workdir:
             _rmtree(self.workdir)
             self.workdir = None
