@@ -126,13 +126,14 @@ CHECKS = ["escape/files", "escape/secrets", "escape/signals-and-processes", "esc
 def battery():
     """All runs at once (2 at a time on 2 cores would take as long): each is also the
     others' load, so the timing checks run on a busy machine."""
-    assert IS_ROOT, "the battery drops from root to an unprivileged uid (CI runs as root)"
     env = dict(os.environ, HOME="/tmp", PYTHONDONTWRITEBYTECODE="1")
     procs = {}
     for name, (mode, guard, unprivileged) in RUNS.items():
+        if not IS_ROOT and not unprivileged:
+            continue  # a non-root developer machine runs the unprivileged half as itself
         argv = [sys.executable, str(REPO / "tests" / "sandbox_battery.py"), mode] + ([] if guard else ["kernel"])
-        procs[name] = subprocess.Popen(_unprivileged(argv) if unprivileged else argv, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True, env=env, cwd="/tmp")
+        procs[name] = subprocess.Popen(_unprivileged(argv) if unprivileged and IS_ROOT else argv,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/tmp")
     out = {}
     for name, p in procs.items():
         stdout, stderr = p.communicate(timeout=600)
@@ -144,8 +145,10 @@ def battery():
 @pytest.mark.slow
 @pytest.mark.parametrize("run", list(RUNS))
 def test_battery(battery, run):
+    if run not in battery:
+        pytest.skip("root runs need root (CI runs as root)")
     result = battery[run]
-    assert result["uid"] == (NOBODY if RUNS[run][2] else 0)
+    assert result["uid"] == (NOBODY if RUNS[run][2] else 0) or not IS_ROOT
     assert sorted(result["checks"]) == sorted(CHECKS)
     expected_gaps = HOOK_GAPS if RUNS[run][0] == "hook" else set()
     failed = {k: v[1] for k, v in result["checks"].items() if not v[0] and k not in expected_gaps}
@@ -450,3 +453,22 @@ def test_numpy_still_imports_under_the_guard():
     r = run_program("import numpy as np\nprint(int(np.arange(5).sum()))", mode="hook")
     assert r.status == "ok", r.stderr
     assert r.stdout == "10\n"
+
+
+def test_forged_replies_are_a_runtime_error():
+    """The program shares its process with the runner and can write to the reply pipe. A
+    reply that does not carry its request's sequence number, or comes before its request,
+    ends the run with a runtime error; even a perfect forgery could only answer the current
+    test (expected outputs never enter the sandbox, and the grader keeps the time)."""
+    forge = ("import os, json, struct\n"
+             "def frame(h, b=b''):\n"
+             "    h = json.dumps(h).encode()\n"
+             "    return struct.pack('>IQ', len(h), len(b)) + h + b\n"
+             "for fd in range(3, 64):\n"
+             "    try:\n"
+             "        os.write(fd, frame({'done': True}) + frame({'status': 'ok'}, b'1\\n'))\n"
+             "    except OSError:\n"
+             "        pass\n"
+             "print(1)")
+    g = grade_tests(forge, [{"input": "", "output": "1"}, {"input": "", "output": "2"}])
+    assert [r["verdict"] for r in g["results"]] == ["runtime_error"], g["results"]

@@ -729,6 +729,16 @@ def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
             return [int(p) for p in fh.read().split()]
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: scan for the parent
+        kids = []
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    if name.isdigit() and int(fh.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        kids.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+        return kids
     except (OSError, ValueError):
         return []
 
@@ -1175,7 +1185,8 @@ def run_batch(jobs, *, workers: int = 2, **kwargs) -> list[RunResult]:
 
 # The runner side of the request protocol, for runner sources to start with. Requests come
 # on a private descriptor (stdin is /dev/null for the program), replies go out on another;
-# both frames are: 4-byte header length, 8-byte body length, JSON header, body.
+# both frames are: 4-byte header length, 8-byte body length, JSON header, body. Replies
+# carry the request's sequence number: a late reply to an earlier request is refused.
 RUNNER_LIB = r'''
 import json as _json, os as _os, struct as _struct
 _REQ = _os.dup(0)
@@ -1193,6 +1204,8 @@ def _recv_exact(n):
         n -= len(block)
     return b"".join(parts)
 
+_seq = [None]
+
 def recv():
     head = _recv_exact(12)
     if head is None:
@@ -1200,10 +1213,11 @@ def recv():
     hlen, blen = _unpack(">IQ", head)
     header = _loads(_recv_exact(hlen))
     body = _recv_exact(blen) if blen else b""
+    _seq[0] = header.get("seq")
     return header, body
 
 def send(header, body=b""):
-    h = _dumps(header).encode()
+    h = _dumps(dict(header, seq=_seq[0])).encode()
     data = memoryview(_pack(">IQ", len(h), len(body)) + h + body)
     while data:
         data = data[_write(_REPLY, data):]
@@ -1249,6 +1263,7 @@ class Session:
             timeout_s, cpu, memory_mb, max_procs, max_file_mb, disk_mb, max_open_files, max_output_bytes, env,
             mode, guard, python, workdir_base))
         self.ready = False
+        self.seq = 0
         ev = self.box.pump(lambda: bool(self.box.frames.frames), time.monotonic() + startup_s)
         if ev == "done":
             header, _, _ = self.box.frames.frames.pop(0)
@@ -1284,7 +1299,12 @@ class Session:
         box = self.box
         if not self.ready or box.exited:
             return Reply("exit")
-        box.send(frame(header, body))
+        if box.frames.frames:  # replies nobody asked for yet: the program forged them
+            box.kill("protocol")
+            return Reply("protocol")
+        self.seq += 1
+        seq = self.seq
+        box.send(frame(dict(header, seq=seq), body))
         if box.pump(lambda: box.sent, time.monotonic() + max(30.0, timeout_s * self.HARD_FACTOR)) != "done":
             return self._failed(None, None)
         t0 = time.monotonic()
@@ -1309,7 +1329,7 @@ class Session:
         if ev != "ok":
             return self._failed(elapsed, t_done - t0)
         done_header, _, t_frame = got
-        if not done_header.get("done"):
+        if not done_header.get("done") or done_header.get("seq") != seq:
             box.kill("protocol")
             return Reply("protocol", done_header, elapsed_s=elapsed, wall_s=t_done - t0)
         grace = timeout_s if result_grace_s is None else result_grace_s
@@ -1320,6 +1340,9 @@ class Session:
         if ev != "ok":
             return self._failed(elapsed, t_done - t0)
         header, body_bytes, _ = got
+        if header.get("seq") != seq:  # a late reply to an earlier request
+            box.kill("protocol")
+            return Reply("protocol", header, elapsed_s=elapsed, wall_s=t_done - t0)
         return Reply("ok", header, body_bytes, elapsed_s=elapsed, wall_s=t_done - t0)
 
     def _failed(self, elapsed, wall) -> Reply:
