@@ -335,3 +335,12 @@ def test_reward_takes_stdin_and_call_based_records():
         reward({"id": "d2", "fn_name": 3, "tests": call["tests"]}, solution)
     with pytest.raises(UserError, match="d3.*tests"):
         reward({"id": "d3", "tests": [{"input": 1, "output": "2"}]}, solution)
+
+
+def test_a_sandbox_that_cannot_start_is_a_verdict(monkeypatch):
+    from geopd.grading import code
+
+    monkeypatch.setattr(code, "STARTUP_S", 0.0)  # nothing starts in no time
+    r = lcb.run_stdin_test("print(1)", "", "1")
+    assert r["verdict"] == "sandbox_error" and r["error_code"] == -5
+    assert grade_code("```python\nprint(1)\n```", [{"input": "", "output": "1"}]) is False

@@ -370,8 +370,9 @@ def grade_tests(code: str, tests: list[dict], *, fn_name: str | None = None, tim
                          startup_s=STARTUP_S, **kwargs) as session:
         out = {"results": results, "isolation": list(session.isolation),
                "isolated": sandbox.is_isolated(session.isolation)}
-        if not session.ready:
+        if not session.ready:  # the interpreter did not start: every test fails with it
             out["load"] = _result("sandbox_error", None, session.stderr)
+            results.append(out["load"])
             return out
         reply = session.request({"op": "load"}, timeout_s=timeout_s)
         if reply.status != "ok":
