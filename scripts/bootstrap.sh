@@ -2,6 +2,7 @@
 # Create .venv with the pinned CPU environment and the geopd package (idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-sandbox-deps.sh  # the code sandbox's OS packages (bubblewrap, libseccomp)
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# --- code sandbox: bubblewrap and libseccomp (OS packages; owner: the sandbox helper) ---
+bash scripts/install-sandbox-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
 exec python -m pytest -ra "$@"

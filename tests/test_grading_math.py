@@ -121,3 +121,44 @@ def test_worker_thread_overrun_is_bounded():
     worker.join(timeout=60)
     assert out == [False]
     assert time.monotonic() - start < 30  # includes starting the helper process once
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["main-thread", "other-thread"])
+def test_a_cold_process_grades_a_correct_answer_within_a_short_timer(thread):
+    """math-verify's first import and parse (~1-2 s) happen outside the timer: on a fresh
+    process a correct non-integer answer is graded True even with a 0.5 s timer."""
+    import subprocess
+    import sys
+
+    call = "grade_math('\\\\boxed{\\\\frac{1}{2}}', '0.5', timeout_s=0.5)"
+    probe = ("from concurrent.futures import ThreadPoolExecutor\nfrom geopd.grading.math import grade_math\n"
+             + (f"print(ThreadPoolExecutor(1).submit(lambda: {call}).result())" if thread else f"print({call})"))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+# ---- maj@k -------------------------------------------------------------------------------------
+
+def test_maj_at_k_uses_the_aime_integer_rule_and_grades_the_groups_answer():
+    from geopd.evaluate import hooks
+
+    # 42.0 and 7.0 are no AIME answers: they do not vote. The 2-2 tie goes to "42" (first),
+    # and "42" is graded as the group's answer, not as its first member "42.0" was.
+    responses = ["\\boxed{42.0}", "\\boxed{42}", "\\boxed{042}", "\\boxed{7}", "\\boxed{7}", "\\boxed{7.0}"]
+    out = hooks.process_math_aime({"answer": "42"}, [responses])
+    assert [g["correct"] for g in out["graded"]] == [False, True, True, False, False, False]
+    assert out["maj@k"] == 1.0
+    out = hooks.process_math_aime({"answer": "7"}, [responses + ["\\boxed{\\frac{14}{2}}"]])
+    assert out["maj@k"] == 1.0  # 3 votes for 7 (one of them a fraction that is the integer 7)
+
+
+def test_maj_at_k_scores_the_group_not_its_first_member():
+    from geopd.evaluate.metrics import maj_at_k
+
+    same = lambda a, b: {a, b} <= {"1/2", "0.5"}  # noqa: E731
+    answers, correct = ["0.5", "1/2", "1/2", "3"], [False, True, True, False]
+    assert maj_at_k(answers, correct, same) == 1.0                      # most of the group is correct
+    assert maj_at_k(answers, correct, same, grade=lambda a: a in ("0.5", "1/2")) == 1.0
+    assert maj_at_k(answers, correct, same, grade=lambda a: False) == 0.0
+    assert maj_at_k(["4", "4", "x"], [True, False, True]) == 1.0          # a tie inside: its first member
+    assert maj_at_k(["4", "4"], [True, True], key=lambda a: None) == 0.0  # no votes

@@ -15,7 +15,7 @@ import pytest
 
 from geopd.errors import UserError
 from geopd.evaluate import lcb
-from geopd.grading.code import extract_last_code_block, grade_code
+from geopd.grading.code import check_functional, extract_last_code_block, grade_code, grade_tests, stdin_verdict
 
 
 def _blob(value, protocol=pickle.DEFAULT_PROTOCOL) -> str:
@@ -189,51 +189,69 @@ def test_functional_comparison_rules():
 
 # ---- grading against the official runner, case by case -----------------------------------------
 
-# (name, code, input, expected output, func_name or None, official runner passes?)
-OFFICIAL_CASES = [
-    ("a+b", "a, b = map(int, input().split())\nprint(a + b)", "1 2\n", "3\n", None, True),
-    ("numeric", "print('1.0000000 2.50')", "", "1 2.5", None, True),
-    ("for line in sys.stdin", "import sys\nfor line in sys.stdin:\n    print(line.strip())", "1\n2\n", "1\n2",
-     None, False),
-    ("stdin.buffer.readline", "import sys\ninput = sys.stdin.buffer.readline\nn = int(input())\n"
-     "print(sum(int(input()) for _ in range(n)))", "2\n5\n7\n", "12", None, False),
-    ("readlines", "import sys\nprint(len(sys.stdin.readlines()))", "a\nb\n", "3", None, True),
-    ("main guard last", "def main():\n    print(5)\nif __name__ == '__main__':\n    main()", "", "5", None, True),
-    ("main guard not last", "def main():\n    print(5)\nif __name__ == '__main__':\n    main()\nx = 1", "", "5",
-     None, False),
-    ("class Solution in stdin", "class Solution:\n    def go(self):\n        print(7)\nSolution().go()", "", "7",
-     None, False),
-    ("exit after print", "print(1)\nexit()\nprint(2)", "", "1", None, True),
-    ("global statement", "x = 5\ndef f():\n    global x\n    return x\nprint(f())", "", "5", None, False),
-    ("missing import", "print(int(sqrt(16)))", "", "4", None, True),
-    ("stdout.buffer", "import sys\nsys.stdout.buffer.write(b'1\\n')", "", "1", None, False),
-    ("quit()", "print(1)\nquit()", "", "1", None, False),
-    ("import resource", "import resource\nprint(1)", "", "1", None, False),
-    ("fn tuple", "class Solution:\n    def f(self, a, b):\n        return (a, b)", "1\n2", "[1, 2]", "f", True),
-    ("fn nested tuple", "class Solution:\n    def f(self, a, b):\n        return [(a, b)]", "1\n2", "[[1, 2]]", "f",
-     False),
-    ("fn set", "class Solution:\n    def f(self, a):\n        return set(a)", "[1,2]", "[1, 2]", "f", False),
-    ("fn int keys", "class Solution:\n    def f(self, a):\n        return {1: a}", "2", '{"1": 2}', "f", False),
-    ("fn float", "class Solution:\n    def f(self, a):\n        return a * 1.0", "2", "2", "f", True),
-    ("fn bool", "class Solution:\n    def f(self, a):\n        return a > 1", "2", "true", "f", True),
-    ("fn prints", "class Solution:\n    def f(self, a):\n        print('noise')\n        return a", "2", "2", "f",
-     True),
-    ("fn typing", "class Solution:\n    def f(self, a: List[int]) -> int:\n        return sum(a)", "[1,2]", "3",
-     "f", True),
-    ("fn numpy", "import numpy as np\nclass Solution:\n    def f(self, a):\n        return [np.int64(x) for x in a]",
-     "[1,2]", "[1, 2]", "f", True),
-    ("fn missing method", "class Solution:\n    def g(self, a):\n        return a", "2", "2", "f", False),
-]
+def _passes(results):
+    return [r is True for r in results]
 
 
-@pytest.mark.parametrize("name,code,test_input,expected,func_name,official", OFFICIAL_CASES,
-                         ids=[c[0] for c in OFFICIAL_CASES])
-def test_grading_matches_the_official_runner(name, code, test_input, expected, func_name, official):
-    if func_name:
-        r = lcb.run_functional_test(code, func_name, test_input, expected)
-    else:
-        r = lcb.run_stdin_test(code, test_input, expected)
-    assert r["passed"] is official, r
+def test_grading_matches_the_official_runner():
+    """Every case of tests/lcb_parity_cases.py (official results measured with
+    scripts/lcb_parity.py) gives the same pass/fail on each test it runs, and stops at the
+    same test, unless the case names a documented difference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lcb_parity_cases import CASES, PARITY_TIMEOUT
+
+    def ours(case):
+        _, code, tests, fn_name, _, _ = case
+        graded = grade_tests(code, [{"input": i, "output": o} for i, o in tests], fn_name=fn_name,
+                             timeout_s=PARITY_TIMEOUT)
+        assert graded["isolated"], graded["isolation"]
+        return [True if r["passed"] else r["error_code"] for r in graded["results"]]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        got = list(pool.map(ours, CASES))
+    undocumented = [(c[0], c[4], g) for c, g in zip(CASES, got) if c[5] is None and _passes(g) != _passes(c[4])]
+    assert undocumented == []
+    documented = [c[0] for c, g in zip(CASES, got) if c[5] is not None and _passes(g) != _passes(c[4])]
+    assert documented == [c[0] for c in CASES if c[5] is not None]  # still different, as the README says
+    assert len(CASES) >= 50
+
+
+# ---- program output never takes the grader down --------------------------------------------------
+
+def test_hostile_output_is_a_verdict_in_bounded_time():
+    cases = [("sNaN", "1", "runtime_error"), ("sNaN", "sNaN", "passed"), ("sNaN 1", "1", "wrong_answer"),
+             ("1 sNaN x", "1 2 3", "wrong_answer"), ("1 sNaN", "2 3", "wrong_answer"),
+             ("1 sNaN", "1 3", "runtime_error"), ("[" * 200_000, "1", "wrong_answer"),
+             ("9" * 500_000, "9" * 500_000, "passed"), ("9" * 500_000, "8" + "9" * 499_999, "wrong_answer"),
+             ("1 " * 10_000_000, "1", "wrong_answer"), ("1\n" * 5_000_000, "1", "wrong_answer"),
+             ("1 " * 1_000_000, "1 " * 999_999 + "2", "wrong_answer")]
+    t = time.monotonic()
+    for output, expected, verdict in cases:
+        assert stdin_verdict(output, expected) == verdict, (output[:20], expected[:20])
+    assert time.monotonic() - t < 30
+    deep = "[" * 100_000 + "]" * 100_000
+    assert check_functional(deep, "[]") is False                 # RecursionError inside json: unequal
+    assert check_functional("1" + "0" * 500_000, "1") is False    # no int conversion of 500k digits
+    assert check_functional("1" + "0" * 500_000, "1" + "0" * 500_000) is True
+    assert check_functional(b"\xff\xfe", "1") is False
+    assert check_functional("NaN", "NaN") is False and check_functional("2.0", "2") is True
+
+
+def test_grading_bounds_the_graders_memory():
+    """A line of 2 million tokens is compared token by token: the grader's memory grows by
+    a small multiple of the text (lists of Decimals would take ~200 MB)."""
+    import subprocess
+    import sys
+
+    probe = ("import resource\n"
+             "from geopd.grading.code import stdin_verdict\n"
+             "out, want = '1 ' * 2_000_000, '1 ' * 1_999_999 + '2'\n"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "assert stdin_verdict(out, want) == 'wrong_answer'\n"
+             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    grown_mb = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    assert grown_mb < 40, grown_mb
 
 
 def _problem(func_name=None, tests=TESTS):
@@ -299,3 +317,30 @@ def test_grade_code_reward():
     t = time.monotonic()
     assert grade_code(wrong_then_hang, tests, timeout_s=5) is False
     assert time.monotonic() - t < 3
+
+
+def test_reward_takes_stdin_and_call_based_records():
+    from geopd.train.rewards import reward
+
+    stdin_record = {"id": "m1", "prompt": "add", "tests": [{"input": "2 3\n", "output": "5\n"}]}
+    good = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    assert reward(stdin_record, good) == 1.0 and reward(stdin_record, "```python\nprint(4)\n```") == 0.0
+    call = {"id": "d1", "prompt": "add", "fn_name": "add",
+            "tests": [{"input": "2\n3", "output": "5"}, {"input": "[1]\n[2]", "output": "[1, 2]"}]}
+    solution = "```python\nclass Solution:\n    def add(self, a, b):\n        return a + b\n```"
+    function = "```python\ndef add(a, b):\n    return a + b\n```"
+    assert reward(call, solution) == 1.0 and reward(call, function) == 1.0
+    assert reward(call, good) == 0.0  # a stdin program is no answer to a call-based problem
+    with pytest.raises(UserError, match="d2.*fn_name"):
+        reward({"id": "d2", "fn_name": 3, "tests": call["tests"]}, solution)
+    with pytest.raises(UserError, match="d3.*tests"):
+        reward({"id": "d3", "tests": [{"input": 1, "output": "2"}]}, solution)
+
+
+def test_a_sandbox_that_cannot_start_is_a_verdict(monkeypatch):
+    from geopd.grading import code
+
+    monkeypatch.setattr(code, "STARTUP_S", 0.0)  # nothing starts in no time
+    r = lcb.run_stdin_test("print(1)", "", "1")
+    assert r["verdict"] == "sandbox_error" and r["error_code"] == -5
+    assert grade_code("```python\nprint(1)\n```", [{"input": "", "output": "1"}]) is False

@@ -1,18 +1,23 @@
-"""The sandbox for model-written code: the usual attacks, each contained, and correct
-programs still passing, under every isolation mode this machine offers.
+"""The sandbox for model-written code: every class of attack contained by the kernel in
+every isolating mode, as root and as an unprivileged user, and correct programs (slow
+ones under load included) still passing.
 
-Modes: "auto" (strongest: as root a fresh uid + network and read-only mount namespaces),
-"userns" (the unprivileged-namespace path), "hook" (only rlimits and the in-process audit
-hook: what a CI runner without namespaces gets). `guard=False` drops the audit hook so
-the kernel layers are shown to contain the attack on their own.
+Modes: "auto" (here bubblewrap: namespaces, and as root a fresh uid), "landlock" (no
+namespaces: Landlock + seccomp, what a machine without user namespaces gets) and "hook"
+(rlimits and the in-process audit hook only: reported as not isolated). The battery
+(tests/sandbox_battery.py) runs with the audit hook off in the kernel modes, so what it
+shows is what the kernel holds on its own; it runs as root and, under a dropped uid
+(65534), as an unprivileged user.
 """
 from __future__ import annotations
 
 import dis
+import json
+import logging
 import os
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 import types
@@ -23,42 +28,133 @@ import pytest
 
 from geopd.evaluate import sandbox
 from geopd.evaluate.sandbox import run_batch, run_program
+from geopd.grading.code import grade_tests
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
+NOBODY = 65534
+CAPS = sandbox.capabilities()
+KERNEL_MODES = ["auto", "landlock"]
+MODES = KERNEL_MODES + ["hook"]
 
 
-def _probe(mode):
-    r = run_program("print('ok')", mode=mode, timeout_s=10)
-    return r.status == "ok" and r.stdout == "ok\n", r.isolation
+def test_this_machine_isolates():
+    """What every test below relies on: bubblewrap, Landlock and libseccomp are here
+    (scripts/install-sandbox-deps.sh installs what is missing)."""
+    assert CAPS["bwrap"], CAPS["bwrap_problem"]
+    assert CAPS["seccomp"] and CAPS["landlock_abi"] >= 1, CAPS
+    r = run_program("print('ok')")
+    assert r.stdout == "ok\n" and r.isolated
+    want = {"bwrap", "rlimits", "landlock", "seccomp", "audit-hook"} | ({"uid"} if IS_ROOT else {"userns"})
+    assert want <= set(r.isolation), r.isolation
+    r = run_program("print('ok')", mode="landlock")
+    assert r.isolated and {"landlock", "seccomp"} <= set(r.isolation) and "bwrap" not in r.isolation
 
 
-_HAS_USERNS, _USERNS_LAYERS = _probe("userns")
-_AUTO_OK, AUTO_LAYERS = _probe("auto")
-MODES = ["auto", "hook"] + (["userns"] if _HAS_USERNS and "netns" in _USERNS_LAYERS else [])
-# Kernel-only containment (guard off) is shown where the kernel layers exist.
-KERNEL_MODES = [m for m in ("auto", "userns") if m in MODES and "fs-ro" in (
-    AUTO_LAYERS if m == "auto" else _USERNS_LAYERS)]
+def test_hook_mode_says_it_does_not_isolate(caplog):
+    sandbox._warn_unisolated.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="geopd.evaluate.sandbox"):
+        r = run_program("print('ok')", mode="hook")
+    assert r.stdout == "ok\n" and not r.isolated
+    assert "cannot isolate" in caplog.text
+    g = grade_tests("print(1)", [{"input": "", "output": "1"}], mode="hook")
+    assert g["results"][0]["passed"] and g["isolated"] is False
+    # what evaluation results record (geopd.evaluate.cli writes it as "sandbox")
+    assert sandbox.summary("hook") == {"mode": "hook", "isolated": False, "why": sandbox.summary("hook")["why"]}
+    assert "Landlock ABI" in sandbox.summary("hook")["why"]
+    assert sandbox.summary() == {"mode": "bwrap", "isolated": True, "why": None}
 
 
-@pytest.fixture
-def outside():
-    """A directory outside the sandbox that the sandbox uid can see (not just a hidden one)."""
-    d = tempfile.mkdtemp(prefix="geopd-outside-")
-    os.chmod(d, 0o755)
-    keep = Path(d) / "keep.txt"
-    keep.write_text("precious")
-    os.chmod(keep, 0o644)
-    yield Path(d)
-    shutil.rmtree(d, ignore_errors=True)
+def test_missing_bubblewrap_is_named(monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    sandbox._bwrap_works.cache_clear()
+    try:
+        with pytest.raises(sandbox.SandboxUnavailable, match="install-sandbox-deps"):
+            run_program("print(1)", mode="bwrap")
+        assert sandbox._resolve_mode("auto") == "landlock"  # the next strongest
+    finally:
+        monkeypatch.undo()
+        sandbox._bwrap_works.cache_clear()
 
 
-def test_auto_mode_layers_on_this_machine():
-    assert _AUTO_OK
-    assert {"rlimits", "audit-hook"} <= set(AUTO_LAYERS)
-    if IS_ROOT:
-        # What the attack tests below rely on when run as root (as here).
-        assert {"uid", "netns", "fs-ro"} <= set(AUTO_LAYERS), AUTO_LAYERS
+# ---- the battery: escape, resource, grader-crash, parity; root and unprivileged ----------------
+
+def _unprivileged(argv: list[str]) -> list[str]:
+    """`argv` as uid 65534, in a mount namespace where the interpreter, the repository and
+    PYTHONPATH are visible to it even if they live under a private home (as /root here)."""
+    needed = [sys.base_prefix, sys.prefix, str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
+    needed = sandbox._outermost(os.path.realpath(p) for p in needed if os.path.exists(p))
+    hidden = set()
+    for p in needed:
+        parts = Path(p).parts
+        for i in range(2, len(parts) + 1):
+            d = str(Path(*parts[:i]))
+            if not os.stat(d).st_mode & 0o001:
+                hidden.add(d)
+                break
+    hidden = sandbox._outermost(hidden)
+    args = [shutil.which("bwrap"), "--dev-bind", "/", "/", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    made = set()
+    for h in hidden:
+        args += ["--perms", "0755", "--tmpfs", h]
+        for p in needed:
+            if p.startswith(h + "/"):
+                for parent in list(reversed(Path(p).parents))[len(Path(h).parts):]:
+                    if str(parent) not in made:
+                        made.add(str(parent))
+                        args += ["--perms", "0755", "--dir", str(parent)]
+                args += ["--ro-bind", p, p]
+    return args + ["--", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+RUNS = {  # name -> (mode, audit hook, unprivileged)
+    "root-bwrap-kernel": ("auto", False, False),
+    "root-landlock-kernel": ("landlock", False, False),
+    "root-hook": ("hook", True, False),
+    "nonroot-bwrap-kernel": ("auto", False, True),
+    "nonroot-landlock-kernel": ("landlock", False, True),
+}
+# What "hook" mode (not isolated) does not hold, as the README says.
+HOOK_GAPS = {"escape/secrets", "escape/expected-outputs", "resource/disk"}
+CHECKS = ["escape/files", "escape/secrets", "escape/signals-and-processes", "escape/sockets",
+          "escape/expected-outputs", "resource/time", "resource/total-memory", "resource/disk", "resource/stderr",
+          "resource/output", "grader-crash", "parity/correct", "parity/slow-but-correct", "parity/call-based",
+          "isolated"]
+
+
+@pytest.fixture(scope="module")
+def battery():
+    """All runs at once (2 at a time on 2 cores would take as long): each is also the
+    others' load, so the timing checks run on a busy machine."""
+    env = dict(os.environ, HOME="/tmp", PYTHONDONTWRITEBYTECODE="1")
+    procs = {}
+    for name, (mode, guard, unprivileged) in RUNS.items():
+        if not IS_ROOT and not unprivileged:
+            continue  # a non-root developer machine runs the unprivileged half as itself
+        argv = [sys.executable, str(REPO / "tests" / "sandbox_battery.py"), mode] + ([] if guard else ["kernel"])
+        procs[name] = subprocess.Popen(_unprivileged(argv) if unprivileged and IS_ROOT else argv,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/tmp")
+    out = {}
+    for name, p in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, (name, stderr[-3000:])
+        out[name] = json.loads(stdout.strip().splitlines()[-1])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", list(RUNS))
+def test_battery(battery, run):
+    if run not in battery:
+        pytest.skip("root runs need root (CI runs as root)")
+    result = battery[run]
+    assert result["uid"] == (NOBODY if RUNS[run][2] else 0) or not IS_ROOT
+    assert sorted(result["checks"]) == sorted(CHECKS)
+    expected_gaps = HOOK_GAPS if RUNS[run][0] == "hook" else set()
+    failed = {k: v[1] for k, v in result["checks"].items() if not v[0] and k not in expected_gaps}
+    assert failed == {}
+    if expected_gaps:  # the README's list of what hook mode leaves open is still accurate
+        assert {k for k, v in result["checks"].items() if not v[0]} == expected_gaps
 
 
 # ---- correct programs ----------------------------------------------------------------------
@@ -69,10 +165,9 @@ def test_correct_program_passes(mode):
     r = run_program(src, "1 2 3\n4\n", mode=mode)
     assert r.status == "ok", r.stderr
     assert r.returncode == 0 and r.stdout == "10 24\n"
-    assert r.wall_s < 5
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ["auto", "hook"])
 def test_program_can_use_its_own_directory(mode):
     src = ("import os, tempfile\n"
            "open('out.txt', 'w').write('hello')\n"
@@ -85,10 +180,17 @@ def test_program_can_use_its_own_directory(mode):
     assert r.stdout == "hello True\n"
 
 
-def test_working_directory_is_removed_afterwards():
+def test_landlock_mode_directory_is_read_only():
+    """Without namespaces nothing bounds the directory's disk use: no writes at all."""
+    r = run_program("open('x', 'w').write('1')", mode="landlock", guard=False)
+    assert r.status == "runtime_error" and "Permission denied" in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["landlock", "hook"])
+def test_working_directory_is_removed_afterwards(mode):
     base = tempfile.mkdtemp(prefix="geopd-base-")
     try:
-        r = run_program("open('big.bin', 'wb').write(b'x' * 1000)\nimport os\nprint(os.getcwd())", workdir_base=base)
+        r = run_program("import os\nprint(os.getcwd())", workdir_base=base, mode=mode)
         assert r.status == "ok", r.stderr
         assert r.stdout.strip().startswith(base)
         assert os.listdir(base) == []
@@ -123,19 +225,15 @@ def test_environment_is_minimal(monkeypatch):
     names = eval(r.stdout)
     assert "FAKE_SECRET" not in names and "PYTHONPATH" not in names
     assert set(names) <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "OMP_NUM_THREADS",
-                          "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_ARENA_MAX", "LC_CTYPE"}
+                          "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_ARENA_MAX", "LC_CTYPE", "PWD"}
     r = run_program("import os\nprint(os.environ['EXTRA'])", env={"EXTRA": "given"})
     assert r.stdout == "given\n"
 
 
-def test_run_batch_keeps_order_and_runs_in_parallel():
-    jobs = [(f"import time\ntime.sleep(0.4)\nprint(input())", f"{i}\n") for i in range(4)]
+def test_run_batch_keeps_order():
+    jobs = [(f"print(input())", f"{i}\n") for i in range(3)]
     jobs.append({"source": "print(input()[::-1])", "stdin": "abc\n", "timeout_s": 3})
-    t = time.monotonic()
-    results = run_batch(jobs, workers=2)
-    elapsed = time.monotonic() - t
-    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n", "cba\n"]
-    assert elapsed < 4 * 0.4 + 1.0  # two at a time, not four sleeps in a row plus startup
+    assert [r.stdout for r in run_batch(jobs, workers=2)] == ["0\n", "1\n", "2\n", "cba\n"]
 
 
 def test_works_without_pidfd(monkeypatch):
@@ -144,22 +242,42 @@ def test_works_without_pidfd(monkeypatch):
     r = run_program("print(input()[::-1])", "abc\n")
     assert (r.status, r.stdout) == ("ok", "cba\n")
     r = run_program("while True:\n    pass", timeout_s=0.5)
-    assert r.status == "timeout" and r.wall_s < 2
+    assert r.status == "timeout" and r.wall_s < 3
 
 
-# ---- resource attacks --------------------------------------------------------------------
+def test_slow_but_correct_programs_pass_under_load():
+    """Each test needs 0.7 s of CPU under a 1.0 s limit while three busy processes compete
+    for the 2 cores: the grader does not count the time the program waited for a CPU."""
+    hog = "import time\nt = time.time()\nwhile time.time() - t < 30:\n    pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(3)]
+    try:
+        slow = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.7:\n    pass\n"
+                "a, b = map(int, input().split())\nprint(a + b)")
+        tests = [{"input": f"{i} 1\n", "output": f"{i + 1}\n"} for i in range(3)]
+        g = grade_tests(slow, tests, timeout_s=1.0)
+        assert [r["verdict"] for r in g["results"]] == ["passed"] * 3, g["results"]
+        assert all(0.6 < r["elapsed_s"] < 1.0 for r in g["results"]), g["results"]
+        g = grade_tests("while True:\n    pass", tests[:1], timeout_s=1.0)  # and busy loops still end
+        assert g["results"][0]["verdict"] == "timeout"
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+# ---- resources -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)
-def test_infinite_loop_times_out_within_bound(mode):
+def test_infinite_loop_times_out(mode):
     r = run_program("while True:\n    pass", timeout_s=1.0, mode=mode)
     assert r.status == "timeout"
-    assert 0.9 < r.wall_s < 2.5
+    assert 0.9 < r.wall_s < 3.5
 
 
 def test_cpu_rlimit_stops_a_busy_program_before_the_wall_clock():
     r = run_program("while True:\n    pass", timeout_s=10.0, cpu_s=1)
     assert r.status == "timeout"
-    assert r.wall_s < 4
+    assert r.wall_s < 6
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -174,12 +292,12 @@ def test_writing_a_huge_file_hits_the_file_size_limit():
     assert r.status == "runtime_error" and "File too large" in r.stderr
 
 
-def _sandbox_processes(marker: str) -> list[int]:
+def _processes_with(marker: str) -> list[int]:
     pids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                if marker.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                if marker.encode() in Path(f"/proc/{name}/environ").read_bytes():
                     pids.append(int(name))
             except OSError:
                 pass
@@ -194,184 +312,68 @@ FORK_BOMB = ("import os\n"
              "        pass\n")
 
 
-@pytest.mark.parametrize("guard", [True, False])
-def test_fork_bomb_is_contained_and_the_machine_is_fine_afterwards(guard):
-    if not guard and not (IS_ROOT and "uid" in AUTO_LAYERS):
-        pytest.skip("kernel-only fork-bomb containment needs the per-run uid (root)")
-    base = tempfile.mkdtemp(prefix="geopd-forkbomb-")
-    os.chmod(base, 0o755)
-    try:
-        r = run_program(FORK_BOMB, timeout_s=1.5, max_procs=24, guard=guard, workdir_base=base)
-        assert r.status == "timeout"
-        assert r.wall_s < 5
-        assert _sandbox_processes(base) == []  # nothing left behind, even outside the group
-        assert run_program("print(6 * 7)").stdout == "42\n"
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+@pytest.mark.parametrize("mode", KERNEL_MODES)
+def test_fork_bomb_is_refused_by_the_kernel_and_nothing_survives(mode):
+    marker = f"geopd-fork-bomb-{uuid.uuid4().hex}"
+    r = run_program(FORK_BOMB, timeout_s=1.0, guard=False, mode=mode, env={"GEOPD_MARK": marker})
+    assert r.status == "timeout"
+    assert _processes_with(marker) == []
+    r = run_program("import os\nos.fork()", guard=False, mode=mode)
+    assert r.status == "runtime_error" and "Operation not permitted" in r.stderr
+    assert run_program("print(6 * 7)").stdout == "42\n"
 
 
 def test_fork_is_refused_by_the_guard():
-    r = run_program("import os\nos.fork()")
+    r = run_program("import os\nos.fork()", mode="hook")
     assert r.status == "runtime_error" and "os.fork is not allowed" in r.stderr
-    r = run_program("import subprocess\nsubprocess.run(['true'])")
+    r = run_program("import subprocess\nsubprocess.run(['true'])", mode="hook")
     assert r.status == "runtime_error" and "subprocess.Popen is not allowed" in r.stderr
-    r = run_program("import os\nos.system('true')")
-    assert r.status == "runtime_error"
-
-
-# ---- filesystem attacks ------------------------------------------------------------------
-
-def _write_attack(path: Path) -> str:
-    return f"open({str(path)!r}, 'w').write('pwned')\nprint('wrote')"
-
-
-def _cases():
-    cases = [(m, True) for m in MODES] + [(m, False) for m in KERNEL_MODES]
-    return pytest.mark.parametrize("mode,guard", cases, ids=[f"{m}-{'guard' if g else 'kernel'}" for m, g in cases])
-
-
-@_cases()
-def test_writing_into_the_repository_is_refused(mode, guard):
-    target = REPO / f".sandbox-probe-{uuid.uuid4().hex}"
-    try:
-        r = run_program(_write_attack(target), mode=mode, guard=guard)
-        assert r.status == "runtime_error" and "wrote" not in r.stdout
-        assert not target.exists()
-    finally:
-        target.unlink(missing_ok=True)
-
-
-@_cases()
-def test_writing_outside_the_directory_is_refused(mode, guard, outside):
-    for target in (outside / "new.txt", outside / "keep.txt", Path("/tmp") / f"geopd-probe-{uuid.uuid4().hex}"):
-        try:
-            r = run_program(_write_attack(target), mode=mode, guard=guard)
-            assert r.status == "runtime_error" and "wrote" not in r.stdout, target
-            assert not target.exists() or target.read_text() == "precious"
-        finally:
-            if target.name != "keep.txt":
-                target.unlink(missing_ok=True)
-
-
-@_cases()
-def test_deleting_files_outside_is_refused(mode, guard, outside):
-    keep = outside / "keep.txt"
-    attacks = [f"import os\nos.remove({str(keep)!r})",
-               f"import os\nos.rename({str(keep)!r}, 'stolen.txt')",
-               f"import shutil\nshutil.rmtree({str(outside)!r})",
-               f"import os\nos.chmod({str(keep)!r}, 0o777)"]
-    for src in attacks:
-        r = run_program(src, mode=mode, guard=guard)
-        assert r.status == "runtime_error", (src, r.stderr)
-        assert keep.read_text() == "precious"
-        assert keep.stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_symlink_does_not_lead_out_of_the_directory(mode, outside):
-    src = f"import os\nos.symlink({str(outside)!r}, 'door')\nopen('door/keep.txt', 'w').write('pwned')"
-    r = run_program(src, mode=mode)
-    assert r.status == "runtime_error"
-    assert (outside / "keep.txt").read_text() == "precious"
-
-
-# ---- network -----------------------------------------------------------------------------
-
-@pytest.fixture
-def listener():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    srv.setblocking(False)
-    yield srv
-    srv.close()
-
-
-@_cases()
-def test_sockets_cannot_reach_the_host(mode, guard, listener):
-    port = listener.getsockname()[1]
-    src = ("import socket\n"
-           "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
-           "s.settimeout(2)\n"
-           f"s.connect(('127.0.0.1', {port}))\n"
-           "print('connected')")
-    r = run_program(src, mode=mode, guard=guard)
-    assert r.status == "runtime_error" and "connected" not in r.stdout
-    with pytest.raises(BlockingIOError):
-        listener.accept()  # nobody ever connected
-    if "netns" in r.isolation:
-        assert "Network is unreachable" in r.stderr  # refused by the kernel, not just the hook
-    udp = f"import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {port}))\nprint('sent')"
-    r = run_program(udp, mode=mode, guard=guard)
-    assert r.status == "runtime_error" and "sent" not in r.stdout
-
-
-# ---- secrets and other processes -----------------------------------------------------------
-
-@_cases()
-def test_env_secrets_are_not_visible(mode, guard, monkeypatch):
-    monkeypatch.setenv("FAKE_SECRET", "s3cret-token-value")
-    src = ("import os\n"
-           "print(os.environ.get('FAKE_SECRET'))\n"
-           "for pid in (os.getppid(), 1):\n"
-           "    try:\n"
-           "        print(open(f'/proc/{pid}/environ', 'rb').read())\n"
-           "    except Exception as exc:\n"
-           "        print('refused', type(exc).__name__)\n")
-    r = run_program(src, mode=mode, guard=guard)
-    assert "s3cret-token-value" not in r.stdout + r.stderr
-    assert r.stdout.splitlines()[0] == "None"
-    assert r.stdout.count("refused") == 2
-
-
-@pytest.mark.parametrize("mode", KERNEL_MODES)
-def test_home_directory_is_hidden(mode):
-    home = Path(os.path.expanduser("~"))
-    probe = home / f".geopd-sandbox-probe-{uuid.uuid4().hex}"
-    probe.write_text("token")
-    probe.chmod(0o644)
+def test_a_symlink_does_not_lead_out_of_the_directory(mode):
+    outside = Path(tempfile.mkdtemp(prefix="geopd-outside-"))
+    (outside / "keep.txt").write_text("precious")
     try:
-        r = run_program(f"import os\nprint(os.path.exists({str(probe)!r}), sorted(os.listdir({str(home)!r})))",
-                        mode=mode)
-        assert r.status == "ok", r.stderr
-        assert r.stdout.startswith("False") and probe.name not in r.stdout
-        assert "hidden-home" in r.isolation
+        src = f"import os\nos.symlink({str(outside)!r}, 'door')\nopen('door/keep.txt', 'w').write('pwned')"
+        r = run_program(src, mode=mode)
+        assert r.status == "runtime_error"
+        assert (outside / "keep.txt").read_text() == "precious"
     finally:
-        probe.unlink()
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_session_requests_are_timed_by_the_grader():
+    """A runner's own claims about time do not count: the grader times each request from
+    its delivery to the "done" frame, and ends one that runs past its limit."""
+    runner = sandbox.RUNNER_LIB + (
+        "import time\nsend({'ready': True})\n"
+        "while True:\n    req = recv()\n    if req is None:\n        break\n"
+        "    time.sleep(float(req[1]))\n    send({'done': True, 'elapsed': 0.0})\n    send({'ok': True}, b'x')\n")
+    with sandbox.Session(runner, timeout_s=1.0, n_requests=3) as s:
+        assert s.ready and s.isolation and sandbox.is_isolated(s.isolation)
+        fast = s.request({}, b"0.2", timeout_s=1.0)
+        assert fast.status == "ok" and fast.body == b"x" and 0.15 < fast.elapsed_s < 0.9
+        slow = s.request({}, b"5", timeout_s=1.0)
+        assert slow.status == "timeout" and slow.elapsed_s >= 1.0 and slow.wall_s < 4.5
+        assert s.request({}, b"0", timeout_s=1.0).status == "exit"  # the process ended with it
+
+
+def test_bad_mode_is_rejected():
+    with pytest.raises(ValueError, match="sandbox mode"):
+        run_program("pass", mode="none")
 
 
 @pytest.fixture
-def decoy():
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
-def _kill_cases():
-    cases = [(m, True) for m in MODES]
-    if IS_ROOT and "uid" in AUTO_LAYERS:
-        cases.append(("auto", False))  # other processes are another uid's
-    return pytest.mark.parametrize("mode,guard", cases, ids=[f"{m}-{'guard' if g else 'kernel'}" for m, g in cases])
-
-
-@_kill_cases()
-def test_killing_the_parent_or_others_fails(mode, guard, decoy):
-    src = ("import os, signal\n"
-           "for attempt in (lambda: os.kill(os.getppid(), signal.SIGKILL),\n"
-           f"                lambda: os.kill({decoy.pid}, signal.SIGKILL),\n"
-           f"                lambda: os.killpg({decoy.pid}, signal.SIGKILL),\n"
-           "                lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL)):\n"
-           "    try:\n"
-           "        attempt()\n"
-           "        print('signalled')\n"
-           "    except Exception as exc:\n"
-           "        print('refused', type(exc).__name__)\n")
-    r = run_program(src, mode=mode, guard=guard)
-    assert r.status == "ok", r.stderr
-    assert "signalled" not in r.stdout and r.stdout.count("refused") == 4
-    assert decoy.poll() is None  # still running
-    os.kill(os.getpid(), 0)  # and so are we
+def outside():
+    """A directory outside the sandbox that the sandbox uid can see."""
+    d = tempfile.mkdtemp(prefix="geopd-outside-")
+    os.chmod(d, 0o755)
+    keep = Path(d) / "keep.txt"
+    keep.write_text("precious")
+    os.chmod(keep, 0o644)
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- the audit hook itself ---------------------------------------------------------------
@@ -453,6 +455,20 @@ def test_numpy_still_imports_under_the_guard():
     assert r.stdout == "10\n"
 
 
-def test_bad_mode_is_rejected():
-    with pytest.raises(ValueError, match="sandbox mode"):
-        run_program("pass", mode="none")
+def test_forged_replies_are_a_runtime_error():
+    """The program shares its process with the runner and can write to the reply pipe. A
+    reply that does not carry its request's sequence number, or comes before its request,
+    ends the run with a runtime error; even a perfect forgery could only answer the current
+    test (expected outputs never enter the sandbox, and the grader keeps the time)."""
+    forge = ("import os, json, struct\n"
+             "def frame(h, b=b''):\n"
+             "    h = json.dumps(h).encode()\n"
+             "    return struct.pack('>IQ', len(h), len(b)) + h + b\n"
+             "for fd in range(3, 64):\n"
+             "    try:\n"
+             "        os.write(fd, frame({'done': True}) + frame({'status': 'ok'}, b'1\\n'))\n"
+             "    except OSError:\n"
+             "        pass\n"
+             "print(1)")
+    g = grade_tests(forge, [{"input": "", "output": "1"}, {"input": "", "output": "2"}])
+    assert [r["verdict"] for r in g["results"]] == ["runtime_error"], g["results"]

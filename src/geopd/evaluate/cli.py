@@ -99,9 +99,10 @@ def evaluate_code(spec: dict, model: str, records: list[dict], *, seed: int, bac
     gen = _generate(spec, model, [r["prompt"] for r in records], seed=seed, backend=backend, device=device,
                     batch_size=batch_size, tokenizer=tokenizer)
     jobs = [(i, r) for i, responses in enumerate(gen.responses) for r in responses]
-    # Each test is a sandboxed process that mostly waits: run `workers` at a time.
+    # One sandboxed process per sample (all its tests), `workers` at a time.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        flat = list(pool.map(lambda job: bool(grade_code(job[1], records[job[0]]["tests"])), jobs))
+        flat = list(pool.map(lambda job: bool(grade_code(job[1], records[job[0]]["tests"],
+                                                         fn_name=records[job[0]].get("fn_name"))), jobs))
     samples, per_problem = [], []
     for i, (rec, prompt, responses) in enumerate(zip(records, gen.prompts, gen.responses)):
         correct = flat[i * k:(i + 1) * k]
@@ -205,6 +206,10 @@ def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file
         result["lm_eval_task"] = extra["lm_eval_task"]
     if "integer_range" in spec:
         result["integer_range"] = spec["integer_range"]
+    if kind not in ("math", "mcq"):  # programs ran: say whether the sandbox isolated them
+        from geopd.evaluate.sandbox import summary
+
+        result["sandbox"] = summary()
     write_atomic(samples_file, "".join(json.dumps(s, sort_keys=True, default=str) + "\n" for s in samples))
     write_atomic(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result

@@ -26,8 +26,9 @@ def _responses(results) -> list[str]:
     return [str(r) for r in results]  # a single-sample filter (take_first) hands strings
 
 
-def _metrics(graded: list[dict], same) -> dict:
-    scores = problem_scores([g["extracted"] for g in graded], [g["correct"] for g in graded], same)
+def _metrics(graded: list[dict], same, *, key=None, grade=None) -> dict:
+    scores = problem_scores([g["extracted"] for g in graded], [g["correct"] for g in graded], same, key=key,
+                            grade=grade)
     return {"avg@k": scores["avg"], "pass@k": scores["pass"], "maj@k": scores["maj"], "graded": graded}
 
 
@@ -48,9 +49,31 @@ def grade_math_samples(responses: list[str], gold: str, *, integer_range=None) -
             for r in responses]
 
 
+def integer_vote(integer_range):
+    """An answer's maj@k vote under the integer rule: its integer value in the range, else
+    no vote (it could never be graded correct)."""
+    from geopd.grading.math import integer_answer
+
+    lo, hi = integer_range
+
+    def key(answer: str) -> str | None:
+        value = integer_answer(answer)
+        return str(value) if value is not None and lo <= value <= hi else None
+    return key
+
+
 def process_math(doc: dict, results, *, integer_range=None) -> dict:
-    graded = grade_math_samples(_responses(results), doc["answer"], integer_range=integer_range)
-    return _metrics(graded, same_math_answer)
+    from geopd.grading.math import grade_math
+
+    rng = tuple(integer_range) if integer_range is not None else None
+    gold = str(doc["answer"])
+    graded = grade_math_samples(_responses(results), gold, integer_range=rng)
+
+    def grade(answer: str) -> bool:  # the majority's answer, graded as an answer of its own
+        return grade_math("\\boxed{" + answer + "}", gold, integer_range=rng)
+    if rng is not None:
+        return _metrics(graded, None, key=integer_vote(rng), grade=grade)
+    return _metrics(graded, same_math_answer, grade=grade)
 
 
 def process_math_aime(doc: dict, results) -> dict:

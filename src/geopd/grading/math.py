@@ -18,6 +18,10 @@ on the main thread by an interval timer that restores the caller's timer and han
 afterwards; on any other thread the comparison runs in a helper process
 (`python -m geopd.grading.math`, started once and replaced if it overruns). A comparison
 that overruns `timeout_s` grades False. Either way a call never hangs.
+
+One-time costs (importing math-verify, sympy and the LaTeX parser, and their first
+parse, ~1-2 s cold) are paid once per process by `warm_up()`, outside any timer: the
+timer bounds the comparison only, so a correct answer is not graded 0 on a cold process.
 """
 from __future__ import annotations
 
@@ -114,7 +118,14 @@ def grade_math(response: str, gold, *, integer_range: tuple[int, int] | None = N
             return value == int(gold_s)
     elif _INT.fullmatch(pred) and _INT.fullmatch(gold_s):
         return int(pred) == int(gold_s)
+    warm_up()
     return _bounded(_verify, (gold_s, pred), timeout_s)
+
+
+def integer_answer(content: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int | None:
+    """The integer a boxed answer's content states (see _as_integer), or None."""
+    pred = _strip_math(content)
+    return _as_integer(pred, timeout_s) if pred else None
 
 
 def _as_integer(pred: str, timeout_s: float) -> int | None:
@@ -122,7 +133,22 @@ def _as_integer(pred: str, timeout_s: float) -> int | None:
     evaluates to a sympy Integer ("\\frac{84}{2}"). Decimals such as "42.0" are not integers."""
     if _INT.fullmatch(pred):
         return int(pred)
+    warm_up()
     return _bounded(_integer_value, (pred,), timeout_s)
+
+
+_WARM = []
+
+
+def warm_up() -> None:
+    """Import math-verify and its parsers and run one comparison, untimed, once per process
+    (on the main thread: other threads' calls go to the helper process, which warms up
+    before it says it is ready)."""
+    if _WARM or threading.current_thread() is not threading.main_thread():
+        return
+    _verify("\\frac{1}{2}", "0.5")
+    _integer_value("\\frac{84}{2}")
+    _WARM.append(True)
 
 
 # ---- math-verify, bounded in time --------------------------------------------------------------
@@ -272,6 +298,7 @@ atexit.register(_HELPER.close)
 
 def _serve() -> None:
     """The helper process: one JSON request per stdin line, one JSON result per stdout line."""
+    warm_up()
     print("ready", flush=True)
     for line in sys.stdin:
         req = json.loads(line)
