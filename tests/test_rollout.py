@@ -25,13 +25,14 @@ def tok():
 
 
 def eos_biased(model, bias: float):
-    """A tiny random model ends a response after ~1/p(EOS) tokens; a fixed logit bias on EOS (a
-    forward hook, seen by generate and by the log-prob pass alike) makes that a few steps."""
-    def hook(module, args, output):
-        output[..., EOS] += bias
-        return output
-
-    model.lm_head.register_forward_hook(hook)
+    """A tiny random model ends a response after ~1/p(EOS) tokens; a logit bias on EOS (an
+    lm_head bias, seen by generate and by the chunked log-prob pass alike) makes that a few steps."""
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    head.weight = model.lm_head.weight  # still tied to the embedding
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[EOS] = bias
+    model.lm_head = head
     return model.eval()
 
 
