@@ -247,7 +247,6 @@ class Trainer:
         self.basis = self._projection_basis() if spec.get("projection") else None
         self.rollout = self._rollout_engine() if self.method != "sft" else None
         self.step = spec.get("start_step", 0)
-        self.reward_seen = False  # a non-zero task reward in some step so far (zero_reward_patience)
         self.stream = RecordStream(self.records, spec["seed"])
         self.extrapolator = None
         if spec.get("extrapolation"):
@@ -309,7 +308,6 @@ class Trainer:
         self.step = state["step"]
         self.stream = RecordStream(self.records, self.spec["seed"], Position(**state["data_position"]))
         ckpt.restore_rng(state["rng"])
-        self.reward_seen = bool(state["extra"].get("reward_seen", False))
         if self.extrapolator is not None:
             self.extrapolator.load_state_dict(state["extra"]["extrapolator"])
         if self.dist.main:
@@ -399,10 +397,21 @@ class Trainer:
 
         return torch.tensor([reward(rec, text) for rec, text in zip(records, texts)], dtype=torch.float32)
 
+    reward_seen: bool | None = None  # a non-zero task reward in some step so far; None: not read yet
+
     def _check_rewards(self, rewards: torch.Tensor) -> None:
         """Stop a run whose task rewards are all zero for its first `zero_reward_patience` steps."""
         patience = self.spec.get("objective", {}).get("zero_reward_patience", obj.ZERO_REWARD_PATIENCE)
-        if self.reward_seen or not patience:
+        if not patience:
+            return
+        if self.reward_seen is None:
+            # A resumed run: its metrics (truncated to the resumed step) say what came before.
+            seen = 0.0
+            if self.dist.main and self.metrics_path.exists():
+                seen = float(any(json.loads(l).get("reward", 0) != 0
+                                 for l in self.metrics_path.read_text().splitlines() if l))
+            self.reward_seen = self.dist.all_sum(seen) > 0
+        if self.reward_seen:
             return
         if self.dist.all_sum(float((rewards != 0).sum())) > 0:
             self.reward_seen = True
@@ -539,7 +548,7 @@ class Trainer:
             ckpt.prune_states(self.state_dir, keep=1)
 
     def _extra_state(self) -> dict:
-        extra = {"run": self.spec["run"], "reward_seen": self.reward_seen}
+        extra = {"run": self.spec["run"]}
         if self.extrapolator is not None:
             extra["extrapolator"] = self.extrapolator.state_dict()
         return extra
