@@ -27,7 +27,7 @@ import torch
 from geopd.errors import UserError
 from geopd.train import checkpoint as ckpt
 from geopd.train import objectives as obj
-from geopd.train.data import RecordStream, Position, encode_sft, format_prompt, shard
+from geopd.train.data import RecordStream, Position, encode_sft, format_prompt, position_ids, shard
 
 
 # ---- distributed ---------------------------------------------------------------------------
