@@ -152,3 +152,58 @@ def test_two_process_fsdp_matches_one_process(world, tmp_path):
     la = [json.loads(l)["loss"] for l in open(str(tmp_path / "one" / "out") + ".metrics.jsonl")]
     lb = [json.loads(l)["loss"] for l in open(str(out2) + ".metrics.jsonl")]
     assert la == pytest.approx(lb, rel=1e-4)
+
+
+# ---- FSDP2, uneven shares, the global batch in samples, zero rewards ------------------------------
+
+def run_worker(scenarios: list[dict], tmp_path: Path, procs: int) -> dict:
+    """tests/fsdp_worker.py under torchrun with `procs` gloo processes."""
+    sc = tmp_path / f"scenarios-{procs}.json"
+    sc.write_text(json.dumps(scenarios))
+    out = tmp_path / f"results-{procs}.json"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+                           str(REPO / "tests/fsdp_worker.py"), str(sc), str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def uneven_scenarios(world, tmp_path: Path, procs: int) -> list[dict]:
+    """SFT and OPD updates on 2 ranks holding 9 + 6 sequences / 3 + 2 prompts (odd totals), micro-
+    batches small enough that the ranks run different numbers of them; an optimizer whose step is
+    ~ lr * gradient (eps 1), so the comparison sees gradients, not Adam's sign at step one."""
+    optim = {"lr": 1e-2, "schedule": "constant", "weight_decay": 0.0, "betas": [0.9, 0.98], "eps": 1.0}
+    small = {"micro_batch_tokens": 96, "logprob_chunk_tokens": 16}
+    bf16 = {**small, "param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": True}
+    opd = world.run_spec("opd-8b-t32b")
+    rollout = {**opd["rollout"], "samples": 2, "max_new_tokens": 12, "global_batch_size": 4}
+    out = []
+    for name, kind, base, engine, shares in (("sft", "sft", world.run_spec("sft-8b"), small, [9, 6]),
+                                              ("opd", "rl", opd, small, [3, 2]),
+                                              ("opd-bf16", "rl", opd, bf16, [3, 2])):
+        spec = {**base, "optim": optim, "engine": engine, "state_dir": str(tmp_path / f"w{procs}" / name)}
+        if kind == "rl":
+            spec["rollout"] = rollout
+        out.append({"name": name, "kind": kind, "spec": spec, "shares": shares, "steps": 2})
+    return out
+
+
+@pytest.mark.slow
+def test_uneven_shares_on_two_processes_equal_one_process(world, tmp_path):
+    """No prompt dropped, the token-mean exact over uneven shares, zero-weight micro-batches where a
+    rank has fewer: 2 processes end where 1 does, for SFT and for OPD updates (fp32 and bf16)."""
+    one = run_worker(uneven_scenarios(world, tmp_path, 1), tmp_path, 1)
+    two = run_worker(uneven_scenarios(world, tmp_path, 2), tmp_path, 2)
+    for name, tol in (("sft", 2e-6), ("opd", 2e-6), ("opd-bf16", 2e-4)):
+        a, b = one[name], two[name]
+        for ra, rb in zip(a["rows"], b["rows"]):
+            assert ra.get("updates") == rb.get("updates")
+            assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-3 if "bf16" in name else 1e-5, abs=1e-7)
+        if name != "sft":
+            assert a["rows"][0]["updates"] == 2 and a["rows"][0]["samples"] == 10  # 10 samples / 4 per update
+        wa, wb = torch.load(a["weights"]), torch.load(b["weights"])
+        init = weights(Path(world.run_spec("sft-8b" if name == "sft" else "opd-8b-t32b")["init"]))
+        moved = max(float((wa[k] - init[k].float()).abs().max()) for k in init)
+        assert moved > 20 * tol, moved  # the updates are far larger than the tolerance
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=tol, msg=f"{name} {k}")

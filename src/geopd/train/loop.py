@@ -140,7 +140,7 @@ def shard_model(model, dist: Dist, engine: EngineSettings | None = None):
 
     engine = engine or EngineSettings()
     if engine.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if dist.world > 1 or engine.mixed_precision:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -366,8 +366,10 @@ class Trainer:
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def sft_step(self) -> dict:
-        bs = self.spec["batch_size"]
-        records = shard(self.stream.next(bs), self.dist.rank, self.dist.world)
+        return self.sft_update(shard(self.stream.next(self.spec["batch_size"]), self.dist.rank, self.dist.world))
+
+    def sft_update(self, records: list[dict]) -> dict:
+        """One optimizer update on this rank's share of the step's records (shares may differ)."""
         if records:
             ids, attn, loss_mask = encode_sft(self.tokenizer, records, self.spec["max_length"],
                                               loss_on=self.spec.get("loss_on", "response"))
