@@ -67,8 +67,10 @@ def test_every_method_trains_and_logs(world, tmp_path, run):
     assert [r["step"] for r in rows] == list(range(spec["start_step"] + 1, spec["steps"] + 1))
     keys = {"loss", "grad_norm", "tokens_per_s", "lr"}
     if run != "sft-8b":
-        keys |= {"entropy"} | ({"mean_r_t", "kl_k3"} if run.startswith("opd") else {"reward"})
+        keys |= {"entropy", "updates", "samples"} | ({"mean_r_t", "kl_k3"} if run.startswith("opd") else {"reward"})
     assert keys <= set(rows[-1])
+    if run.startswith("opd"):  # 4 prompts x 2 samples, global_batch_size 4 samples: 2 updates a step
+        assert {(r["samples"], r["updates"]) for r in rows} == {(8, 2)}
     assert not Path(spec["state_dir"]).exists()  # resume state dropped after a clean finish
 
 
@@ -207,3 +209,31 @@ def test_uneven_shares_on_two_processes_equal_one_process(world, tmp_path):
         assert moved > 20 * tol, moved  # the updates are far larger than the tolerance
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=tol, msg=f"{name} {k}")
+
+
+def test_all_zero_rewards_stop_the_run(world, tmp_path, monkeypatch):
+    """The slice's RLVR student never answers right: with zero_reward_patience 3 the run stops at
+    step 3 with a message, also when it was resumed in between; one rewarded step disarms it."""
+    from geopd.train.loop import Trainer
+
+    rlvr = world.run_spec("rlvr-8b")
+    spec = respec(world, "rlvr-8b", tmp_path, steps=6, checkpoints=[6],
+                  objective={**rlvr["objective"], "zero_reward_patience": 3})
+    monkeypatch.setenv("GEOPD_FAULT_SIGTERM_AT_STEP", "2")
+    from geopd.train.loop import Stop
+    with pytest.raises(Stop):
+        Trainer(spec, progress=False).fit()  # state saved after step 2, zero rewards so far
+    monkeypatch.delenv("GEOPD_FAULT_SIGTERM_AT_STEP")
+    with pytest.raises(UserError, match=r"every reward of its first 3 steps was 0 .*zero_reward_patience: 0"):
+        Trainer(spec, progress=False).fit()
+    rows = [json.loads(l) for l in open(Path(spec["state_dir"]) / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["reward"] == 0 for r in rows)
+
+    fresh = respec(world, "rlvr-8b", tmp_path / "rewarded", steps=4, checkpoints=[4],
+                   objective={**rlvr["objective"], "zero_reward_patience": 3})
+    trainer = Trainer(fresh, progress=False)
+    real = trainer._rewards
+    calls = iter(range(100))
+    monkeypatch.setattr(trainer, "_rewards", lambda recs, texts: real(recs, texts) + (next(calls) == 0))
+    trainer.fit()  # step 1 rewarded every sample: zeros afterwards are a result, not a broken setup
+    assert trainer.step == 4
