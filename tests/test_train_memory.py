@@ -26,8 +26,13 @@ def bench():
 
 @pytest.fixture(scope="module")
 def large_vocab(tmp_path_factory):
+    """spec(method, name): a one-step run on a world with a 65,536-token vocabulary: SFT 16 x 128
+    tokens, OPD 8 prompts x 4 samples x 64 new tokens."""
     root = tmp_path_factory.mktemp("large-vocab")
-    return root, bench().world(root, vocab=VOCAB, hidden=32, layers=1, response_chars=128)
+    b = bench()
+    paths = b.world(root, vocab=VOCAB, hidden=32, layers=1, response_chars=128)
+    return lambda method, name: b.spec(paths, method, root / f"{name}-{method}", batch=16, length=128,
+                                       engine=ENGINE, prompts=8, samples=4, max_new_tokens=64)
 
 
 class LargestOutputs(TorchDispatchMode):
@@ -49,10 +54,7 @@ class LargestOutputs(TorchDispatchMode):
 def test_no_op_returns_full_logits(large_vocab, method):
     from geopd.train.loop import Trainer
 
-    root, paths = large_vocab
-    b = bench()
-    spec = b.spec(paths, method, root / f"state-{method}", batch=16, length=128, engine=ENGINE,
-                  prompts=8, samples=4, max_new_tokens=64)
+    spec = large_vocab(method, "dispatch")
     trainer = Trainer(spec, threads=1, progress=False)
     with LargestOutputs() as rec:
         row = trainer.sft_step() if method == "sft" else trainer.rl_step()
@@ -74,11 +76,7 @@ def test_no_op_returns_full_logits(large_vocab, method):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sft", "opd"])
 def test_peak_memory_stays_under_the_model(large_vocab, method):
-    root, paths = large_vocab
-    b = bench()
-    spec = b.spec(paths, method, root / f"rss-{method}", batch=16, length=128, engine=ENGINE,
-                  prompts=8, samples=4, max_new_tokens=64)
-    res = b.run_one(spec)
+    res = bench().run_one(large_vocab(method, "rss"))
     assert 0 < res["measured"] <= res["bound"], res
     # one fp32 [B, T, V] tensor alone would not fit under the bound
     assert res["full_logits"] > res["bound"], res
