@@ -74,11 +74,20 @@ def test_every_method_trains_and_logs(world, tmp_path, run):
     assert not Path(spec["state_dir"]).exists()  # resume state dropped after a clean finish
 
 
-@pytest.mark.parametrize("run, kill_at", [("sft-8b", 5), ("opd-8b-t32b", 3)])
-def test_killed_run_resumes_bitwise(world, tmp_path, run, kill_at):
-    ref_spec = respec(world, run, tmp_path / "ref")
+# The paper's engine on one process: FSDP2 with bf16 compute over fp32 masters, activation
+# checkpointing, token-budget micro-batches, lm_head in chunks.
+PAPER_ENGINE = {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": True,
+                "micro_batch_tokens": 128, "logprob_chunk_tokens": 32}
+
+
+@pytest.mark.parametrize("run, kill_at, engine", [
+    pytest.param("sft-8b", 5, None, id="sft"), pytest.param("opd-8b-t32b", 3, None, id="opd"),
+    pytest.param("opd-8b-t32b", 3, PAPER_ENGINE, id="opd-paper-engine", marks=pytest.mark.slow)])
+def test_killed_run_resumes_bitwise(world, tmp_path, run, kill_at, engine):
+    extra = {"engine": engine} if engine else {}
+    ref_spec = respec(world, run, tmp_path / "ref", **extra)
     run_cli(ref_spec, tmp_path / "ref" / "out")
-    spec = respec(world, run, tmp_path / "killed")
+    spec = respec(world, run, tmp_path / "killed", **extra)
     proc = run_cli(spec, tmp_path / "killed" / "out", {"GEOPD_FAULT_KILL_AT_STEP": str(kill_at)}, check=False)
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "out").exists()  # nothing that looks like a finished output
