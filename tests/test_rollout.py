@@ -135,6 +135,10 @@ def test_training_mode_restored_and_bad_settings(tok):
         engine.generate(["1"], 1, temperature=0.0, top_p=1.0, max_new_tokens=2, seed=0)
     with pytest.raises(UserError, match="no tokens"):
         engine.generate([""], 1, temperature=1.0, top_p=1.0, max_new_tokens=2, seed=0)
+    none = engine.generate([], 3, temperature=1.0, top_p=1.0, max_new_tokens=2, seed=0)  # a rank with no share
+    none.check()
+    assert none.num_samples == 0 and none.group_size == 3
+    assert HFTeacher(make_model(seed=3)).score(none).shape == (0, 1)
     with pytest.raises(UserError, match="unknown rollout backend"):
         make_rollout_engine("sglang", model=model, tokenizer=tok)
     assert "vllm" not in sys.modules  # the CPU path never imports vllm

@@ -428,8 +428,6 @@ class Trainer:
                 f"objective.zero_reward_patience: 0 to train anyway (last complete state: {self.state_dir})")
 
     def rl_step(self) -> dict:
-        from geopd.train.rollout import Rollouts
-
         r = self.spec["rollout"]
         records = shard(self.stream.next(r["prompts_per_step"]), self.dist.rank, self.dist.world)
         prompts = [format_prompt(self.tokenizer, rec["prompt"]) for rec in records]
@@ -437,11 +435,10 @@ class Trainer:
             self.rollout.sync_weights(self.model)
         seed = (self.spec["seed"] * 1_000_003 + self.step) * 64 + self.dist.rank
         t0 = time.perf_counter()
-        # A rank whose share of the prompts is empty (more ranks than prompts) samples nothing
-        # but still joins every collective of the update.
-        ro = (self.rollout.generate(prompts, r["samples"], temperature=r["temperature"], top_p=r.get("top_p", 1.0),
-                                    max_new_tokens=r["max_new_tokens"], seed=seed)
-              if prompts else Rollouts.empty(r["samples"]))
+        # Every rank calls the engine, also with an empty share of the prompts (more ranks than
+        # prompts): an engine's tensor-parallel group may span ranks. It returns no samples then.
+        ro = self.rollout.generate(prompts, r["samples"], temperature=r["temperature"], top_p=r.get("top_p", 1.0),
+                                   max_new_tokens=r["max_new_tokens"], seed=seed)
         t_gen = time.perf_counter() - t0
         return {**self.train_on(ro, records, seed), "gen_s": t_gen}
 
@@ -465,9 +462,7 @@ class Trainer:
                 pad_to=self.dist.all_max)[:, 1:]
             # Behaviour policy of the ratio: the student itself on-policy, the teacher off-policy.
             old_logp = ro.response_logprobs[:, 1:] if r.get("source") == "teacher" else student_logp
-            teacher_logp = None
-            if self.teacher is not None:
-                teacher_logp = self.teacher.score(ro)[:, 1:] if ro.num_samples else torch.zeros_like(mask)
+            teacher_logp = self.teacher.score(ro)[:, 1:] if self.teacher is not None else None
         rewards = self._rewards(sample_records, ro.texts) if self.method in ("rlvr", "mix") else None
         if rewards is not None:
             self._check_rewards(rewards)

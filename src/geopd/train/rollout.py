@@ -78,7 +78,7 @@ class Rollouts:
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], n: int, *, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int) -> Rollouts: ...
+                 seed: int) -> Rollouts: ...  # no prompts: Rollouts.empty(n) (every rank calls it)
 
     def sync_weights(self, model) -> None: ...
 
@@ -254,6 +254,8 @@ class HFRollout:
         from transformers import GenerationConfig
 
         check_sampling(temperature, top_p, max_new_tokens, n)
+        if not prompts:  # a data-parallel rank with no share of the step's prompts
+            return Rollouts.empty(n)
         prompt_ids = encode_prompts(self.tokenizer, prompts)
         model, pad = self.model, pad_id(self.tokenizer)
         device = next(model.parameters()).device
