@@ -11,9 +11,13 @@ by them. Bytes throughout; P = parameters, W = ranks, b = bytes of the compute (
                  without checkpointing L T a; with it L T H b (each layer's input) + T a (the
                  layer being recomputed); plus the decoder's output T H b and the hidden states
                  of the n scored positions n H b (twice in backward: value and gradient)
-    head         C = logprob_chunk_tokens rows of logits C V b, never [B, T, V]; fp32 blocks of
-                 at most 2**24 logits (3 live: scaled copy, exp, result); backward adds the fp32
-                 accumulator of lm_head's gradient 4 V H (+ b V H for one chunk's product when b < 4)
+    head         C = min(logprob_chunk_tokens, n) rows of logits, C V b, never [B, T, V]; fp32
+                 blocks of at most 2**24 logits (forward: 4 live with the entropy; backward: 3,
+                 the gradient overwrites the recomputed logits), and in backward the fp32
+                 accumulator of lm_head's gradient 4 V H (+ b V H for one chunk's product, b < 4)
+    optimizer    AdamW per parameter (foreach=False): 2 fp32 temporaries of the largest shard
+
+    total = master + grads + adam + unsharded + max(activations + hidden + head, optimizer)
 
 A no-grad pass (old log-probs, rollout log-probs, the HF teacher) needs, per micro-batch, one
 layer's working set, T H b twice and one head chunk (scoring_bytes); `generate` its KV cache
