@@ -115,7 +115,8 @@ def formula(run_spec: dict) -> dict:
         rows, width = r["prompts_per_step"] * r["samples"], 64 + r["max_new_tokens"]  # prompts < 64 tokens
         scored = rows * r["max_new_tokens"]  # only response tokens go through lm_head
     tokens = max(min(engine.micro_batch_tokens or rows * width, rows * width), width)
-    parts = step_bytes(shape, micro_batch_tokens=tokens, scored_tokens=scored, chunk_tokens=engine.logprob_chunk_tokens,
+    parts = step_bytes(shape, micro_batch_tokens=tokens, width=width, scored_tokens=scored,
+                       chunk_tokens=engine.logprob_chunk_tokens,
                        param_bytes=b, sharded=engine.mixed_precision, activation_checkpointing=engine.activation_checkpointing)
     step = parts["total"] - parts["master"]  # the master weights are resident before the step
     if run_spec["method"] != "sft":

@@ -17,7 +17,9 @@ by them. Bytes throughout; P = parameters, W = ranks, b = bytes of the compute (
                  accumulator of lm_head's gradient 4 V H (+ b V H for one chunk's product, b < 4)
     optimizer    AdamW per parameter (foreach=False): 2 fp32 temporaries of the largest shard
 
-    total = master + grads + adam + unsharded + max(activations + hidden + head, optimizer)
+    mask         a padded micro-batch's SDPA mask (transformers): T x width x (1 + b)
+
+    total = master + grads + adam + unsharded + max(activations + hidden + mask + head, optimizer)
 
 A no-grad pass (old log-probs, rollout log-probs, the HF teacher) needs, per micro-batch, one
 layer's working set, T H b twice and one head chunk (scoring_bytes); `generate` its KV cache
@@ -71,14 +73,15 @@ class Shape:
         return b * (2 * self.hidden + 8 * q + 4 * kv + 4 * self.intermediate) + 4 * (4 * self.hidden + q + kv)
 
 
-def step_bytes(shape: Shape, *, micro_batch_tokens: int, scored_tokens: int | None = None,
+def step_bytes(shape: Shape, *, micro_batch_tokens: int, width: int | None = None, scored_tokens: int | None = None,
                chunk_tokens: int | None = None, param_bytes: int = 4, world: int = 1, sharded: bool = False,
                activation_checkpointing: bool = False) -> dict[str, int]:
     """Peak bytes of one step (forward/backward of the largest micro-batch, then AdamW) on one
     rank, by part, and "total" = the persistent parts + the largest of the three phases.
 
-    micro_batch_tokens: padded tokens of the largest micro-batch (rows x columns);
-    scored_tokens: positions of it sent through lm_head (default: all)."""
+    micro_batch_tokens: padded tokens of the largest micro-batch (rows x columns); width: its
+    columns (default: one row of micro_batch_tokens); scored_tokens: positions of it sent through
+    lm_head (default: all)."""
     b, P, W = param_bytes, shape.params, world
     T = micro_batch_tokens
     n = T if scored_tokens is None else min(scored_tokens, T)
@@ -92,6 +95,9 @@ def step_bytes(shape: Shape, *, micro_batch_tokens: int, scored_tokens: int | No
         "unsharded": 2 * b * (shape.root_params + 2 * shape.layer_params) if sharded else 0,
         "activations": shape.layers * T * H * b + T * a if activation_checkpointing else shape.layers * T * a,
         "hidden": T * H * b + 2 * n * H * b,
+        # transformers' SDPA mask of a padded micro-batch, rows x 1 x width x width bool, and its
+        # additive form in the compute dtype (one layer at a time)
+        "attention_mask": T * (width or T) * (1 + b),
     }
     forward = _head_bytes(shape, C, b, blocks=4)
     backward = _head_bytes(shape, C, b, blocks=3) + 4 * V * H + (b * V * H if b < 4 else 0)
@@ -99,7 +105,7 @@ def step_bytes(shape: Shape, *, micro_batch_tokens: int, scored_tokens: int | No
     # AdamW one parameter at a time (foreach=False): sqrt(v) and the step's quotient
     optimizer = 2 * 4 * max(V * H, shape.layer_params) // (W if sharded else 1)
     out["optimizer"] = optimizer
-    during = out["activations"] + out["hidden"] + out["head"]
+    during = out["activations"] + out["hidden"] + out["attention_mask"] + out["head"]
     out["total"] = sum(out[k] for k in ("master", "grads", "adam", "unsharded")) + max(during, optimizer)
     return out
 
