@@ -25,13 +25,14 @@ def tok():
 
 
 def eos_biased(model, bias: float):
-    """A tiny random model ends a response after ~1/p(EOS) tokens; a fixed logit bias on EOS (a
-    forward hook, seen by generate and by the log-prob pass alike) makes that a few steps."""
-    def hook(module, args, output):
-        output[..., EOS] += bias
-        return output
-
-    model.lm_head.register_forward_hook(hook)
+    """A tiny random model ends a response after ~1/p(EOS) tokens; a logit bias on EOS (an
+    lm_head bias, seen by generate and by the chunked log-prob pass alike) makes that a few steps."""
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    head.weight = model.lm_head.weight  # still tied to the embedding
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[EOS] = bias
+    model.lm_head = head
     return model.eval()
 
 
@@ -134,6 +135,10 @@ def test_training_mode_restored_and_bad_settings(tok):
         engine.generate(["1"], 1, temperature=0.0, top_p=1.0, max_new_tokens=2, seed=0)
     with pytest.raises(UserError, match="no tokens"):
         engine.generate([""], 1, temperature=1.0, top_p=1.0, max_new_tokens=2, seed=0)
+    none = engine.generate([], 3, temperature=1.0, top_p=1.0, max_new_tokens=2, seed=0)  # a rank with no share
+    none.check()
+    assert none.num_samples == 0 and none.group_size == 3
+    assert HFTeacher(make_model(seed=3)).score(none).shape == (0, 1)
     with pytest.raises(UserError, match="unknown rollout backend"):
         make_rollout_engine("sglang", model=model, tokenizer=tok)
     assert "vllm" not in sys.modules  # the CPU path never imports vllm

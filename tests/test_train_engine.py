@@ -67,16 +67,27 @@ def test_every_method_trains_and_logs(world, tmp_path, run):
     assert [r["step"] for r in rows] == list(range(spec["start_step"] + 1, spec["steps"] + 1))
     keys = {"loss", "grad_norm", "tokens_per_s", "lr"}
     if run != "sft-8b":
-        keys |= {"entropy"} | ({"mean_r_t", "kl_k3"} if run.startswith("opd") else {"reward"})
+        keys |= {"entropy", "updates", "samples"} | ({"mean_r_t", "kl_k3"} if run.startswith("opd") else {"reward"})
     assert keys <= set(rows[-1])
+    if run.startswith("opd"):  # 4 prompts x 2 samples, global_batch_size 4 samples: 2 updates a step
+        assert {(r["samples"], r["updates"]) for r in rows} == {(8, 2)}
     assert not Path(spec["state_dir"]).exists()  # resume state dropped after a clean finish
 
 
-@pytest.mark.parametrize("run, kill_at", [("sft-8b", 5), ("opd-8b-t32b", 3)])
-def test_killed_run_resumes_bitwise(world, tmp_path, run, kill_at):
-    ref_spec = respec(world, run, tmp_path / "ref")
+# The paper's engine on one process: FSDP2 with bf16 compute over fp32 masters, activation
+# checkpointing, token-budget micro-batches, lm_head in chunks.
+PAPER_ENGINE = {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": True,
+                "micro_batch_tokens": 128, "logprob_chunk_tokens": 32}
+
+
+@pytest.mark.parametrize("run, kill_at, engine", [
+    pytest.param("sft-8b", 5, None, id="sft"), pytest.param("opd-8b-t32b", 3, None, id="opd"),
+    pytest.param("opd-8b-t32b", 3, PAPER_ENGINE, id="opd-paper-engine", marks=pytest.mark.slow)])
+def test_killed_run_resumes_bitwise(world, tmp_path, run, kill_at, engine):
+    extra = {"engine": engine} if engine else {}
+    ref_spec = respec(world, run, tmp_path / "ref", **extra)
     run_cli(ref_spec, tmp_path / "ref" / "out")
-    spec = respec(world, run, tmp_path / "killed")
+    spec = respec(world, run, tmp_path / "killed", **extra)
     proc = run_cli(spec, tmp_path / "killed" / "out", {"GEOPD_FAULT_KILL_AT_STEP": str(kill_at)}, check=False)
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "out").exists()  # nothing that looks like a finished output
@@ -152,3 +163,90 @@ def test_two_process_fsdp_matches_one_process(world, tmp_path):
     la = [json.loads(l)["loss"] for l in open(str(tmp_path / "one" / "out") + ".metrics.jsonl")]
     lb = [json.loads(l)["loss"] for l in open(str(out2) + ".metrics.jsonl")]
     assert la == pytest.approx(lb, rel=1e-4)
+
+
+# ---- FSDP2, uneven shares, the global batch in samples, zero rewards ------------------------------
+
+def run_worker(scenarios: list[dict], tmp_path: Path, procs: int) -> dict:
+    """tests/fsdp_worker.py under torchrun with `procs` gloo processes."""
+    sc = tmp_path / f"scenarios-{procs}.json"
+    sc.write_text(json.dumps(scenarios))
+    out = tmp_path / f"results-{procs}.json"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+                           str(REPO / "tests/fsdp_worker.py"), str(sc), str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def uneven_scenarios(world, tmp_path: Path, procs: int) -> list[dict]:
+    """SFT and OPD updates on 2 ranks holding 9 + 6 sequences / 3 + 2 prompts (odd totals), micro-
+    batches small enough that the ranks run different numbers of them; an optimizer whose step is
+    ~ lr * gradient (eps 1), so the comparison sees gradients, not Adam's sign at step one."""
+    optim = {"lr": 1e-2, "schedule": "constant", "weight_decay": 0.0, "betas": [0.9, 0.98], "eps": 1.0}
+    small = {"micro_batch_tokens": 96, "logprob_chunk_tokens": 16}
+    bf16 = {**small, "param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": True}
+    opd = world.run_spec("opd-8b-t32b")
+    rollout = {**opd["rollout"], "samples": 2, "max_new_tokens": 12, "global_batch_size": 4}
+    out = []
+    for name, kind, base, engine, shares in (("sft", "sft", world.run_spec("sft-8b"), small, [9, 6]),
+                                              ("opd", "rl", opd, small, [3, 2]),
+                                              ("opd-idle-rank", "rl", opd, small, [3, 0]),
+                                              ("opd-bf16", "rl", opd, bf16, [3, 2])):
+        spec = {**base, "optim": optim, "engine": engine, "state_dir": str(tmp_path / f"w{procs}" / name)}
+        if kind == "rl":
+            spec["rollout"] = rollout
+        out.append({"name": name, "kind": kind, "spec": spec, "shares": shares, "steps": 2})
+    return out
+
+
+@pytest.mark.slow
+def test_uneven_shares_on_two_processes_equal_one_process(world, tmp_path):
+    """No prompt dropped, the token-mean exact over uneven shares, zero-weight micro-batches where a
+    rank has fewer (or none at all): 2 processes end where 1 does, for SFT and for OPD updates
+    (fp32 and bf16)."""
+    shares = {sc["name"]: sc["shares"] for sc in uneven_scenarios(world, tmp_path, 1)}
+    one = run_worker(uneven_scenarios(world, tmp_path, 1), tmp_path, 1)
+    two = run_worker(uneven_scenarios(world, tmp_path, 2), tmp_path, 2)
+    for name, tol in (("sft", 2e-6), ("opd", 2e-6), ("opd-idle-rank", 2e-6), ("opd-bf16", 2e-4)):
+        a, b = one[name], two[name]
+        for ra, rb in zip(a["rows"], b["rows"]):
+            assert ra.get("updates") == rb.get("updates")
+            assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-3 if "bf16" in name else 1e-5, abs=1e-7)
+        if name != "sft":  # 10 samples at 4 per update: 2 updates (6 samples of the idle-rank run: 1)
+            samples = 2 * sum(shares[name])
+            assert (a["rows"][0]["samples"], a["rows"][0]["updates"]) == (samples, samples // 4)
+        wa, wb = torch.load(a["weights"]), torch.load(b["weights"])
+        init = weights(Path(world.run_spec("sft-8b" if name == "sft" else "opd-8b-t32b")["init"]))
+        moved = max(float((wa[k] - init[k].float()).abs().max()) for k in init)
+        assert moved > 20 * tol, moved  # the updates are far larger than the tolerance
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=tol, msg=f"{name} {k}")
+
+
+def test_all_zero_rewards_stop_the_run(world, tmp_path, monkeypatch):
+    """The slice's RLVR student never answers right: with zero_reward_patience 3 the run stops at
+    step 3 with a message, also when it was resumed in between; one rewarded step disarms it."""
+    from geopd.train.loop import Trainer
+
+    rlvr = world.run_spec("rlvr-8b")
+    spec = respec(world, "rlvr-8b", tmp_path, steps=6, checkpoints=[6],
+                  objective={**rlvr["objective"], "zero_reward_patience": 3})
+    monkeypatch.setenv("GEOPD_FAULT_SIGTERM_AT_STEP", "2")
+    from geopd.train.loop import Stop
+    with pytest.raises(Stop):
+        Trainer(spec, progress=False).fit()  # state saved after step 2, zero rewards so far
+    monkeypatch.delenv("GEOPD_FAULT_SIGTERM_AT_STEP")
+    with pytest.raises(UserError, match=r"every reward of its first 3 steps was 0 .*zero_reward_patience: 0"):
+        Trainer(spec, progress=False).fit()
+    rows = [json.loads(l) for l in open(Path(spec["state_dir"]) / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["reward"] == 0 for r in rows)
+
+    fresh = respec(world, "rlvr-8b", tmp_path / "rewarded", steps=4, checkpoints=[4],
+                   objective={**rlvr["objective"], "zero_reward_patience": 3})
+    trainer = Trainer(fresh, progress=False)
+    real = trainer._rewards
+    calls = iter(range(100))
+    monkeypatch.setattr(trainer, "_rewards", lambda recs, texts: real(recs, texts) + (next(calls) == 0))
+    trainer.fit()  # step 1 rewarded every sample: zeros afterwards are a result, not a broken setup
+    assert trainer.step == 4

@@ -44,16 +44,22 @@ class Dist:
         return self.rank == 0
 
     @classmethod
-    def setup(cls, device: str) -> "Dist":
+    def setup(cls, device: str, *, group: bool = False) -> "Dist":
+        """From torchrun's environment. group=True: a process group even for one process
+        (FSDP2 mixed precision on a single device needs one; an in-memory store, no port)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if world == 1:
+        if world == 1 and not group:
             return cls(0, 1, device)
         import torch.distributed as dist
 
         backend = "nccl" if device == "cuda" else "gloo"
-        dist.init_process_group(backend)
+        if not dist.is_initialized():
+            if world == 1:
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            else:
+                dist.init_process_group(backend)
         rank = dist.get_rank()
         if device == "cuda":
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -70,24 +76,103 @@ class Dist:
         dist.all_reduce(t)
         return float(t.item())
 
+    def all_gather_int(self, value: int) -> list[int]:
+        """Every rank's value, in rank order."""
+        if self.world == 1:
+            return [int(value)]
+        import torch.distributed as dist
+
+        out = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world)]
+        dist.all_gather(out, torch.tensor([int(value)], dtype=torch.long, device=self.device))
+        return [int(t.item()) for t in out]
+
+    def all_max(self, value: int) -> int:
+        return max(self.all_gather_int(value))
+
     def barrier(self):
         if self.world > 1:
             import torch.distributed as dist
             dist.barrier()
 
 
-def shard_model(model, dist: Dist):
-    """FSDP2: each decoder layer, then the root. The same code path serves 1..N processes."""
-    if dist.world == 1:
-        return model
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-    mesh = init_device_mesh("cuda" if dist.device.startswith("cuda") else "cpu", (dist.world,))
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The run spec's `engine` block. An absent block or key keeps the miniature's behaviour:
+    fp32 without FSDP on one process, no activation checkpointing, SFT steps in SFT_BUCKETS
+    length buckets, one micro-batch per RL update, and lm_head chunks of ~2**24 logits."""
+    param_dtype: torch.dtype = torch.float32   # compute dtype of the unsharded weights (FSDP2)
+    reduce_dtype: torch.dtype = torch.float32  # gradient reduce-scatter dtype
+    activation_checkpointing: bool = False     # per decoder layer
+    micro_batch_tokens: int | None = None      # padded tokens per forward/backward on one rank
+    logprob_chunk_tokens: int | None = None    # hidden-state rows per lm_head chunk
+
+    @classmethod
+    def from_spec(cls, block: dict | None) -> "EngineSettings":
+        block = dict(block or {})
+        unknown = sorted(set(block) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"engine: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        for key in ("param_dtype", "reduce_dtype"):
+            if key in block:
+                if block[key] not in _DTYPES:
+                    raise UserError(f"engine.{key} must be one of {sorted(_DTYPES)}, got {block[key]!r}")
+                block[key] = _DTYPES[block[key]]
+        for key in ("micro_batch_tokens", "logprob_chunk_tokens"):
+            if block.get(key) is not None and (not isinstance(block[key], int) or block[key] < 1):
+                raise UserError(f"engine.{key} must be a positive integer, got {block[key]!r}")
+        return cls(**block)
+
+    @property
+    def mixed_precision(self) -> bool:
+        return self.param_dtype != torch.float32 or self.reduce_dtype != torch.float32
+
+
+def shard_model(model, dist: Dist, engine: EngineSettings | None = None):
+    """Activation checkpointing per decoder layer (transformers' own, non-reentrant), then FSDP2:
+    each decoder layer, then the root, which holds the embedding, the final norm and lm_head --
+    one unit, so a tied lm_head/embedding stays one parameter -- with the engine's
+    MixedPrecisionPolicy over fp32 master weights. The same code path serves 1..N processes;
+    one process without mixed precision stays a plain module (the miniature's bitwise CPU path).
+    Finally the chunked log-prob method is attached (see geopd.train.logprobs)."""
+    from geopd.train import logprobs
+
+    engine = engine or EngineSettings()
+    if engine.activation_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    if dist.world > 1 or engine.mixed_precision:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh("cuda" if dist.device.startswith("cuda") else "cpu", (dist.world,))
+        mp = MixedPrecisionPolicy(param_dtype=engine.param_dtype, reduce_dtype=engine.reduce_dtype)
+        for layer in model.get_decoder().layers:
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+    logprobs.attach(model)
     return model
+
+
+def num_updates(samples: int, global_batch_size: int) -> int:
+    """Optimizer updates per rollout batch: samples // global_batch_size, as slime counts them
+    (OPD 300 x 8 / 64 -> 37, RLVR 1024 x 8 / 512 -> 16), at least one. slime refuses a batch that
+    is not a multiple; here the remainder is spread over the updates (see update_of_samples):
+    2400 samples train in 37 updates of 64 or 65, none dropped, never fewer than configured."""
+    if global_batch_size < 1:
+        raise UserError(f"rollout.global_batch_size must be >= 1, got {global_batch_size}")
+    return max(1, samples // global_batch_size)
+
+
+def update_of_samples(counts: list[int], rank: int, updates: int) -> torch.Tensor:
+    """Update index of each of this rank's samples. Sample g of the rollout batch (rank-major,
+    i.e. the step's prompt order with each prompt's samples together) trains in update g mod U:
+    every update holds N // U or N // U + 1 samples, each rank contributes a near-equal share to
+    every update (no rank idles through an update), and the grouping does not depend on the
+    number of ranks. Advantages are computed before this split, over whole GRPO groups."""
+    offset = sum(counts[:rank])
+    return (torch.arange(counts[rank]) + offset) % updates
 
 
 # ---- schedules and optimizer ---------------------------------------------------------------
@@ -141,7 +226,8 @@ class Trainer:
                  progress: bool = True):
         self.spec = spec
         self.method = spec["method"]
-        self.dist = Dist.setup(spec.get("device", "cpu"))
+        self.engine = EngineSettings.from_spec(spec.get("engine"))
+        self.dist = Dist.setup(spec.get("device", "cpu"), group=self.engine.mixed_precision)
         if threads:
             torch.set_num_threads(threads)
         self.progress = progress and self.dist.main
@@ -162,7 +248,7 @@ class Trainer:
                                         device=self.dist.device)
         if model is None:
             model = ckpt.load_model(spec["init"], dtype=torch.float32, device=self.dist.device)
-        self.model = shard_model(model, self.dist)
+        self.model = shard_model(model, self.dist, self.engine)
         self.model.train()
         self.optimizer, self.scheduler = make_optimizer(self.model, spec["optim"], spec["steps"],
                                                         start_step=spec.get("start_step", 0))
@@ -297,11 +383,27 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------
 
-    def forward_logits(self, input_ids, attention_mask):
-        out = self.model(input_ids=input_ids.to(self.dist.device),
-                         attention_mask=attention_mask.to(self.dist.device),
-                         position_ids=position_ids(attention_mask).to(self.dist.device))
-        return out.logits.float()
+    def _token_stats(self, ids, attn, token_mask, *, temperature: float = 1.0, entropy: bool = False):
+        """The student's log-probs [b, w] (and entropies) where token_mask is set, lm_head in chunks."""
+        from geopd.train.logprobs import token_stats
+
+        dev = self.dist.device
+        return token_stats(self.model, ids.to(dev), attn.to(dev), token_mask.to(dev), temperature=temperature,
+                           chunk_tokens=self.engine.logprob_chunk_tokens, entropy=entropy)
+
+    def _micro_batches(self, attn, rows=None, *, buckets: int | None = None) -> list:
+        """This rank's micro-batches, padded with None (zero-weight dummies) to the count of the
+        rank with the most: FSDP's all-gathers and reduce-scatters need the same calls everywhere."""
+        from geopd.train.logprobs import plan_micro_batches
+
+        plans = plan_micro_batches(attn, rows, token_budget=self.engine.micro_batch_tokens, buckets=buckets)
+        return plans + [None] * (self.dist.all_max(len(plans)) - len(plans))
+
+    def _dummy_backward(self) -> None:
+        from geopd.train.logprobs import dummy_inputs
+
+        logp, _ = self._token_stats(*dummy_inputs(self.dist.device))
+        (logp.sum() * 0.0).backward()
 
     def _optimizer_step(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -318,26 +420,31 @@ class Trainer:
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def sft_step(self) -> dict:
-        bs = self.spec["batch_size"]
-        records = shard(self.stream.next(bs), self.dist.rank, self.dist.world)
-        ids, attn, loss_mask = encode_sft(self.tokenizer, records, self.spec["max_length"],
-                                          loss_on=self.spec.get("loss_on", "response"))
-        # Token-mean over the global batch: scale by this rank's share of the tokens
-        # (FSDP averages gradients over ranks).
-        n_local = float(loss_mask[:, 1:].sum())
-        n_global = self.dist.all_sum(n_local)
+        return self.sft_update(shard(self.stream.next(self.spec["batch_size"]), self.dist.rank, self.dist.world))
+
+    def sft_update(self, records: list[dict]) -> dict:
+        """One optimizer update on this rank's share of the step's records (shares may differ)."""
+        if records:
+            ids, attn, loss_mask = encode_sft(self.tokenizer, records, self.spec["max_length"],
+                                              loss_on=self.spec.get("loss_on", "response"))
+        else:  # more ranks than sequences
+            ids = attn = torch.zeros((0, 1), dtype=torch.long)
+            loss_mask = torch.zeros((0, 1))
+        # Token-mean over the global batch, exact with uneven shares: each micro-batch's summed
+        # loss over the global token count, times the world size (FSDP averages over ranks).
+        n_global = max(self.dist.all_sum(float(loss_mask[:, 1:].sum())), 1.0)
         loss_sum = 0.0
-        for rows in length_buckets(attn, SFT_BUCKETS):
-            # Rows of similar length together, each bucket cut to its own longest row: a batch of
-            # short math demos and long programs no longer pays the programs' width everywhere.
-            width = int(attn[rows].sum(1).max())
-            b_ids, b_attn, b_mask = ids[rows, :width], attn[rows, :width], loss_mask[rows, :width]
-            logits = self.forward_logits(b_ids, b_attn)
-            labels, mask = b_ids[:, 1:].to(logits.device), b_mask[:, 1:].to(logits.device)
-            n_bucket = float(mask.sum())
-            loss = obj.sft_loss(logits[:, :-1], labels, mask)
-            (loss * n_bucket / n_global * self.dist.world).backward()
-            loss_sum += float(loss.detach()) * n_bucket
+        # Without a token budget: SFT_BUCKETS length buckets, each cut to its own longest row.
+        for mb in self._micro_batches(attn, buckets=SFT_BUCKETS):
+            if mb is None:
+                self._dummy_backward()
+                continue
+            cols = slice(mb.start, mb.stop)
+            mask = loss_mask[mb.rows, cols]
+            logp, _ = self._token_stats(ids[mb.rows, cols], attn[mb.rows, cols], mask > 0)
+            loss = -(logp * mask.to(logp.device)).sum()
+            (loss * self.dist.world / n_global).backward()
+            loss_sum += float(loss.detach())
         grad_norm = self._optimizer_step()
         return {"loss": self.dist.all_sum(loss_sum) / n_global, "grad_norm": grad_norm, "tokens": n_global}
 
@@ -346,85 +453,140 @@ class Trainer:
 
         return torch.tensor([reward(rec, text) for rec, text in zip(records, texts)], dtype=torch.float32)
 
+    reward_seen: bool | None = None  # a non-zero task reward in some step so far; None: not read yet
+
+    def _check_rewards(self, rewards: torch.Tensor) -> None:
+        """Stop a run whose task rewards are all zero for its first `zero_reward_patience` steps."""
+        patience = self.spec.get("objective", {}).get("zero_reward_patience", obj.ZERO_REWARD_PATIENCE)
+        if not patience:
+            return
+        if self.reward_seen is None:
+            # A resumed run: its metrics (truncated to the resumed step) say what came before.
+            seen = 0.0
+            if self.dist.main and self.metrics_path.exists():
+                seen = float(any(json.loads(l).get("reward", 0) != 0
+                                 for l in self.metrics_path.read_text().splitlines() if l))
+            self.reward_seen = self.dist.all_sum(seen) > 0
+        if self.reward_seen:
+            return
+        if self.dist.all_sum(float((rewards != 0).sum())) > 0:
+            self.reward_seen = True
+            return
+        done = self.step + 1 - self.spec.get("start_step", 0)
+        if done >= patience:
+            samples = int(self.dist.all_sum(float(len(rewards))))
+            raise UserError(
+                f"run {self.spec['run']}: every reward of its first {done} steps was 0 ({samples} samples in "
+                f"step {self.step + 1}); the prompts' answer format, the responses and the grader do not fit "
+                f"together, and {self.method} would train on nothing. Check the data's answer format, or set "
+                f"objective.zero_reward_patience: 0 to train anyway (last complete state: {self.state_dir})")
+
     def rl_step(self) -> dict:
-        r, o = self.spec["rollout"], self.spec.get("objective", {})
-        n = r["samples"]
+        r = self.spec["rollout"]
         records = shard(self.stream.next(r["prompts_per_step"]), self.dist.rank, self.dist.world)
         prompts = [format_prompt(self.tokenizer, rec["prompt"]) for rec in records]
         if r.get("source") != "teacher":  # an engine with its own copy (vLLM, replicas) needs the update
             self.rollout.sync_weights(self.model)
         seed = (self.spec["seed"] * 1_000_003 + self.step) * 64 + self.dist.rank
         t0 = time.perf_counter()
-        ro = self.rollout.generate(prompts, n, temperature=r["temperature"], top_p=r.get("top_p", 1.0),
+        # Every rank calls the engine, also with an empty share of the prompts (more ranks than
+        # prompts): an engine's tensor-parallel group may span ranks. It returns no samples then.
+        ro = self.rollout.generate(prompts, r["samples"], temperature=r["temperature"], top_p=r.get("top_p", 1.0),
                                    max_new_tokens=r["max_new_tokens"], seed=seed)
         t_gen = time.perf_counter() - t0
+        return {**self.train_on(ro, records, seed), "gen_s": t_gen}
+
+    def train_on(self, ro, records: list[dict], seed: int) -> dict:
+        """Score this rank's rollouts (`records[i]` is the prompt of group i), compute the
+        advantages over the whole batch, and take the step's policy updates."""
+        from geopd.train.rollout import sequence_logprobs
+
+        r, o = self.spec["rollout"], self.spec.get("objective", {})
+        aggregation = o.get("aggregation", "token-mean")
+        if aggregation not in ("token-mean", "seq-mean-token-mean"):
+            raise ValueError(f"objective.aggregation must be token-mean or seq-mean-token-mean, got {aggregation!r}")
+        n, temperature = r["samples"], r["temperature"]
         seq, attn = ro.sequences, ro.attention_mask
         mask = ro.response_mask[:, 1:].float()
         sample_records = [records[i] for i in ro.prompt_index]
         with torch.no_grad():
-            logits = self.forward_logits(seq, attn)[:, :-1] / r["temperature"]
-            student_logp = obj.token_logprobs(logits, seq[:, 1:].to(logits.device)).cpu()
+            student_logp = sequence_logprobs(
+                self.model, seq, attn, ro.response_mask, temperature=temperature,
+                micro_batch_tokens=self.engine.micro_batch_tokens, chunk_tokens=self.engine.logprob_chunk_tokens,
+                pad_to=self.dist.all_max)[:, 1:]
             # Behaviour policy of the ratio: the student itself on-policy, the teacher off-policy.
             old_logp = ro.response_logprobs[:, 1:] if r.get("source") == "teacher" else student_logp
             teacher_logp = self.teacher.score(ro)[:, 1:] if self.teacher is not None else None
         rewards = self._rewards(sample_records, ro.texts) if self.method in ("rlvr", "mix") else None
+        if rewards is not None:
+            self._check_rewards(rewards)
 
         inputs = {"mask": mask, "student_logp": student_logp, "teacher_logp": teacher_logp,
                   "rewards": rewards, "group_size": n}
-        adv, weight = obj.advantages(self.method, o, inputs,
-                                     generator=torch.Generator().manual_seed(seed))
+        adv, weight = obj.advantages(self.method, o, inputs, generator=torch.Generator().manual_seed(seed))
         if self.method == "rlvr" and o.get("filter_zero_variance", True):
-            keep = obj.nonzero_variance_groups(rewards, n).float()
-            weight = weight * keep[:, None]
-        aggregation = o.get("aggregation", "token-mean")
-        if aggregation not in ("token-mean", "seq-mean-token-mean"):
-            raise ValueError(f"objective.aggregation must be token-mean or seq-mean-token-mean, got {aggregation!r}")
+            weight = weight * obj.nonzero_variance_groups(rewards, n).float()[:, None]
+        out = self._policy_updates(seq, attn, mask * (weight > 0), old_logp, adv * weight, aggregation)
 
-        # Minibatch updates over the rollout batch (prompts stay with their samples). Each update
-        # is normalised by its own minibatch, counted over every rank, as verl/DAPO do: the
-        # token-mean is over the minibatch's valid tokens; seq-mean-token-mean averages the
-        # per-sequence token means over the minibatch's sequences that have any valid token.
-        mb = max(1, r["global_batch_size"] // self.dist.world)
-        stats_sum: dict[str, float] = {}
-        grad_norms, loss_total = [], 0.0
-        for start in range(0, seq.shape[0], mb):
-            sl = slice(start, start + mb)
-            mb_mask = mask[sl] * (weight[sl] > 0)
-            if aggregation == "token-mean":
-                local, denom = "sum", self.dist.all_sum(float(mb_mask.sum()))
-            else:
-                local, denom = "seq-sum", self.dist.all_sum(float((mb_mask.sum(-1) > 0).sum()))
-            if denom == 0:  # every group filtered out: no update (AdamW would still move the weights)
-                continue
-            logits = self.forward_logits(seq[sl], attn[sl])[:, :-1] / r["temperature"]
-            logp = obj.token_logprobs(logits, seq[sl, 1:].to(logits.device))
-            loss, stats = obj.clipped_policy_loss(
-                logp, old_logp[sl].to(logp.device), (adv[sl] * weight[sl]).to(logp.device),
-                mb_mask.to(logp.device), eps_low=o.get("clip_low", 0.2), eps_high=o.get("clip_high", 0.28),
-                aggregation=local)
-            # FSDP averages gradients over ranks: multiply back by the world size.
-            (loss * self.dist.world / max(denom, 1.0)).backward()
-            grad_norms.append(self._optimizer_step())
-            loss_total += float(loss.detach()) / max(denom, 1.0)
-            ent = obj.entropy(logits.detach())
-            stats["entropy"] = float((ent * mb_mask.to(ent.device)).sum())
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
-        valid = float(mask.sum())
-        updates = len(grad_norms)
-        out = {"loss": self.dist.all_sum(loss_total) / max(updates, 1), "updates": updates,
-               "grad_norm": max(grad_norms, default=0.0),
-               "tokens": self.dist.all_sum(valid), "gen_s": t_gen,
-               "response_len": self.dist.all_sum(valid) / self.dist.all_sum(float(seq.shape[0])),
-               "entropy": self.dist.all_sum(stats_sum.get("entropy", 0.0)) / max(self.dist.all_sum(valid), 1.0)}
-        if "clip_frac" in stats_sum:
-            out["clip_frac"] = stats_sum["clip_frac"] / max(updates, 1)
+        valid, samples = self.dist.all_sum(float(mask.sum())), self.dist.all_sum(float(seq.shape[0]))
+        out.update({"tokens": valid, "response_len": valid / max(samples, 1.0)})
         if teacher_logp is not None:
             kl = obj.kl_estimates(student_logp, teacher_logp, mask)
-            out["mean_r_t"] = self.dist.all_sum(float(kl["k1"]) * valid) / self.dist.all_sum(valid)
-            out["kl_k3"] = self.dist.all_sum(float(kl["k3"]) * valid) / self.dist.all_sum(valid)
+            out["mean_r_t"] = self.dist.all_sum(float(kl["k1"]) * float(mask.sum())) / max(valid, 1.0)
+            out["kl_k3"] = self.dist.all_sum(float(kl["k3"]) * float(mask.sum())) / max(valid, 1.0)
         if rewards is not None:
-            out["reward"] = self.dist.all_sum(float(rewards.sum())) / self.dist.all_sum(float(len(rewards)))
+            out["reward"] = self.dist.all_sum(float(rewards.sum())) / max(samples, 1.0)
+        return out
+
+    def _policy_updates(self, seq, attn, kept, old_logp, adv, aggregation: str) -> dict:
+        """The step's optimizer updates over the rollout batch (rollout.global_batch_size samples
+        each; see num_updates and update_of_samples). `kept` [N, L-1] marks the tokens that train.
+
+        Each update is normalised by its own samples, counted over every rank, as verl/DAPO do:
+        token-mean over their kept tokens; seq-mean-token-mean averages per-sequence token means
+        over their sequences with any kept token. Micro-batches sum their share of that, so the
+        result does not depend on how the samples fall onto ranks and micro-batches."""
+        r, o = self.spec["rollout"], self.spec.get("objective", {})
+        counts = self.dist.all_gather_int(seq.shape[0])
+        updates = num_updates(sum(counts), r.get("global_batch_size", sum(counts)))
+        which = update_of_samples(counts, self.dist.rank, updates)
+        token_kept = torch.nn.functional.pad(kept, (1, 0)) > 0  # aligned with the tokens
+        has_tokens = kept.sum(1) > 0
+        dev, world = self.dist.device, self.dist.world
+        sums = {"loss": 0.0, "tokens": 0.0, "clipped": 0.0, "entropy": 0.0}
+        grad_norms = []
+        for u in range(updates):
+            rows = ((which == u) & has_tokens).nonzero().squeeze(1)
+            local = float(kept[rows].sum()) if aggregation == "token-mean" else float(len(rows))
+            denom = self.dist.all_sum(local)
+            if denom == 0:  # every group filtered out: no update (AdamW would still move the weights)
+                continue
+            for mb in self._micro_batches(attn, rows):
+                if mb is None:
+                    self._dummy_backward()
+                    continue
+                cols, shifted = slice(mb.start, mb.stop), slice(mb.start, mb.stop - 1)
+                logp, ent = self._token_stats(seq[mb.rows, cols], attn[mb.rows, cols], token_kept[mb.rows, cols],
+                                              temperature=r["temperature"], entropy=True)
+                m = kept[mb.rows, shifted].to(dev)
+                loss, stats = obj.clipped_policy_loss(
+                    logp[:, 1:], old_logp[mb.rows, shifted].to(dev), adv[mb.rows, shifted].to(dev), m,
+                    eps_low=o.get("clip_low", 0.2), eps_high=o.get("clip_high", 0.28),
+                    aggregation="sum" if aggregation == "token-mean" else "seq-sum")
+                # FSDP averages gradients over ranks: multiply back by the world size.
+                (loss * world / denom).backward()
+                n_tok = float(m.sum())
+                sums["loss"] += float(loss.detach()) / denom
+                sums["tokens"] += n_tok
+                sums["clipped"] += float(stats["clip_frac"]) * n_tok
+                sums["entropy"] += float((ent[:, 1:] * m).sum())
+            grad_norms.append(self._optimizer_step())
+        total = {k: self.dist.all_sum(v) for k, v in sums.items()}
+        done = len(grad_norms)
+        out = {"loss": total["loss"] / max(done, 1), "updates": done, "grad_norm": max(grad_norms, default=0.0),
+               "entropy": total["entropy"] / max(total["tokens"], 1.0), "samples": sum(counts)}
+        if done:
+            out["clip_frac"] = total["clipped"] / max(total["tokens"], 1.0)
         return out
 
     # ---- checkpoints ---------------------------------------------------------------------------
@@ -543,13 +705,7 @@ class Trainer:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-SFT_BUCKETS = 4  # micro-batches per SFT step, by length (the same count on every rank: FSDP)
-
-
-def length_buckets(attention_mask: torch.Tensor, buckets: int) -> list[torch.Tensor]:
-    """Row indices sorted by length (stable), cut into at most `buckets` equal parts."""
-    order = torch.sort(attention_mask.sum(1), stable=True).indices
-    return [part for part in torch.tensor_split(order, min(buckets, len(order))) if len(part)]
+SFT_BUCKETS = 4  # micro-batches per SFT step, by length, when the engine sets no token budget
 
 
 def _inject_fault(variable: str, step: int, sig: int) -> None:

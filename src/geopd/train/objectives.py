@@ -29,7 +29,11 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "sum", "seq-sum")
 # filter_zero_variance) are read by the training loop; they are listed so that a typo such as
 # `sparsfy:` fails loudly instead of silently running the dense baseline.
 OBJECTIVE_KEYS = frozenset({"coef", "alpha", "sparsify", "scale_std", "clip_low", "clip_high",
-                            "aggregation", "filter_zero_variance"})
+                            "aggregation", "filter_zero_variance", "zero_reward_patience"})
+# A run with a task reward (rlvr, mix) whose rewards are all zero for this many first steps
+# stops: the answer format or the grader does not fit the data, and training would learn
+# nothing from the reward. 0 turns the check off.
+ZERO_REWARD_PATIENCE = 10
 
 # Rows of logits processed at once by the fp32 log-softmax pieces: bounds the temporary to
 # about 2**24 floats (64 MiB) whatever the vocabulary.
@@ -63,71 +67,99 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _logsumexp(x3: Tensor, chunk_size: int | None) -> Tensor:
+def _scaled(x: Tensor, dtype: torch.dtype, temperature: float) -> Tensor:
+    # The temperature divides in the compute dtype: bf16 logits are not rounded a second time.
+    x = x.to(dtype)
+    return x if temperature == 1.0 else x / temperature
+
+
+def _reduce(x3: Tensor, chunk_size: int | None, temperature: float = 1.0,
+            with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Per-row logsumexp (and entropy) of softmax(x3 / T), block by block in the compute dtype."""
     ct = _compute_dtype(x3)
     lse = torch.empty(x3.shape[:2], dtype=ct, device=x3.device)
+    ent = torch.empty_like(lse) if with_entropy else None
     for b, t0, t1 in _blocks(x3, chunk_size):
-        lse[b, t0:t1] = torch.logsumexp(x3[b, t0:t1].to(ct), dim=-1)
-    return lse
+        x = _scaled(x3[b, t0:t1], ct, temperature)
+        block_lse = torch.logsumexp(x, dim=-1)
+        lse[b, t0:t1] = block_lse
+        if ent is not None:
+            logp = x - block_lse.unsqueeze(-1)
+            # 0 * -inf from masked vocabulary entries must count as 0, not nan
+            ent[b, t0:t1] = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+    return lse, ent
+
+
+def _picked(x3: Tensor, tokens: Tensor, lse: Tensor, temperature: float) -> Tensor:
+    return _scaled(x3.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), lse.dtype, temperature) - lse
+
+
+def _logprob_grad_(out: Tensor, x3: Tensor, tokens: Tensor, lse: Tensor, grad_out: Tensor,
+                   chunk_size: int | None, temperature: float) -> Tensor:
+    """out <- d(sum grad_out * log softmax(x3 / T)[tokens]) / d x3, block by block.
+
+    = grad_out / T * (onehot(tokens) - softmax(x3 / T)). `out` may be `x3` itself: each block is
+    read before it is overwritten, so the gradient can take the logits' memory.
+    """
+    grad_out = grad_out.to(lse.dtype)
+    if temperature != 1.0:
+        grad_out = grad_out / temperature
+    for b, t0, t1 in _blocks(x3, chunk_size):
+        g = grad_out[b, t0:t1].unsqueeze(-1)
+        block = torch.exp(_scaled(x3[b, t0:t1], lse.dtype, temperature) - lse[b, t0:t1].unsqueeze(-1)).mul_(-g)
+        block.scatter_add_(-1, tokens[b, t0:t1].unsqueeze(-1), g)
+        out[b, t0:t1] = block.to(out.dtype)
+    return out
 
 
 class _TokenLogProb(torch.autograd.Function):
-    """log softmax(logits)[token] in fp32 without materialising a full fp32 log-softmax.
+    """log softmax(logits / T)[token] in fp32 without materialising a full fp32 log-softmax.
 
     Forward keeps only the [B,T] logsumexp; backward rebuilds softmax block by block, so the
     only full-size tensor created is the gradient itself (in the logits' dtype).
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, tokens: Tensor, chunk_size):
-        lse = _logsumexp(logits, chunk_size)
-        picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(lse.dtype)
+    def forward(ctx, logits: Tensor, tokens: Tensor, chunk_size, temperature: float):
+        lse, _ = _reduce(logits, chunk_size, temperature)
         ctx.save_for_backward(logits, tokens, lse)
-        ctx.chunk_size = chunk_size
-        return picked - lse
+        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        return _picked(logits, tokens, lse, temperature)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         logits, tokens, lse = ctx.saved_tensors
         grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        grad_out = grad_out.to(lse.dtype)
-        for b, t0, t1 in _blocks(logits, ctx.chunk_size):
-            g = grad_out[b, t0:t1].unsqueeze(-1)
-            block = torch.exp(logits[b, t0:t1].to(lse.dtype) - lse[b, t0:t1].unsqueeze(-1)).mul_(-g)
-            block.scatter_add_(-1, tokens[b, t0:t1].unsqueeze(-1), g)
-            grad[b, t0:t1] = block.to(grad.dtype)
-        return grad, None, None
+        _logprob_grad_(grad, logits, tokens, lse, grad_out, ctx.chunk_size, ctx.temperature)
+        return grad, None, None, None
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, *, chunk_size: int | None = None) -> Tensor:
-    """log pi(tokens) from logits [B,T,V] (or [T,V]) and tokens [B,T] (or [T]).
+def token_logprobs(logits: Tensor, tokens: Tensor, *, chunk_size: int | None = None,
+                   temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / temperature)[tokens], logits [B,T,V] (or [T,V]), tokens [B,T] (or [T]).
 
     Reduced in fp32 (fp64 if the logits are fp64); bf16/fp16 logits are never copied whole
     to fp32: the logsumexp and the backward's softmax run on blocks of rows.
     `logits[..., t, :]` must already be the distribution that produced `tokens[..., t]`
     (the caller shifts: logits[:, :-1] with ids[:, 1:]). Differentiable w.r.t. logits.
+    The trainer never holds [B,T,V] logits: geopd.train.logprobs runs these same reductions on
+    chunks of lm_head's output.
     """
     x3 = _as_3d(logits, "token_logprobs")
     if tokens.shape != logits.shape[:-1]:
         raise ValueError(f"token_logprobs: tokens {tuple(tokens.shape)} do not match logits "
                          f"{tuple(logits.shape)}[:-1]")
     tok = tokens.reshape(x3.shape[:2]).to(device=x3.device, dtype=torch.long)
-    out = _TokenLogProb.apply(x3, tok, chunk_size)
+    out = _TokenLogProb.apply(x3, tok, chunk_size, float(temperature))
     return out.reshape(tokens.shape)
 
 
 @torch.no_grad()
-def entropy(logits: Tensor, *, chunk_size: int | None = None) -> Tensor:
-    """Per-token entropy of softmax(logits), [B,T] (or [T]), fp32 or wider. For logging: no gradient."""
+def entropy(logits: Tensor, *, chunk_size: int | None = None, temperature: float = 1.0) -> Tensor:
+    """Per-token entropy of softmax(logits / T), [B,T] (or [T]), fp32 or wider. For logging: no gradient."""
     x3 = _as_3d(logits, "entropy")
-    ct = _compute_dtype(x3)
-    out = torch.empty(x3.shape[:2], dtype=ct, device=x3.device)
-    for b, t0, t1 in _blocks(x3, chunk_size):
-        x = x3[b, t0:t1].to(ct)
-        logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
-        # 0 * -inf from masked vocabulary entries must count as 0, not nan
-        out[b, t0:t1] = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
-    return out.reshape(logits.shape[:-1])
+    _, ent = _reduce(x3, chunk_size, float(temperature), with_entropy=True)
+    return ent.reshape(logits.shape[:-1])
 
 
 # ---- advantages ------------------------------------------------------------------------------

@@ -42,6 +42,14 @@ class Rollouts:
     prompt_width: int                      # column where responses begin
     finished: torch.Tensor = field(default=None)  # [N] bool: the response ended with EOS
 
+    @classmethod
+    def empty(cls, group_size: int) -> "Rollouts":
+        """No samples: a data-parallel rank whose share of a step's prompts is empty."""
+        z = torch.zeros((0, 1), dtype=torch.long)
+        return cls(prompt_ids=[], sequences=z, attention_mask=z.clone(), response_mask=z.clone(),
+                   response_logprobs=torch.zeros((0, 1)), texts=[], prompt_index=[], group_size=group_size,
+                   prompt_width=1, finished=torch.zeros(0, dtype=torch.bool))
+
     @property
     def num_samples(self) -> int:
         return self.sequences.shape[0]
@@ -70,7 +78,7 @@ class Rollouts:
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], n: int, *, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int) -> Rollouts: ...
+                 seed: int) -> Rollouts: ...  # no prompts: Rollouts.empty(n) (every rank calls it)
 
     def sync_weights(self, model) -> None: ...
 
@@ -158,19 +166,33 @@ def assemble(tokenizer, prompt_ids: list[list[int]], n: int, responses: list[lis
 
 @torch.no_grad()
 def sequence_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-                      *, temperature: float = 1.0, batch_size: int | None = None) -> torch.Tensor:
-    """[N, L] log p(sequences[:, t] | prefix) from a full forward pass at `temperature`, on the
-    response tokens (0 elsewhere). The trainer's own computation, step for step: same
-    position_ids, float32 logits, divided by T, log_softmax, gather."""
+                      *, temperature: float = 1.0, batch_size: int | None = None,
+                      micro_batch_tokens: int | None = None, chunk_tokens: int | None = None,
+                      pad_to=None) -> torch.Tensor:
+    """[N, L] log p(sequences[:, t] | prefix) at `temperature` on the response tokens (0 elsewhere):
+    the trainer's own computation (geopd.train.logprobs.token_stats: same position_ids, lm_head
+    in chunks of `chunk_tokens` rows, fp32 log-softmax of logits / T) over micro-batches of at
+    most `batch_size` rows and `micro_batch_tokens` padded tokens.
+
+    pad_to(count) -> count: under FSDP, the number of micro-batches every rank runs (this rank
+    runs zero-weight dummies for the difference)."""
+    from geopd.train.logprobs import dummy_inputs, plan_micro_batches, token_stats
+
     device = next(model.parameters()).device
     out = torch.zeros(sequences.shape, dtype=torch.float32)
-    step = batch_size or sequences.shape[0]
-    for s in range(0, sequences.shape[0], step):
-        ids, attn = sequences[s:s + step].to(device), attention_mask[s:s + step].to(device)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn)).logits.float()
-        logits = logits[:, :-1] / temperature
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        out[s:s + step, 1:] = lp.cpu() * response_mask[s:s + step, 1:]
+    plans = plan_micro_batches(attention_mask, token_budget=micro_batch_tokens, max_rows=batch_size)
+    if pad_to is not None:
+        plans += [None] * (pad_to(len(plans)) - len(plans))
+    for mb in plans:
+        if mb is None:
+            token_stats(model, *dummy_inputs(device), chunk_tokens=chunk_tokens)
+            continue
+        cols = slice(mb.start, mb.stop)
+        ids = sequences[mb.rows, cols]
+        rmask = response_mask[mb.rows, cols]
+        lp, _ = token_stats(model, ids.to(device), attention_mask[mb.rows, cols].to(device), rmask.to(device),
+                            temperature=temperature, chunk_tokens=chunk_tokens)
+        out[mb.rows, cols] = lp.float().cpu() * rmask
     return out
 
 
@@ -240,6 +262,8 @@ class HFRollout:
         from transformers import GenerationConfig
 
         check_sampling(temperature, top_p, max_new_tokens, n)
+        if not prompts:  # a data-parallel rank with no share of the step's prompts
+            return Rollouts.empty(n)
         prompt_ids = encode_prompts(self.tokenizer, prompts)
         model, pad = self.model, pad_id(self.tokenizer)
         device = next(model.parameters()).device

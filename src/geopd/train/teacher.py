@@ -24,19 +24,24 @@ class TeacherScorer(Protocol):
 
 
 class HFTeacher:
-    """A transformers model in eval mode, no grad, scored in chunks of `batch_size` sequences
-    (bounds the [batch, L, vocab] logits in memory)."""
+    """A transformers model in eval mode, no grad. Scored like the trainer scores the student:
+    lm_head in chunks of `chunk_tokens` rows (never a [batch, L, vocab] tensor), over
+    micro-batches of at most `batch_size` sequences and `micro_batch_tokens` padded tokens."""
 
-    def __init__(self, model, *, batch_size: int = 64):
+    def __init__(self, model, *, batch_size: int = 64, micro_batch_tokens: int | None = None,
+                 chunk_tokens: int | None = None):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.batch_size = batch_size
+        self.micro_batch_tokens = micro_batch_tokens
+        self.chunk_tokens = chunk_tokens
 
     @torch.no_grad()
     def score(self, rollouts: Rollouts) -> torch.Tensor:
         return sequence_logprobs(self.model, rollouts.sequences, rollouts.attention_mask, rollouts.response_mask,
-                                 temperature=1.0, batch_size=self.batch_size)
+                                 temperature=1.0, batch_size=self.batch_size,
+                                 micro_batch_tokens=self.micro_batch_tokens, chunk_tokens=self.chunk_tokens)
 
 
 class VLLMTeacher:
