@@ -197,7 +197,7 @@ def test_make_teacher_checks_tokenizer_first(tmp_path, tok, model, monkeypatch):
         raise AssertionError("weights loaded before the tokenizer check")
 
     monkeypatch.setattr(ck, "load_model", no_weights)
-    with pytest.raises(UserError, match=r"tokenizer of the student differs from tokenizer of the teacher .*bad-teacher"):
+    with pytest.raises(UserError, match=r"the student and the teacher .*bad-teacher have different vocabularies"):
         make_teacher("hf", bad, tok)
     with pytest.raises(UserError, match="unknown teacher backend"):
         make_teacher("onnx", good, tok)

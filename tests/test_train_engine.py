@@ -133,7 +133,7 @@ def test_bad_inputs_stop_before_compute(world, tmp_path):
     tok.add_tokens(["<extra>"])
     tok.save_pretrained(other)
     (other / "manifest.json").unlink(missing_ok=True)
-    with pytest.raises(UserError, match="tokenizer"):
+    with pytest.raises(UserError, match="different vocabularies"):
         Trainer({**spec, "teacher": str(other)}, progress=False)
 
 
