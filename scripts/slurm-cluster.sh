@@ -24,9 +24,11 @@
 # config directory, and every job inherits that view. Outside the jobs
 # nothing changes; clients there use `export SLURM_CONF=...`.
 #
-# Exit codes: 0 ok; 3 this OS cannot run the cluster (not root and no sudo,
-# no apt-get, packages or daemons fail): the last stderr line says why, and
-# tests skip with it; 1 anything else (e.g. the node never became idle).
+# Exit codes: 0 ok; 3 the cluster cannot run here (not root and no sudo, no
+# apt-get, packages or daemons fail, no mount namespace, a cluster directory
+# too deep for unix sockets): the last stderr line says why, and tests skip
+# with it (fail under GEOPD_REQUIRE_SLURM=1, as in CI); 1 anything else (e.g.
+# the node never became idle).
 #
 # Environment: SLURM_CLUSTER_DIR, SLURM_CLUSTER_GPUS (2),
 # SLURM_CLUSTER_CTLD_PORT, SLURM_CLUSTER_SLURMD_PORT (default: the first free
@@ -220,7 +222,8 @@ start_daemon() {  # start_daemon NAME PIDFILE [WRAPPER...] -- ARGS...
   while [ "$1" != "--" ]; do wrap+=("$1"); shift; done
   shift
   rm -f "$pidfile"
-  as_root env SLURM_CONF="$CONF" "${wrap[@]}" "$name" "$@" </dev/null >>"$ROOT/log/$name.out" 2>&1 \
+  # 9<&-: the daemon must not inherit (and so hold) the port lock.
+  as_root env SLURM_CONF="$CONF" "${wrap[@]}" "$name" "$@" 9<&- </dev/null >>"$ROOT/log/$name.out" 2>&1 \
     || cannot_run "$name failed to start: $(last_error "$ROOT/log/$name.log") (see $ROOT/log/$name.log)"
   for _ in $(seq 100); do
     pid=$(cat "$pidfile" 2>/dev/null || true)
