@@ -9,7 +9,7 @@
 # Use it as:  eval "$(scripts/slurm-cluster.sh up)"
 #
 # Debian's slurmctld/slurmd/munge packages, daemons started directly (no
-# systemd), proctrack/linuxproc and task/none (no cgroups), no slurmdbd, and
+# systemd), proctrack/pgid and task/none (no cgroups), no slurmdbd, and
 # two partitions: `cpu` (default) and `gpu` with fake GPUs (GRES backed by
 # device nodes made with mknod). Config, state, spool, logs and pid files live
 # in .slurm/ at the repo root (or $SLURM_CLUSTER_DIR); a munged of its own

@@ -124,6 +124,32 @@ def test_a_second_checkout_runs_its_own_cluster_alongside(slurm_conf, tmp_path):
     assert _cluster("status").returncode == 0   # this session's cluster is untouched
 
 
+def test_cancelled_job_leaves_no_process_behind(slurm_conf, tmp_path):
+    """A child that ignores SIGTERM and outlives the batch shell (as Snakemake's job-step process
+    does at a time limit) is still killed: the cluster tracks processes by process group, so an
+    orphan reparented to init is not lost."""
+    marker = f"geopd-orphan-probe-{os.getpid()}-{tmp_path.name}"
+    child = (f"{sys.executable} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             f"time.sleep(300)' {marker}")
+    job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", f"{child}; echo done"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+
+    def probe_pids():
+        return subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+
+    try:
+        _wait_for(probe_pids, 60, "the job's child process")
+        subprocess.run(["scancel", job], check=True)
+        # KillWait (30 s) bounds SIGTERM -> SIGKILL.
+        deadline = time.time() + 45
+        while probe_pids() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not probe_pids(), f"job {job}'s child outlived it"
+    finally:
+        for pid in probe_pids():
+            subprocess.run(["kill", "-KILL", pid])
+
+
 SNAKEFILE = textwrap.dedent(
     r'''
     localrules: all
