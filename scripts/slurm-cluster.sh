@@ -9,17 +9,30 @@
 # Use it as:  eval "$(scripts/slurm-cluster.sh up)"
 #
 # Debian's slurmctld/slurmd/munge packages, daemons started directly (no
-# systemd), proctrack/linuxproc and task/none (no cgroups), no slurmdbd, and
+# systemd), proctrack/pgid and task/none (no cgroups), no slurmdbd, and
 # two partitions: `cpu` (default) and `gpu` with fake GPUs (GRES backed by
-# device nodes made with mknod). Config, state, logs and pid files live in
-# .slurm/ at the repo root (or $SLURM_CLUSTER_DIR).
+# device nodes made with mknod). Config, state, spool, logs and pid files live
+# in .slurm/ at the repo root (or $SLURM_CLUSTER_DIR); a munged of its own
+# (key, socket) in /run/geopd-slurm/<hash of that directory>/; the ports are
+# picked free at `up`: clusters of two checkouts on one machine share nothing
+# and run side by side.
 #
-# Exit codes: 0 ok; 3 this OS cannot run the cluster (not root and no sudo,
-# no apt-get, packages or daemons fail): the last stderr line says why, and
-# tests skip with it; 1 anything else (e.g. the node never became idle).
+# Job steps find this cluster's config without SLURM_CONF (the executor's
+# job-step plugin strips it before its inner `srun`; so does any client that
+# cleans SLURM_* from its environment): slurmd runs in a private mount
+# namespace where $ROOT/etc is bind-mounted on /etc/slurm, Slurm's default
+# config directory, and every job inherits that view. Outside the jobs
+# nothing changes; clients there use `export SLURM_CONF=...`.
+#
+# Exit codes: 0 ok; 3 the cluster cannot run here (not root and no sudo, no
+# apt-get, packages or daemons fail, no mount namespace, a cluster directory
+# too deep for unix sockets): the last stderr line says why, and tests skip
+# with it (fail under GEOPD_REQUIRE_SLURM=1, as in CI); 1 anything else (e.g.
+# the node never became idle).
 #
 # Environment: SLURM_CLUSTER_DIR, SLURM_CLUSTER_GPUS (2),
-# SLURM_CLUSTER_CTLD_PORT (6817), SLURM_CLUSTER_SLURMD_PORT (6818),
+# SLURM_CLUSTER_CTLD_PORT, SLURM_CLUSTER_SLURMD_PORT (default: the first free
+# pair from 6817/6818 upwards; set both to pin them),
 # SLURM_CLUSTER_TIMEOUT (seconds to wait for an idle node, 60).
 set -euo pipefail
 
@@ -29,13 +42,18 @@ TEMPLATES=$REPO/tests/slurm
 CONF=$ROOT/etc/slurm.conf
 STARTED=$ROOT/run/started.pids   # "name pid" for each daemon this script started
 GPUS=${SLURM_CLUSTER_GPUS:-2}
-CTLD_PORT=${SLURM_CLUSTER_CTLD_PORT:-6817}
-SLURMD_PORT=${SLURM_CLUSTER_SLURMD_PORT:-6818}
 TIMEOUT=${SLURM_CLUSTER_TIMEOUT:-60}
-# The executor's job-step plugin strips SLURM_CONF before its inner `srun`;
-# Slurm clients fall back to this path (the configless cache location on a
-# compute node), so it points at our config while the cluster is up.
-RUNTIME_CONF_DIR=/run/slurm/conf
+# This cluster's munged: key, socket, pid, log, seed. munged wants every directory above its
+# socket open to all, which a checkout (or pytest's tmp dir) need not be, so it lives under
+# /run, named after $ROOT.
+MUNGE=/run/geopd-slurm/$(printf %s "$ROOT" | sha256sum | cut -c1-16)/munge
+MUNGE_SOCKET=$MUNGE/munge.socket.2
+# Slurm's default config directory (sysconfdir of Debian's build): where clients
+# without SLURM_CONF look; inside slurmd's mount namespace it is $ROOT/etc.
+DEFAULT_CONF_DIR=/etc/slurm
+# Serialises port choice and daemon start between checkouts (two `up`s at once
+# would otherwise both see the same ports free).
+PORT_LOCK=${TMPDIR:-/tmp}/geopd-slurm-cluster.ports.lock
 export PATH="$PATH:/usr/sbin:/sbin"
 
 log() { echo "slurm-cluster: $*" >&2; }
@@ -94,46 +112,66 @@ install_packages() {
   done
 }
 
-munge_works() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
+munge_works() { munge -S "$MUNGE_SOCKET" -n </dev/null 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; }
 
+# This cluster's own munged (never the system's): its key and socket live in
+# $MUNGE, and slurm.conf's AuthInfo points slurmctld, slurmd and the clients
+# at that socket.
 start_munge() {
-  if munge_works; then
-    return 0  # someone else's munged (e.g. the system's): use it, never stop it
+  if alive munged "$(recorded_pid munged)" && munge_works; then
+    return 0
   fi
-  local key=/etc/munge/munge.key
+  getent passwd munge >/dev/null || cannot_run "no munge user (the munge package did not install it)"
+  as_root mkdir -p "$MUNGE"
+  as_root chmod 0755 "$(dirname "$MUNGE")" "$(dirname "$(dirname "$MUNGE")")"
+  as_root chown munge:munge "$MUNGE"
+  as_root chmod 0755 "$MUNGE"
+  local key=$MUNGE/munge.key
   if ! as_root test -s "$key"; then
-    log "creating munge key $key"
-    as_root mkdir -p /etc/munge
-    if command -v mungekey >/dev/null 2>&1; then
-      as_root mungekey --create --keyfile="$key" || cannot_run "mungekey could not create $key"
-    else
-      as_root dd if=/dev/urandom of="$key" bs=1 count=1024 status=none || cannot_run "could not write $key"
-    fi
+    as_root dd if=/dev/urandom of="$key" bs=1 count=1024 status=none || cannot_run "could not write $key"
   fi
   as_root chown munge:munge "$key" && as_root chmod 0400 "$key"
-  as_root mkdir -p /run/munge /var/lib/munge /var/log/munge
-  as_root chown munge:munge /run/munge /var/lib/munge /var/log/munge
-  as_root chmod 0755 /run/munge
-  local pidfile=/run/munge/munged.pid
+  as_root rm -f "$MUNGE/munged.pid"
+  local args=(munged "--socket=$MUNGE_SOCKET" "--key-file=$key" "--pid-file=$MUNGE/munged.pid"
+              "--log-file=$MUNGE/munged.log" "--seed-file=$MUNGE/munged.seed")
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u munge -- munged --pid-file="$pidfile" </dev/null >>"$ROOT/log/munged.out" 2>&1 \
-      || cannot_run "munged failed to start (see $ROOT/log/munged.out, /var/log/munge/munged.log)"
+    runuser -u munge -- "${args[@]}" </dev/null >>"$ROOT/log/munged.out" 2>&1 \
+      || cannot_run "munged failed to start: $(tail -1 "$ROOT/log/munged.out") (see $MUNGE/munged.log)"
   else
-    sudo -n -u munge munged --pid-file="$pidfile" </dev/null >>"$ROOT/log/munged.out" 2>&1 \
-      || cannot_run "munged failed to start (see $ROOT/log/munged.out, /var/log/munge/munged.log)"
+    sudo -n -u munge "${args[@]}" </dev/null >>"$ROOT/log/munged.out" 2>&1 \
+      || cannot_run "munged failed to start: $(tail -1 "$ROOT/log/munged.out") (see $MUNGE/munged.log)"
   fi
   local pid
   for _ in $(seq 50); do
     munge_works && break
     sleep 0.1
   done
-  munge_works || cannot_run "munged started but munge/unmunge fail (see /var/log/munge/munged.log)"
-  pid=$(as_root cat "$pidfile" 2>/dev/null || true)
-  alive munged "$pid" || cannot_run "munged is not running after start (see /var/log/munge/munged.log)"
+  munge_works || cannot_run "munged started but munge/unmunge fail on $MUNGE_SOCKET (see $MUNGE/munged.log)"
+  pid=$(as_root cat "$MUNGE/munged.pid" 2>/dev/null || true)
+  alive munged "$pid" || cannot_run "munged is not running after start (see $MUNGE/munged.log)"
   record munged "$pid"
 }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+choose_ports() {  # sets CTLD_PORT and SLURMD_PORT
+  if [ -n "${SLURM_CLUSTER_CTLD_PORT:-}" ] || [ -n "${SLURM_CLUSTER_SLURMD_PORT:-}" ]; then
+    CTLD_PORT=${SLURM_CLUSTER_CTLD_PORT:?set SLURM_CLUSTER_SLURMD_PORT too}
+    SLURMD_PORT=${SLURM_CLUSTER_SLURMD_PORT:?set SLURM_CLUSTER_CTLD_PORT too}
+    for p in "$CTLD_PORT" "$SLURMD_PORT"; do
+      port_busy "$p" && die "port $p (SLURM_CLUSTER_*_PORT) is in use"
+    done
+    return 0
+  fi
+  local p
+  for ((p = 6817; p < 7017; p += 2)); do
+    if ! port_busy "$p" && ! port_busy "$((p + 1))"; then
+      CTLD_PORT=$p SLURMD_PORT=$((p + 1))
+      return 0
+    fi
+  done
+  die "no free port pair in 6817-7016 for slurmctld/slurmd; set SLURM_CLUSTER_CTLD_PORT and SLURM_CLUSTER_SLURMD_PORT"
+}
 
 render() {  # render TEMPLATE OUT
   sed -e "s|@CLUSTER@|$CLUSTER|g" -e "s|@HOST@|$HOST|g" -e "s|@ADDR@|$ADDR|g" \
@@ -141,6 +179,7 @@ render() {  # render TEMPLATE OUT
       -e "s|@ROOT@|$ROOT|g" -e "s|@CPUS@|$CPUS|g" -e "s|@BOARDS@|$BOARDS|g" \
       -e "s|@SOCKETS@|$SOCKETS|g" -e "s|@CORES@|$CORES|g" -e "s|@THREADS@|$THREADS|g" \
       -e "s|@MEM@|$MEM|g" -e "s|@GPUS@|$GPUS|g" -e "s|@GPU_LAST@|$((GPUS - 1))|g" \
+      -e "s|@MUNGE_SOCKET@|$MUNGE_SOCKET|g" \
       "$1" >"$2"
 }
 
@@ -173,32 +212,18 @@ write_config() {
   done
 }
 
-link_runtime_conf() {
-  local target=$ROOT/etc
-  if [ -L "$RUNTIME_CONF_DIR" ] && [ "$(readlink "$RUNTIME_CONF_DIR")" = "$target" ]; then
-    return 0
-  fi
-  if [ -e "$RUNTIME_CONF_DIR" ] || [ -L "$RUNTIME_CONF_DIR" ]; then
-    log "warning: $RUNTIME_CONF_DIR exists and is not ours; Snakemake job steps may not find this cluster's config"
-    return 0
-  fi
-  if [ -e /etc/slurm/slurm.conf ]; then
-    log "warning: /etc/slurm/slurm.conf exists; Slurm clients without SLURM_CONF (Snakemake's job steps) will use it"
-  fi
-  as_root mkdir -p "$(dirname "$RUNTIME_CONF_DIR")"
-  as_root ln -s "$target" "$RUNTIME_CONF_DIR"
-  record link "$RUNTIME_CONF_DIR"
-}
-
 last_error() {  # last error line of a daemon log, for one-line messages
   grep -E "error|fatal" "$1" 2>/dev/null | tail -1 | cut -c1-200 || true
 }
 
-start_daemon() {  # start_daemon NAME PIDFILE ARGS...
-  local name=$1 pidfile=$2 pid=""
+start_daemon() {  # start_daemon NAME PIDFILE [WRAPPER...] -- ARGS...
+  local name=$1 pidfile=$2 pid="" wrap=()
   shift 2
+  while [ "$1" != "--" ]; do wrap+=("$1"); shift; done
+  shift
   rm -f "$pidfile"
-  as_root env SLURM_CONF="$CONF" "$name" "$@" </dev/null >>"$ROOT/log/$name.out" 2>&1 \
+  # 9<&-: the daemon must not inherit (and so hold) the port lock.
+  as_root env SLURM_CONF="$CONF" "${wrap[@]}" "$name" "$@" 9<&- </dev/null >>"$ROOT/log/$name.out" 2>&1 \
     || cannot_run "$name failed to start: $(last_error "$ROOT/log/$name.log") (see $ROOT/log/$name.log)"
   for _ in $(seq 100); do
     pid=$(cat "$pidfile" 2>/dev/null || true)
@@ -228,17 +253,34 @@ wait_idle() {
 
 print_env() { echo "export SLURM_CONF=$CONF"; }
 
+# slurmd, and so every job step, sees $ROOT/etc as /etc/slurm (see the header).
+private_conf_view() {
+  as_root test -d "$DEFAULT_CONF_DIR" || as_root mkdir -p "$DEFAULT_CONF_DIR"
+  mkdir -p "$ROOT/etc"
+  NS_WRAP=(unshare --mount --propagation private sh -c 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+           sh "$ROOT/etc" "$DEFAULT_CONF_DIR")
+  as_root "${NS_WRAP[@]}" true 2>/dev/null \
+    || cannot_run "no private mount namespace with $ROOT/etc on $DEFAULT_CONF_DIR (unshare --mount failed): job steps could not find this cluster's config"
+}
+
+# slurmstepd listens on <spool>/<host>_<job>.<step>, a unix socket: 107 bytes at most.
+check_socket_paths() {
+  local longest=$ROOT/state/slurmd/${HOST}_4294967294.4294967294
+  [ ${#longest} -le 107 ] \
+    || cannot_run "$ROOT is too deep for slurmstepd's unix sockets; set SLURM_CLUSTER_DIR to a shorter path"
+}
+
 cmd_up() {
   [[ $GPUS =~ ^[1-9][0-9]*$ ]] || die "SLURM_CLUSTER_GPUS must be a positive integer, got '$GPUS'"
   need_root
   install_packages
   HOST=$(hostname -s)
+  check_socket_paths
   local ctld_pid slurmd_pid
   ctld_pid=$(recorded_pid slurmctld); slurmd_pid=$(recorded_pid slurmd)
-  if alive slurmctld "$ctld_pid" && alive slurmd "$slurmd_pid" && [ -f "$CONF" ]; then
-    log "already up (slurmctld $ctld_pid, slurmd $slurmd_pid)"
-    start_munge
-    link_runtime_conf
+  if alive slurmctld "$ctld_pid" && alive slurmd "$slurmd_pid" && alive munged "$(recorded_pid munged)" \
+      && [ -f "$CONF" ]; then
+    log "already up (slurmctld $ctld_pid, slurmd $slurmd_pid, ports $(conf_ports))"
     wait_idle
     print_env
     return 0
@@ -250,25 +292,35 @@ cmd_up() {
   # A failed start leaves nothing running behind it.
   trap 'rc=$?; if [ $rc -ne 0 ]; then stop_started; fi; exit $rc' EXIT
   mkdir -p "$ROOT/log" "$ROOT/run"
+  private_conf_view
   start_munge
+  # Held until both daemons listen, so another checkout's `up` picks other ports.
+  [ -e "$PORT_LOCK" ] || { : >>"$PORT_LOCK" && chmod 0666 "$PORT_LOCK"; } 2>/dev/null || true
+  exec 9<"$PORT_LOCK" || die "cannot open $PORT_LOCK"
+  flock -w 300 9 || die "another slurm-cluster.sh held $PORT_LOCK for 300 s"
+  choose_ports
   write_config
-  port_busy "$CTLD_PORT" && cannot_run "port $CTLD_PORT is in use (another slurmctld?); set SLURM_CLUSTER_CTLD_PORT"
-  port_busy "$SLURMD_PORT" && cannot_run "port $SLURMD_PORT is in use (another slurmd?); set SLURM_CLUSTER_SLURMD_PORT"
   # -c: start without the previous run's jobs, so a test never inherits a
   # half-finished job from a cluster that was killed.
-  start_daemon slurmctld "$ROOT/run/slurmctld.pid" -c -i
+  start_daemon slurmctld "$ROOT/run/slurmctld.pid" -- -c -i
   for _ in $(seq 100); do
     slurm scontrol ping 2>/dev/null | grep -q UP && break
     sleep 0.1
   done
   as_root rm -rf "${ROOT:?}/state/slurmd"
   mkdir -p "$ROOT/state/slurmd"
-  start_daemon slurmd "$ROOT/run/slurmd.pid" -N "$HOST"
-  link_runtime_conf
+  start_daemon slurmd "$ROOT/run/slurmd.pid" "${NS_WRAP[@]}" -- -N "$HOST"
+  for _ in $(seq 100); do
+    port_busy "$SLURMD_PORT" && break
+    sleep 0.1
+  done
+  exec 9<&-
   wait_idle
-  log "up: node $HOST idle; partitions: $(slurm sinfo -h -o '%P' | tr '\n' ' ')"
+  log "up: node $HOST idle; ports $CTLD_PORT/$SLURMD_PORT; partitions: $(slurm sinfo -h -o '%P' | tr '\n' ' ')"
   print_env
 }
+
+conf_ports() { sed -n 's/^Slurm\(ctld\|d\)Port=//p' "$CONF" 2>/dev/null | paste -sd/; }
 
 stop_pid() {  # stop_pid NAME PID
   local name=$1 pid=$2
@@ -303,11 +355,7 @@ stop_started() {
   stop_pid slurmd "$(recorded_pid slurmd)"
   stop_pid slurmctld "$ctld"
   stop_pid munged "$(recorded_pid munged)"
-  local link
-  link=$(recorded_pid link)
-  if [ -n "$link" ] && [ -L "$link" ] && [ "$(readlink "$link")" = "$ROOT/etc" ]; then
-    as_root rm -f "$link"
-  fi
+  as_root rm -rf "$(dirname "$MUNGE")"
   rm -f "$STARTED" "$ROOT/run/slurmctld.pid" "$ROOT/run/slurmd.pid"
 }
 
@@ -327,15 +375,14 @@ cmd_status() {
     pid=$(recorded_pid "$name")
     if alive "$name" "$pid"; then
       echo "$name: running (pid $pid)"
-    elif [ "$name" = munged ] && munge_works; then
-      echo "munged: running (not started by this script)"
     else
       echo "$name: not running"
-      [ "$name" = munged ] || up=1
+      up=1
     fi
   done
   if [ $up -eq 0 ]; then
     echo "SLURM_CONF=$CONF"
+    echo "ports: $(conf_ports) (slurmctld/slurmd)"
     slurm sinfo -o '%P %a %D %T %c %m %G' || up=1
   fi
   return $up

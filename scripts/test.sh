@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite (CPU only; brings up a local Slurm cluster if it can).
+# Set up, then run the whole test suite (CPU only; brings up a local Slurm cluster if it can:
+# its tests skip where this OS cannot run one, unless GEOPD_REQUIRE_SLURM=1 as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 # --- code sandbox: bubblewrap and libseccomp (OS packages; owner: the sandbox helper) ---
 bash scripts/install-sandbox-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
-exec python -m pytest -ra "$@"
+# -ra lists every skip with its reason; --durations the slowest tests.
+python -m pytest -ra --durations=25 "$@"

@@ -2,7 +2,7 @@
 Slurm profile (slurm/config.yaml) by a throwaway two-rule workflow.
 
 Skips with the script's own one-line reason where this OS cannot run the cluster
-(exit code 3); set GEOPD_REQUIRE_SLURM=1 (CI) to turn that skip into a failure.
+(exit code 3); GEOPD_REQUIRE_SLURM=1 (set by .ci/run) turns that skip into a failure.
 """
 import json
 import os
@@ -28,6 +28,12 @@ def _cluster(cmd: str, env=None) -> subprocess.CompletedProcess:
                           timeout=900, env=env)
 
 
+def _export(up: subprocess.CompletedProcess) -> str:
+    match = re.search(r"^export SLURM_CONF=(\S+)$", up.stdout, re.M)
+    assert match, f"no export line in:\n{up.stdout}\n{up.stderr}"
+    return match.group(1)
+
+
 @pytest.fixture(scope="session")
 def slurm_conf() -> str:
     """Bring the cluster up for the session; take it down only if we brought it up."""
@@ -39,9 +45,16 @@ def slurm_conf() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     assert up.returncode == 0, f"slurm-cluster.sh up failed:\n{up.stderr}"
-    match = re.search(r"^export SLURM_CONF=(\S+)$", up.stdout, re.M)
-    assert match, f"no export line in:\n{up.stdout}"
-    yield match.group(1)
+    conf = _export(up)
+    # As `eval "$(scripts/slurm-cluster.sh up)"` would: the tests' own squeue/scontrol/scancel
+    # find this cluster (nothing machine-wide points at it).
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if before is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = before
     if not was_up:
         down = _cluster("down")
         assert down.returncode == 0, down.stderr
@@ -57,6 +70,84 @@ def test_up_is_idempotent(slurm_conf):
     table = lines[next(i for i, line in enumerate(lines) if line.startswith("PARTITION")) + 1:]
     partitions = {line.split()[0] for line in table if line.strip()}
     assert partitions == {"cpu*", "gpu"}, status.stdout
+
+
+def test_required_cluster_that_cannot_come_up_fails_instead_of_skipping(tmp_path):
+    """What CI relies on: with GEOPD_REQUIRE_SLURM=1 a cluster that cannot start is an error.
+    The cluster here cannot start because its directory is too deep for unix socket paths."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    results = {}
+    for required in ("1", "0"):
+        env = dict(os.environ, GEOPD_REQUIRE_SLURM=required, SLURM_CLUSTER_DIR=str(deep))
+        env.pop("PYTEST_ADDOPTS", None)
+        results[required] = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "--basetemp",
+             str(tmp_path / f"base{required}"), f"{__file__}::test_up_is_idempotent"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    required, optional = results["1"], results["0"]
+    assert required.returncode == 1, required.stdout[-3000:] + required.stderr[-3000:]
+    assert "1 error" in required.stdout and "skipped" not in required.stdout, required.stdout[-3000:]
+    assert "too deep for slurmstepd's unix sockets" in required.stdout, required.stdout[-3000:]
+    assert optional.returncode == 0 and "1 skipped" in optional.stdout, optional.stdout[-3000:]
+    assert not deep.exists()   # refused before it wrote anything
+
+
+def test_a_second_checkout_runs_its_own_cluster_alongside(slurm_conf, tmp_path):
+    """Another checkout's cluster (its own directory) on the same machine: other ports, its own
+    munged and config, and its job steps find its config without SLURM_CONF."""
+    env = dict(os.environ, SLURM_CLUSTER_DIR=str(tmp_path / "other"))
+    env.pop("SLURM_CONF", None)
+    up = _cluster("up", env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        other = _export(up)
+        assert other == str(tmp_path / "other/etc/slurm.conf") != slurm_conf
+        ports = [re.search(rf"^{k}=(\d+)$", Path(conf).read_text(), re.M).group(1)
+                 for conf in (slurm_conf, other) for k in ("SlurmctldPort", "SlurmdPort")]
+        assert len(set(ports)) == 4, ports
+        sockets = {re.search(r"^AuthInfo=socket=(\S+)$", Path(conf).read_text(), re.M).group(1)
+                   for conf in (slurm_conf, other)}
+        assert len(sockets) == 2 and all(Path(s).is_socket() for s in sockets), sockets
+        # A job whose inner srun has no SLURM_CONF (as the executor's job-step plugin runs it).
+        job = subprocess.run(
+            ["sbatch", "--wait", "-o", str(tmp_path / "job.out"), "--wrap",
+             "env -u SLURM_CONF srun -n1 scontrol show config | grep -E '^(SlurmctldPort|StateSaveLocation) '"],
+            env=dict(env, SLURM_CONF=other), capture_output=True, text=True, timeout=120)
+        assert job.returncode == 0, job.stderr
+        shown = (tmp_path / "job.out").read_text()
+        assert re.search(rf"SlurmctldPort\s*=\s*{ports[2]}\b", shown), shown
+        assert str(tmp_path / "other/state/ctld") in shown, shown
+    finally:
+        down = _cluster("down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert _cluster("status", env=env).returncode == 1
+    assert _cluster("status").returncode == 0   # this session's cluster is untouched
+
+
+def test_cancelled_job_leaves_no_process_behind(slurm_conf, tmp_path):
+    """A child that ignores SIGTERM and outlives the batch shell (as Snakemake's job-step process
+    does at a time limit) is still killed: the cluster tracks processes by process group, so an
+    orphan reparented to init is not lost."""
+    marker = f"geopd-orphan-probe-{os.getpid()}-{tmp_path.name}"
+    child = (f"{sys.executable} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             f"time.sleep(300)' {marker}")
+    job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", f"{child}; echo done"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+
+    def probe_pids():
+        return subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+
+    try:
+        _wait_for(probe_pids, 60, "the job's child process")
+        subprocess.run(["scancel", job], check=True)
+        # KillWait (30 s) bounds SIGTERM -> SIGKILL.
+        deadline = time.time() + 45
+        while probe_pids() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not probe_pids(), f"job {job}'s child outlived it"
+    finally:
+        for pid in probe_pids():
+            subprocess.run(["kill", "-KILL", pid])
 
 
 SNAKEFILE = textwrap.dedent(
@@ -129,8 +220,8 @@ def test_profile_puts_rules_on_their_partitions_with_their_gres(slurm_conf, tmp_
     assert _field(cpu, "CUDA_VISIBLE_DEVICES") == "unset"
     assert _field(cpu, "NumTasks") == "2"
     assert _field(cpu, "CPUs/Task") == "1"
-    assert _field(cpu, "MinMemoryNode") == "1000M"   # profile: mem_mb = 1000 * attempt
-    assert _field(cpu, "TimeLimit") == "00:30:00"    # profile: runtime = 30 * attempt
+    assert _field(cpu, "MinMemoryNode") == "1000M"   # profile default-resources: mem_mb
+    assert _field(cpu, "TimeLimit") == "00:30:00"    # profile default-resources: runtime
     assert sorted(re.findall(r"^TASK=(\S+)$", cpu, re.M)) == ["0/2", "1/2"]
 
 
@@ -257,7 +348,7 @@ def test_scancelled_training_job_resumes_on_retry_with_more_time_and_memory(grid
     assert len(jobs) == 2, jobs  # the killed attempt and its retry
     killed, retry = sorted(jobs, key=lambda j: int(j["id"]))
     assert killed["state"] != "COMPLETED" and retry["state"] == "COMPLETED"
-    # attempt-scaled resources: runtime and memory double on the retry
+    # runtime x attempt (under the default max_runtime), mem_mb x attempt up to max_mem_mb (2000)
     assert _field(_show(killed["id"]), "TimeLimit") == "00:10:00"
     assert _field(_show(retry["id"]), "TimeLimit") == "00:20:00"
     assert _field(_show(killed["id"]), "MinMemoryNode") == "1000M"

@@ -1,12 +1,69 @@
 """Glue between the grid and Snakemake: config resources -> Snakemake/Slurm resources.
 
 Resource names are those of snakemake-executor-plugin-slurm (slurm_partition, slurm_account,
-runtime in minutes, mem_mb, cpus_per_task, nodes, tasks, gres). Memory and runtime grow with
-each retry (`attempt`), so a job killed for memory or time comes back with more.
+runtime in minutes, mem_mb, cpus_per_task, nodes, tasks, gres).
+
+Retries (the profile's `retries`) come back with more time and, where the config says how much
+a node has, more memory, so a job killed at its time limit or for memory can finish; training
+also resumes from its last saved state, so a retry never starts over. A request Slurm would
+reject is worse than no growth at all (the job then never starts), hence the caps:
+- runtime x attempt, at most `max_runtime` (minutes; the partition's time limit), default
+  DEFAULT_MAX_RUNTIME;
+- mem_mb x attempt, at most `max_mem_mb` (what one node has for jobs); without `max_mem_mb`
+  memory is not scaled, as nothing says how much a node has. A request at its cap (a whole
+  node) stays as it is.
 """
 from __future__ import annotations
 
+from geopd.errors import UserError
 from geopd.grid import Grid
+
+# 48 h: a common time limit of GPU partitions (`sinfo -o "%P %l"` shows yours). Jobs that ask
+# for more must state their partition's limit as max_runtime.
+DEFAULT_MAX_RUNTIME = 2880
+
+
+def retry_runtime(res: dict, attempt: int) -> int:
+    """Minutes asked for on this attempt (1-based): runtime x attempt, capped at max_runtime."""
+    return min(res["runtime"] * attempt, res.get("max_runtime", DEFAULT_MAX_RUNTIME))
+
+
+def retry_mem_mb(res: dict, attempt: int) -> int:
+    """Memory per node (MB) asked for on this attempt: mem_mb x attempt, capped at max_mem_mb;
+    unscaled when max_mem_mb is not set."""
+    cap = res.get("max_mem_mb")
+    return res["mem_mb"] if cap is None else min(res["mem_mb"] * attempt, cap)
+
+
+def _origin(grid: Grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str:
+    """The config block a resolved value came from (the most specific that sets one of keys)."""
+    if run is not None and any(k in grid.runs[run].resources for k in keys):
+        return f"runs.{run}.resources"
+    for block in (cls, "default"):
+        if any(k in grid.config["resources"].get(block, {}) for k in keys):
+            return f"resources.{block}"
+    return f"resources.{cls}"
+
+
+def check_resources(grid: Grid, rule: str) -> None:
+    """Refuse a request above its own cap: Slurm would reject every attempt of the job."""
+    cls = grid.RESOURCE_CLASS.get(rule, rule)
+    for run in (list(grid.runs) if cls == "train" else [None]):
+        res = grid.resources(rule, run)
+        where = f"rule {rule}" + (f", run {run}" if run else "")
+        cap = res.get("max_runtime", DEFAULT_MAX_RUNTIME)
+        if res["runtime"] > cap:
+            named = ("max_runtime" if "max_runtime" in res
+                     else f"max_runtime (default {DEFAULT_MAX_RUNTIME} min = 48 h)")
+            raise UserError(
+                f"{', '.join(grid.sources)}: {_origin(grid, cls, run, ('runtime', 'max_runtime'))}: "
+                f"runtime {res['runtime']} min exceeds {named} {cap} ({where}); set max_runtime to "
+                f"your partition's time limit or lower runtime")
+        if "max_mem_mb" in res and res["mem_mb"] > res["max_mem_mb"]:
+            raise UserError(
+                f"{', '.join(grid.sources)}: {_origin(grid, cls, run, ('mem_mb', 'max_mem_mb'))}: "
+                f"mem_mb {res['mem_mb']} exceeds max_mem_mb {res['max_mem_mb']} ({where}): "
+                f"no node could run it")
 
 
 def _resolved(grid: Grid, rule: str, wildcards) -> dict:
@@ -15,11 +72,10 @@ def _resolved(grid: Grid, rule: str, wildcards) -> dict:
 
 
 def snakemake_resources(grid: Grid, rule: str) -> dict:
-    def pick(key, scale=False):
-        def value(wildcards, attempt=1):
-            v = _resolved(grid, rule, wildcards)[key]
-            return v * attempt if scale else v
-        return value
+    check_resources(grid, rule)
+
+    def pick(key):
+        return lambda wildcards: _resolved(grid, rule, wildcards)[key]
 
     def gres(wildcards):
         gpus = _resolved(grid, rule, wildcards).get("gpus", 0)
@@ -27,8 +83,8 @@ def snakemake_resources(grid: Grid, rule: str) -> dict:
 
     resources = {
         "slurm_partition": pick("partition"),
-        "runtime": pick("runtime", scale=True),
-        "mem_mb": pick("mem_mb", scale=True),
+        "runtime": lambda wildcards, attempt=1: retry_runtime(_resolved(grid, rule, wildcards), attempt),
+        "mem_mb": lambda wildcards, attempt=1: retry_mem_mb(_resolved(grid, rule, wildcards), attempt),
         "cpus_per_task": pick("cpus"),
         "nodes": pick("nodes"),
         "tasks": pick("tasks"),
@@ -42,7 +98,8 @@ def snakemake_resources(grid: Grid, rule: str) -> dict:
         # step (its "mpi" path), where `geopd launch` starts its own srun with all the tasks.
         # The key's presence picks that path; the value "srun" also makes sbatch ask for --ntasks.
         resources["mpi"] = lambda wildcards: "srun" if _resolved(grid, rule, wildcards)["tasks"] > 1 else ""
-    if grid.config["resources"]["default"].get("account") or grid.config["resources"].get(rule, {}).get("account"):
+    cls = grid.RESOURCE_CLASS.get(rule, rule)
+    if grid.config["resources"]["default"].get("account") or grid.config["resources"].get(cls, {}).get("account"):
         resources["slurm_account"] = pick("account")
     return resources
 
