@@ -443,7 +443,8 @@ def render(summary: dict, config_name: str, jobs: dict[str, Job] | None = None,
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("targets", nargs="*", metavar="TARGET",
                         help="rule names, run names or job ids (default: everything)")
-    parser.add_argument("--configfile", default="config/config.yaml")
+    parser.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
+                        help="one or more config files, merged in order as `snakemake --configfile a b` does")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--detail", action="store_true",
                         help="print each estimate's memory terms per phase and its time components")
@@ -459,7 +460,8 @@ def _estimate_json(e: cm.Estimate) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    grid = Grid.from_file(args.configfile)
+    grid = Grid.from_files(args.configfile)
+    names = " + ".join(args.configfile)
     jobs = select(build_jobs(grid), grid, args.targets)
     estimates = estimate_jobs(grid, jobs)
     summary = summarize(jobs, estimates)
@@ -469,7 +471,7 @@ def main(args: argparse.Namespace) -> int:
         summary["problems"] = found
         print(json.dumps(summary, indent=2))
     else:
-        print(render(summary, args.configfile, jobs, estimates, args.detail))
+        print(render(summary, names, jobs, estimates, args.detail))
     if found:
-        raise UserError(f"{len(found)} problem(s) in {args.configfile}:\n  " + "\n  ".join(found))
+        raise UserError(f"{len(found)} problem(s) in {names}:\n  " + "\n  ".join(found))
     return 0
