@@ -100,8 +100,7 @@ def make_extrapolator(trainer) -> Extrapolator:
     prompts = [format_prompt(trainer.tokenizer, rec["prompt"]) for rec in local]
 
     def validate(step: int) -> float:
-        if trainer.dist.world > 1:
-            trainer.rollout.sync_weights(trainer.model)
+        trainer.rollout.sync_weights(trainer.model)  # the engine must sample from this candidate
         # Common random numbers: every candidate of a search is sampled with the same seed.
         seed = (spec["seed"] * 1_000_003 + step) * 64 + 63 - trainer.dist.rank
         ro = trainer.rollout.generate(prompts, 1, temperature=r["temperature"], top_p=r.get("top_p", 1.0),
