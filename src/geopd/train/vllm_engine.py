@@ -164,6 +164,19 @@ def trainer_weights(model, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tens
         yield name, t
 
 
+def _refresh_tied_lm_head(worker) -> None:
+    """Run on the worker after a reload. vLLM 0.32 on CPU computes the lm_head from a packed copy
+    of its weight, made when the layer is processed; a tied lm_head shares the embedding and gets
+    no weights of its own in reload_weights, so it is never reprocessed and its packed copy keeps
+    the old embedding (measured: log-probs off by 0.34 after a push). Process it again (on GPU
+    this is a no-op: the GEMM reads the weight itself)."""
+    model = worker.get_model()
+    head = getattr(model, "lm_head", None)
+    config = getattr(model, "config", None)
+    if head is not None and getattr(config, "tie_word_embeddings", False) and hasattr(head, "quant_method"):
+        head.quant_method.process_weights_after_loading(head)
+
+
 class Engine:
     """One vLLM LLM with geopd's settings; see the module docstring for placement and sleep.
 
@@ -257,6 +270,7 @@ class Engine:
         with own_rng():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named),
                                                               "is_checkpoint_format": True})
+            self.llm.collective_rpc(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()
         self.weights_discarded = False
 
