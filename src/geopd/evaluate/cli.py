@@ -166,10 +166,12 @@ def _generate(spec, model, prompts, *, seed, backend, device, batch_size, tokeni
 def evaluate_data_parallel(spec: dict, model: str, records: list[dict], *, seed: int, backend: str,
                            batch_size: int, workers: int) -> tuple[dict, list[dict], dict]:
     """data_parallel D: D independent engines, each a `geopd evaluate` process on its own
-    tensor_parallel GPUs (CUDA_VISIBLE_DEVICES) over every D-th problem (lm-eval's own vLLM data
-    parallelism needs ray, which geopd does not install). Per-sample records are merged back in
-    problem order; every metric is a mean of per-problem scores, so the problem-weighted mean of
-    the shards' metrics is exact. Samples differ from a D=1 run only in their random streams."""
+    tensor_parallel GPUs (CUDA_VISIBLE_DEVICES) over a contiguous block of the problems (lm-eval's
+    own vLLM data parallelism needs ray, which geopd does not install). A block starting at
+    problem a gets seed + a * samples, so on the code kinds (per-request seeds: problem i's
+    samples use seed + i * samples) every sample equals the D=1 run's; through lm-eval the
+    engine seed differs per block. Records are concatenated in problem order; every metric is a
+    mean of per-problem scores, so the problem-weighted mean of the blocks' metrics is exact."""
     import subprocess
     import sys
 
@@ -183,18 +185,20 @@ def evaluate_data_parallel(spec: dict, model: str, records: list[dict], *, seed:
             or [str(i) for i in range(torch.cuda.device_count())]) if torch.cuda.is_available() else []
     split = spec.get("split", "test")
     with tempfile.TemporaryDirectory(prefix="geopd-eval-dp-") as tmp:
-        procs = []
+        procs, bounds = [], [len(records) * i // dp for i in range(dp + 1)]
         for i in range(dp):
             shard = Path(tmp) / f"shard-{i}"
             shard.mkdir()
-            (shard / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[i::dp]))
+            block = records[bounds[i]:bounds[i + 1]]
+            (shard / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in block))
             shard_spec = {**spec, "data_dir": str(shard), "data_parallel": 1}
             shard_spec.pop("limit", None)  # applied above
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * tp:(i + 1) * tp])
             cmd = [sys.executable, "-m", "geopd.cli", "evaluate", "--model", str(model),
-                   "--benchmark", json.dumps(shard_spec), "--seed", str(seed), "--out", str(shard / "result.json"),
+                   "--benchmark", json.dumps(shard_spec), "--seed", str(seed + bounds[i] * k),
+                   "--out", str(shard / "result.json"),
                    "--samples", str(shard / "samples.jsonl"), "--backend", backend, "--batch-size", str(batch_size),
                    "--threads", str(max(1, workers // dp))]
             log = open(shard / "log", "w")
@@ -212,11 +216,11 @@ def evaluate_data_parallel(spec: dict, model: str, records: list[dict], *, seed:
         rows = [[json.loads(line) for line in (Path(tmp) / f"shard-{i}" / "samples.jsonl").read_text().splitlines()]
                 for i in range(dp)]
     samples = []
-    for j in range(len(records)):
-        i, local = j % dp, j // dp  # problem j is the local-th problem of shard i
-        for row in rows[i][local * k:(local + 1) * k]:
+    for i in range(dp):
+        for r, row in enumerate(rows[i]):
+            j = bounds[i] + r // k  # rows come k per problem, in the block's order
             if not any(key in records[j] for key in ("id", "question_id")):
-                row["id"] = j  # the shard's own position otherwise
+                row["id"] = j  # the block's own position otherwise
             samples.append(row)
     n = sum(r["n"] for r in results)
     metrics = {m: sum(r["metrics"][m] * r["n"] for r in results) / n for m in results[0]["metrics"]}

@@ -125,10 +125,10 @@ def lm_eval_vllm_class():
     else:
         from lm_eval.models.vllm_causallms import VLLM
         return VLLM
-    real = metadata.version
+    real, answer = metadata.version, vllm_version()
 
     def version(name: str) -> str:
-        return vllm_version() if name == "vllm" else real(name)
+        return answer if name == "vllm" else real(name)
 
     metadata.version = version
     try:
