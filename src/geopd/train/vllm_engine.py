@@ -230,6 +230,7 @@ class Engine:
             _PROCESS_TP[role] = tp
         self.asleep: set[str] = set()          # "weights" and/or "kv_cache" while sleeping
         self.weights_discarded = False         # level-2 sleep without a push since
+        self.sleep()  # asleep until first used: the next engine or the trainer finds the GPU free
 
     # ---- requests -----------------------------------------------------------------------------
 

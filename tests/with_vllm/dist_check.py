@@ -1,4 +1,4 @@
-"""One rank of tests/vllm/test_distributed.py (run by torchrun with 2 gloo processes).
+"""One rank of tests/with_vllm/test_distributed.py (run by torchrun with 2 gloo processes).
 
 Each rank: an FSDP2-sharded student, a colocated vLLM rollout engine and a vLLM teacher
 (external_launcher, tensor_parallel argv[1]), different prompts per rank. Writes what it
