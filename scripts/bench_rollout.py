@@ -75,7 +75,6 @@ def main() -> None:
             hidden, layers = (int(x) for x in size.lower().split("x"))
             model, params[size] = build(hidden, layers, os.path.join(tmp, size), tokenizer)
             t0 = time.perf_counter()
-            # kept alive to the end: deleting an engine tears down vLLM's process-global groups
             engines[size, "vllm"] = VLLMRollout(os.path.join(tmp, size), tokenizer=tokenizer,
                                                 settings={"dtype": "float32", "kv_cache_gib": 1}, colocated=False)
             start[size] = time.perf_counter() - t0

@@ -106,3 +106,12 @@ def test_placement_errors_before_loading(world):
         VLLMRollout(world.student, settings={**SETTINGS, "tensor_parallel": 2})
     with pytest.raises(UserError, match="unknown vLLM setting"):
         VLLMRollout(world.student, settings={"tensor_paralel": 1})
+
+
+def test_deleting_an_engine_leaves_the_others_working(engine, world, prompts):
+    import gc
+
+    other = VLLMRollout(world.student, settings=SETTINGS, seed=0)
+    del other
+    gc.collect()  # vLLM 0.32 would tear down the process's parallel groups with it
+    engine.generate(prompts, 1, temperature=1.0, top_p=1.0, max_new_tokens=4, seed=0).check()

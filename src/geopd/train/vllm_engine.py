@@ -23,6 +23,8 @@ in-process engines, and two external_launcher engines per rank on 2 gloo ranks, 
 parallel 1 and 2), but only with the same tensor_parallel: vLLM keeps its model-parallel groups
 in process-global state, and a second engine of another size fails ("tensor parallel group
 already initialized, but of unexpected size"). `check_colocation` says so before anything loads.
+Deleting one of them would tear down those groups under the other, so engines live as long as
+their process (`_LIVE`).
 
 Sleep. With `sleep: true` on CUDA an engine is built with enable_sleep_mode and sleeps while
 the trainer computes: the rollout engine at level 2 (weights and KV cache dropped: fresh weights
@@ -56,6 +58,10 @@ CPU_KV_CACHE_GIB = 1.0
 # torch.compile, FSDP1); vLLM's loaders know the plain Hugging Face names.
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
 _PROCESS_TP: dict[str, int] = {}  # role -> tensor_parallel of the engines built in this process
+# Every engine of the process, kept to its end: deleting one vLLM 0.32 LLM tears down the
+# process-global parallel groups that the others still use (measured: the next generate of a
+# surviving engine fails with "pipeline model parallel group is not initialized").
+_LIVE: list = []
 
 
 def on_cuda() -> bool:
@@ -226,6 +232,7 @@ class Engine:
         self.dtype = getattr(torch, kwargs["dtype"]) if kwargs["dtype"] != "auto" else None
         with own_rng():
             self.llm = vllm.LLM(**kwargs)
+        _LIVE.append(self.llm)
         if colocated:
             _PROCESS_TP[role] = tp
         self.asleep: set[str] = set()          # "weights" and/or "kv_cache" while sleeping
