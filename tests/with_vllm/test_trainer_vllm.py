@@ -65,3 +65,27 @@ def test_colocated_engines_need_one_tensor_parallel_size(world, tmp_path):
     spec = spec_for(world, tmp_path, teacher_engine={"backend": "vllm", "vllm": {**SETTINGS, "tensor_parallel": 2}})
     with pytest.raises(UserError, match="one tensor-parallel size per process"):
         Trainer(spec, threads=1, progress=False)
+
+
+def test_off_policy_rollouts_come_from_the_teacher_checkpoint(world, tmp_path):
+    """rollout.source teacher: the vLLM rollout engine samples from the teacher's checkpoint, and
+    its log-probs (the behaviour policy of the ratio) are the teacher's."""
+    from geopd.train.checkpoint import load_model
+    from geopd.train.loop import Trainer
+    from geopd.train.teacher import HFTeacher
+
+    spec = spec_for(world, tmp_path, steps=1, checkpoints=[1], objective={"coef": 1.0, "clip_low": 1.0,
+                                                                          "clip_high": 1.0})
+    spec["rollout"] = {**spec["rollout"], "source": "teacher"}
+    trainer = Trainer(spec, threads=1, progress=False)
+    teacher = load_model(world.teacher).eval()
+    gaps, real = [], trainer.rollout.generate
+
+    def generate(prompts, n, **kw):
+        ro = real(prompts, n, **kw)
+        gaps.append((ro.response_logprobs - HFTeacher(teacher).score(ro)).abs().max().item())
+        return ro
+
+    trainer.rollout.generate = generate
+    trainer.fit()
+    assert len(gaps) == 1 and gaps[0] <= 1e-5, gaps
