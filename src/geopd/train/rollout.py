@@ -326,10 +326,10 @@ class VLLMRollout:
     @classmethod
     def from_module(cls, model, tokenizer, *, settings: dict | None = None, seed: int = 0) -> "VLLMRollout":
         from geopd.train.checkpoint import write_config
-        from geopd.train.vllm_engine import check_settings
+        from geopd.train.vllm_engine import check_settings, llm_kwargs
 
-        dtype = getattr(torch, check_settings(settings, "rollout.vllm").get(
-            "dtype", "bfloat16" if torch.cuda.is_available() else "float32"))
+        name = llm_kwargs(check_settings(settings, "rollout.vllm"))["dtype"]
+        dtype = next(model.parameters()).dtype if name == "auto" else getattr(torch, name)
         with tempfile.TemporaryDirectory(prefix="geopd-vllm-config-") as folder:
             write_config(model, tokenizer, folder, dtype=dtype)  # config and tokenizer: no weights
             engine = cls(folder, tokenizer=tokenizer, settings=settings, seed=seed, follows_trainer=True,

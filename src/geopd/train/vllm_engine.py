@@ -229,10 +229,10 @@ class Engine:
             kwargs["enable_sleep_mode"] = True
         self.role, self.colocated, self.sleep_level = role, colocated, sleep_level
         self.settings, self.tensor_parallel, self.rank = settings, tp, rank
-        self.dtype = getattr(torch, kwargs["dtype"]) if kwargs["dtype"] != "auto" else None
         with own_rng():
             self.llm = vllm.LLM(**kwargs)
         _LIVE.append(self.llm)
+        self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to, too
         if colocated:
             _PROCESS_TP[role] = tp
         self.asleep: set[str] = set()          # "weights" and/or "kv_cache" while sleeping
@@ -243,9 +243,9 @@ class Engine:
 
     def run(self, prompts: list[dict], params):
         """llm.generate, awake, in request order, without touching the caller's RNG."""
-        self.wake()
         if self.weights_discarded:
             raise UserError(f"the {self.role} engine slept with its weights dropped; push weights before using it")
+        self.wake()
         with own_rng():
             return self.llm.generate(prompts, params, use_tqdm=False)
 
