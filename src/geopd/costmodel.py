@@ -599,6 +599,8 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
         if r.get("backend", "hf") != "vllm":
             est.problems.append("rollout.backend hf on GPU is not modelled (fp32 replica, whole-batch "
                                 "KV cache): use rollout.backend vllm")
+        elif r.get("source") == "teacher" and s.get("teacher_engine", {}).get("backend") == "vllm":
+            pass  # off-policy: the teacher's own engine samples (geopd.train.loop): no second engine
         else:
             source = teacher if r.get("source") == "teacher" else student
             rollout_engine = _vllm(source, r.get("vllm", {}), gpu_bytes, default_util=0.5, a=a)
@@ -613,7 +615,8 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
             if te.get("backend", "hf") == "vllm":
                 v = te.get("vllm", {})
                 # one request's prompt tokens per step: logits in the engine dtype + fp32 log-probs
-                logprobs = min(a.vllm_max_num_batched_tokens, seq) * teacher.vocab * (DTYPE_BYTES[v.get("dtype", "bfloat16")] + 4)
+                batched = v.get("max_num_batched_tokens", a.vllm_max_num_batched_tokens)
+                logprobs = min(batched, seq) * teacher.vocab * (DTYPE_BYTES[v.get("dtype", "bfloat16")] + 4)
                 teacher_engine = _vllm(teacher, v, gpu_bytes, default_util=0.4, transient=logprobs, a=a)
                 est.problems += [f"teacher engine: {p}" for p in teacher_engine.problems(seq)]
                 est.info["teacher engine (awake, per GPU)"] = teacher_engine.breakdown()
@@ -624,21 +627,24 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
                 hf = Breakdown().add("HF teacher fp32 weights", 4 * teacher.params())
                 hf.add("HF teacher logits (64 sequences)", 64 * seq * teacher.vocab * 4 * 2)
                 phases["teacher scoring"] = hf
-        # Memory of each engine while the other phases run: its reservation, or its residue asleep.
+        # Memory of each engine while the trainer computes: its reservation, or its residue asleep.
+        # The engines of one process sleep and wake together (vLLM 0.32 has one sleep allocator per
+        # process; geopd.train.vllm_engine), so while either generates or scores both are awake.
         def held(e: VLLMEngine | None, block: dict) -> float:
             if e is None:
                 return 0.0
             return a.vllm_sleep_residue_gib * GiB if block.get("sleep") else e.reserved
         r_block = r.get("vllm", {})
         t_block = s.get("teacher_engine", {}).get("vllm", {})
-        if rollout_engine is not None:
-            gen = Breakdown(dict(resident.terms)).add("rollout engine (awake)", rollout_engine.reserved)
-            gen.add("teacher engine" + (" (asleep)" if t_block.get("sleep") else ""), held(teacher_engine, t_block))
-            phases["generation"] = gen
+        awake = Breakdown(dict(resident.terms))
+        for e, name in ((rollout_engine, "rollout"), (teacher_engine, "teacher")):
+            if e is not None:
+                awake.add(f"{name} engine (awake)", e.reserved)
+        if rollout_engine is not None or teacher_engine is not None and r.get("source") == "teacher":
+            phases["generation"] = Breakdown(dict(awake.terms))
         if teacher_engine is not None:
-            score = Breakdown(dict(resident.terms)).add("teacher engine (awake)", teacher_engine.reserved)
+            score = Breakdown(dict(awake.terms))
             score.add("teacher prompt log-probs (outside vLLM's budget)", teacher_engine.transient)
-            score.add("rollout engine" + (" (asleep)" if r_block.get("sleep") else ""), held(rollout_engine, r_block))
             phases["teacher scoring"] = score
         for e, block, name in ((rollout_engine, r_block, "rollout"), (teacher_engine, t_block, "teacher")):
             train.add(f"{name} engine" + (" (asleep)" if block.get("sleep") else ""), held(e, block))
@@ -681,12 +687,15 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
         tokens = samples * (a.prompt_tokens + mean_new)
         context = (a.prompt_tokens + mean_new) / 2
         est.info.update(rollout_tokens=steps * samples * mean_new, train_tokens=steps * tokens)
-        if rollout_engine is not None:
-            engines = world // rollout_engine.tp
+        sampler = rollout_engine if rollout_engine is not None else (
+            teacher_engine if r.get("source") == "teacher" else None)  # off-policy: the teacher's engine
+        if sampler is not None:
+            engines = world // sampler.tp
             sec["rollout generation"] = steps * generation_seconds(
-                rollout_engine, engines, samples, a.prompt_tokens, r["max_new_tokens"], a)
-            est.info["decode_tokens_per_s_per_gpu"] = rollout_engine.decode_tokens_per_s(
-                a.prompt_tokens + mean_new / 2, math.ceil(samples / engines)) / rollout_engine.tp
+                sampler, engines, samples, a.prompt_tokens, r["max_new_tokens"], a)
+            est.info["decode_tokens_per_s_per_gpu"] = sampler.decode_tokens_per_s(
+                a.prompt_tokens + mean_new / 2, math.ceil(samples / engines)) / sampler.tp
+        if rollout_engine is not None:
             if run.extrapolation:
                 ext = run.extrapolation
                 searches = sum(1 for k in range(steps.bit_length() + 1)

@@ -237,6 +237,23 @@ def benchmark_problems(grid: Grid, bench: str) -> int | None:
     return None if n is None else min(n, spec.get("limit", n))
 
 
+def evaluation_spec(grid: Grid, bench: str, *, run: str | None = None, model: str | None = None) -> dict:
+    """The benchmark spec one evaluation job runs with: tensor_parallel x data_parallel filled in
+    from the cost model (the smallest tensor-parallel group that holds the evaluated model, then
+    every GPU the job requests), unless the benchmark fixes them. The evaluate rules and the
+    planner use this one choice, so what `geopd plan` checked is what runs."""
+    spec = grid.benchmark_spec(bench)
+    res = grid.resources("evaluate")
+    if spec.get("backend") != "vllm" or res.get("gpus", 0) == 0 or grid.config.get("device", "cpu") == "cpu":
+        return spec
+    shapes = Shapes(grid)
+    name = model if model is not None else shapes.root_model(Ref("run", run))
+    gpu_bytes = cm.gpu_memory_bytes(res) or float("inf")
+    max_len = spec.get("max_model_len") or cm.ASSUMPTIONS.max_prompt_tokens + spec["max_new_tokens"]
+    tp, dp = cm.eval_parallelism(shapes.model(name), spec, res["gpus"], res.get("nodes", 1), gpu_bytes, max_len)
+    return {**spec, "tensor_parallel": tp, "data_parallel": dp}
+
+
 def estimate_jobs(grid: Grid, jobs: dict[str, Job]) -> dict[str, cm.Estimate]:
     """An estimate for every job the cost model covers (training, evaluation, diagnostics);
     jobs with the same inputs share one."""

@@ -115,3 +115,14 @@ def test_deleting_an_engine_leaves_the_others_working(engine, world, prompts):
     del other
     gc.collect()  # vLLM 0.32 would tear down the process's parallel groups with it
     engine.generate(prompts, 1, temperature=1.0, top_p=1.0, max_new_tokens=4, seed=0).check()
+
+
+def test_a_rank_without_prompts_gets_no_samples(engine, world):
+    # More data-parallel ranks than prompts: the rank still calls the engine (its tensor-parallel
+    # group may span ranks) and gets an empty batch; the vLLM teacher scores it as empty.
+    ro = engine.generate([], 3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
+    assert ro.num_samples == 0 and ro.group_size == 3 and ro.texts == []
+    from geopd.train.teacher import make_teacher
+
+    teacher = make_teacher("vllm", world.teacher, world.tokenizer, dtype=torch.float32, vllm=SETTINGS)
+    assert teacher.score(ro).shape == (0, 1)

@@ -1,5 +1,7 @@
 # Accuracy of every checkpoint (and of each teacher) on the run's benchmarks.
 
+from geopd.plan import evaluation_spec
+
 
 rule evaluate:
     input:
@@ -10,7 +12,7 @@ rule evaluate:
         samples=f"{R}/eval/{{run}}/step-{{step}}/{{bench}}.samples.jsonl",
     params:
         model=lambda wc: G.checkpoint(wc.run, int(wc.step)),
-        spec=lambda wc: spec_json(G.benchmark_spec(wc.bench)),
+        spec=lambda wc: spec_json(evaluation_spec(G, wc.bench, run=wc.run)),
         seed=config["seed"],
     threads: threads("evaluate")
     log:
@@ -31,7 +33,7 @@ rule evaluate_model:
         samples=f"{R}/eval/models/{{model}}/{{bench}}.samples.jsonl",
     params:
         model=lambda wc: G.model_source(wc.model),
-        spec=lambda wc: spec_json(G.benchmark_spec(wc.bench)),
+        spec=lambda wc: spec_json(evaluation_spec(G, wc.bench, model=wc.model)),
         seed=config["seed"],
     threads: threads("evaluate")
     log:

@@ -316,8 +316,14 @@ class Trainer:
         r = self.spec["rollout"]
         backend, vllm = r.get("backend", "hf"), dict(settings=r.get("vllm"), seed=self.spec["seed"])
         if r.get("source") == "teacher":
-            # Off-policy: the teacher samples. A vLLM teacher has no torch module here; a vLLM
-            # rollout engine loads the teacher's checkpoint itself.
+            # Off-policy: the teacher samples. A vLLM teacher samples from its own engine (one copy
+            # of its weights); otherwise a vLLM rollout engine loads the teacher's checkpoint.
+            from geopd.train.teacher import VLLMTeacher
+
+            if backend == "vllm" and isinstance(self.teacher, VLLMTeacher):
+                from geopd.train.rollout import VLLMRollout
+
+                return VLLMRollout.on_engine(self.teacher.engine, self.tokenizer, self.teacher.model_path)
             return make_rollout_engine(backend, model=getattr(self.teacher, "model", None),
                                        model_path=self.spec["teacher"] if backend == "vllm" else None,
                                        tokenizer=self.tokenizer, **vllm)

@@ -356,6 +356,16 @@ class VLLMRollout:
         self.eos = eos_ids(self.tokenizer)
 
     @classmethod
+    def on_engine(cls, engine, tokenizer, model_path: str | os.PathLike) -> "VLLMRollout":
+        """Sampling from an engine that already exists, e.g. the vLLM teacher's off-policy: one copy
+        of the teacher's weights on the GPUs, not two. The engine must return processed log-probs
+        (VLLMTeacher's does: at its scoring temperature 1.0 they are the raw ones)."""
+        self = cls.__new__(cls)
+        self.model_path, self.tokenizer, self.engine = str(model_path), tokenizer, engine
+        self.eos = eos_ids(tokenizer)
+        return self
+
+    @classmethod
     def from_module(cls, model, tokenizer, *, settings: dict | None = None, seed: int = 0) -> "VLLMRollout":
         from geopd.train.checkpoint import write_config
         from geopd.train.vllm_engine import check_settings, llm_kwargs
@@ -374,7 +384,8 @@ class VLLMRollout:
         from vllm import SamplingParams
 
         check_sampling(temperature, top_p, max_new_tokens, n)
-        prompt_ids = encode_prompts(self.tokenizer, prompts)
+        # A rank with no prompts still joins its tensor-parallel group's gather and run.
+        prompt_ids = encode_prompts(self.tokenizer, prompts) if prompts else []
         members, me = self.engine.tp_gather((prompt_ids, seed))
         requests, params = [], []
         for ids, member_seed in members:
@@ -384,7 +395,9 @@ class VLLMRollout:
                                              seed=(member_seed + i * n) % 2**63, logprobs=0,
                                              stop_token_ids=self.eos, detokenize=False))
         first = sum(len(ids) for ids, _ in members[:me])
-        outs = self.engine.run(requests, params)[first:first + len(prompt_ids)]  # in submission order
+        outs = self.engine.run(requests, params)[first:first + len(prompt_ids)] if requests else []
+        if not prompt_ids:
+            return Rollouts.empty(n)
         responses, logprobs = [], []
         for out in outs:
             if len(out.outputs) != n:

@@ -68,8 +68,10 @@ class VLLMTeacher:
     def __init__(self, model_path: str | os.PathLike, *, settings: dict | None = None, seed: int = 0):
         from geopd.train.vllm_engine import Engine
 
+        # processed log-probs: equal to the raw ones at scoring temperature 1.0, and what an
+        # off-policy run needs when it samples from this same engine (VLLMRollout.on_engine).
         self.engine = Engine(model_path, settings, role="teacher", seed=seed, sleep_level=1,
-                             where="teacher_engine.vllm")
+                             logprobs_mode="processed_logprobs", where="teacher_engine.vllm")
         self.model = None  # no transformers module: off-policy sampling from it needs the vllm rollout backend
         self.model_path = str(model_path)
 
@@ -81,7 +83,9 @@ class VLLMTeacher:
         members, me = self.engine.tp_gather(rows)
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         first = sum(len(m) for m in members[:me])
-        outs = self.engine.run([{"prompt_token_ids": r} for m in members for r in m], params)[first:first + len(rows)]
+        requests = [{"prompt_token_ids": r} for m in members for r in m]
+        # A rank with no sequences still joins its tensor-parallel group's gather and run.
+        outs = self.engine.run(requests, params)[first:first + len(rows)] if requests else []
         scores = torch.zeros(seq.shape, dtype=torch.float32)
         for j, out in enumerate(outs):
             cols = attn[j].nonzero().squeeze(1).tolist()  # column of each attended token

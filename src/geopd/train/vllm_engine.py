@@ -54,8 +54,8 @@ import torch
 
 from geopd.errors import UserError
 
-SETTINGS = ("tensor_parallel", "gpu_memory_utilization", "dtype", "max_model_len", "enforce_eager", "sleep",
-            "kv_cache_gib")
+SETTINGS = ("tensor_parallel", "gpu_memory_utilization", "dtype", "max_model_len", "max_num_batched_tokens",
+            "enforce_eager", "sleep", "kv_cache_gib")
 CPU_KV_CACHE_GIB = 1.0
 # Module prefixes that wrappers insert into parameter names (torch activation checkpointing,
 # torch.compile, FSDP1); vLLM's loaders know the plain Hugging Face names.
@@ -113,6 +113,8 @@ def check_colocation(spec: dict) -> None:
     rollout, teacher = spec.get("rollout") or {}, spec.get("teacher_engine") or {}
     if rollout.get("backend") != "vllm" or teacher.get("backend") != "vllm" or not spec.get("teacher"):
         return
+    if rollout.get("source") == "teacher":
+        return  # off-policy: the teacher's engine samples too (Trainer._rollout_engine), one engine
     a = (rollout.get("vllm") or {}).get("tensor_parallel", 1)
     b = (teacher.get("vllm") or {}).get("tensor_parallel", 1)
     if a != b:
@@ -132,6 +134,8 @@ def llm_kwargs(settings: dict) -> dict:
         kwargs["gpu_memory_utilization"] = float(settings["gpu_memory_utilization"])
     if settings.get("max_model_len"):
         kwargs["max_model_len"] = int(settings["max_model_len"])
+    if settings.get("max_num_batched_tokens"):
+        kwargs["max_num_batched_tokens"] = int(settings["max_num_batched_tokens"])
     kv_gib = settings.get("kv_cache_gib")
     if kv_gib is None and not cuda and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
         kv_gib = CPU_KV_CACHE_GIB
