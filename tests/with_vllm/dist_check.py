@@ -13,11 +13,10 @@ os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
 if __name__ == "__main__":
     import torch
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     from geopd.train.checkpoint import load_model, load_tokenizer
     from geopd.train.data import format_prompt
+    from geopd.train.loop import Dist, shard_model
     from geopd.train.rollout import make_rollout_engine, sequence_logprobs
     from geopd.train.teacher import HFTeacher, make_teacher
 
@@ -28,10 +27,8 @@ if __name__ == "__main__":
     rank = dist.get_rank()
     tok = load_tokenizer(student)
     model = load_model(student)
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    # The trainer's own sharding (FSDP2 per layer + root, chunked log-prob method attached).
+    shard_model(model, Dist(rank, dist.get_world_size(), "cpu"))
     teacher = make_teacher("vllm", teacher_path, tok, vllm=settings)
     engine = make_rollout_engine("vllm", model=model, tokenizer=tok, settings=settings, seed=0)
     questions = [["What is 1+2?", "What is 33+4?"], ["What is 7+85?"]][rank]  # uneven on purpose
