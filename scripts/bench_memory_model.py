@@ -219,7 +219,7 @@ def step_bound(run_spec: dict) -> dict:
         rows, width = r["prompts_per_step"] * r["samples"], 64 + r["max_new_tokens"]  # prompts < 64 tokens
         scored = rows * r["max_new_tokens"]  # only response tokens go through lm_head
     tokens = max(min(engine.micro_batch_tokens or rows * width, rows * width), width)
-    parts = cm.train_step(shape, engine, 1, tokens, width=width, scored=scored)
+    parts = cm.train_step(shape, engine, 1, tokens, width=width, scored=scored, entropy=run_spec["method"] != "sft")
     step = parts.total - parts.terms["fp32 master weights (sharded)"]  # resident before the step
     if run_spec["method"] != "sft":
         # One phase after the other: sampling (HFRollout, fp32), then the HF teacher scoring the

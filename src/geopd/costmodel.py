@@ -4,39 +4,30 @@ Pure arithmetic on model shapes and run settings (no torch, no GPU). Every figur
 formula below and the throughput assumptions in `Assumptions`, the one place where numbers
 that are not read from the config live (each with its source or reasoning).
 
-Memory per GPU of a training job (FSDP2 over all N GPUs of the job, P parameters):
-- sharded state: fp32 master weights 4P/N + fp32 gradients 4P/N + Adam moments 8P/N;
-- compute copies in param dtype: the root module (embedding, lm_head, final norm: FSDP2 keeps
-  the root unsharded from forward to backward) plus two decoder layers (the one computing and
-  the one prefetched); unsharded gradients: the root's in param dtype, one layer's in param
-  dtype plus its reduce-dtype copy. Each of these is taken at its own worst moment, so their
-  sum is an upper bound (measured: +8% on a tiny bf16 model);
-- activations of one micro-batch of T tokens (`Shape.layer_activation_bytes`): without
-  checkpointing every layer's, alive while the log-probs run; with per-layer checkpointing each
-  layer's saved input (L x H x T) plus the larger of the log-probs' peak and one layer's
-  recompute (the log-probs finish their backward before the last layer is recomputed);
-- log-probs through lm_head: a chunk of C tokens x vocab in param dtype, its fp32 upcast and
-  fp32 gradient (`logprob_chunk_tokens`); without chunking (today's trainer) the whole
-  micro-batch's fp32 logits, their gradient and the gradient of the [:, :-1] slice, with the
-  logits held by the caller until backward returns.
-A caching-allocator factor and a CUDA context are added on top of the tensors.
+Memory per GPU of a training job: the trainer's own formulas ("the trainer's memory" below:
+`train_step`, `scoring_pass`, `sharded_load`), the one memory model of the trainer, also used
+by its tests and scripts/bench_memory_model.py. A caching-allocator factor and a CUDA context
+are added on top of the tensors.
 
-OPD/RLVR steps run in phases, each with its own peak: generation (trainer's sharded weights
-and Adam moments resident, gradients freed, rollout engine awake), teacher scoring (teacher
-engine awake, plus the prompt log-probs vLLM computes outside its budget), recompute of the
-behaviour log-probs, training. An awake vLLM engine holds its gpu_memory_utilization x GPU
-memory (weights at its dtype / tensor_parallel, activations, the rest KV cache); with `sleep`
-a sleeping one keeps `vllm_sleep_residue_gib` (its KV cache is freed; its weights go to host
-memory at level 1, the teacher, or are dropped at level 2, the rollout engine, whose weights
-the trainer pushes after waking it). This presumes the trainer empties PyTorch's cache before
-an engine wakes.
+A training job runs in phases, each with its own peak: start-up (the student sharded before
+its weights exist, each rank reading its own slices, before any engine starts), and for
+OPD/RLVR generation (the trainer's sharded weights and Adam moments resident, gradients freed),
+teacher scoring (plus the prompt log-probs vLLM computes outside its budget), recompute of the
+behaviour log-probs and training. An awake vLLM engine holds its gpu_memory_utilization x GPU
+memory (weights at its dtype / tensor_parallel, activations, the rest KV cache). The engines of
+one process sleep and wake together (vLLM 0.32 has one sleep allocator per process;
+geopd.train.vllm_engine): both are awake while either generates or scores, a sleeping one
+keeps `vllm_sleep_residue_gib` (its KV cache freed), and its weights go to pinned host memory
+(level 1: the teacher's, and the rollout engine's beside a teacher) or are dropped (level 2: a
+rollout engine alone, whose weights the trainer pushes after waking it). The trainer empties
+PyTorch's cache before an engine wakes (geopd.train.vllm_engine._wake_all).
 
 Time: token counts x FLOPs per token / (GPUs x peak x utilisation) for training, recompute
 and teacher scoring; vLLM decode from a memory-bandwidth roofline (weights + the KV cache read
 per step, concurrency bounded by the KV cache), never faster than one longest response at
 concurrency 1 (the tail of a rollout batch). Checked against measurements: the trainer terms
-by scripts/bench_memory_model.py (tensor accounting of tiny-model steps on CPU); throughput
-figures only by their sources until a GPU run measures them.
+by scripts/bench_memory_model.py (exact tensor accounting and peak RSS of the trainer's steps on
+CPU); throughput figures only by their sources until a GPU run measures them.
 """
 from __future__ import annotations
 
@@ -367,6 +358,16 @@ def unsharded_bytes(shape: Shape, engine: Engine, world: int, *, grads: bool = T
     return out
 
 
+def sharded_load(shape: Shape, world: int, file_bytes: int = 2) -> Breakdown:
+    """The start-up peak of one of `world` processes (geopd.train.checkpoint.load_sharded_model,
+    before any engine starts): the model is built on the meta device and sharded, its fp32 shards
+    allocated, and each rank reads only its slices of the checkpoint's tensors (`file_bytes` per
+    element: bf16 on the hub), one at a time -- never the whole model, as a plain load would
+    (4P on every GPU)."""
+    out = Breakdown().add("fp32 master weights (sharded)", 4 * shape.params() / world)
+    return out.add("largest tensor's slice being read", file_bytes * shape.vocab * shape.hidden / world)
+
+
 def _decoder_bytes(shape: Shape, b: int, tokens: int, scored: int, *, grad: bool) -> float:
     """The final norm's saved tensors, the token ids and the scored hidden states (and their
     gradient)."""
@@ -649,7 +650,7 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
     host = Breakdown().add("GPU processes", gpus * a.host_process_gib * GiB)
     # rank 0 gathers on the host: the fp32 weights and a bf16 copy to export a checkpoint (6P), the
     # fp32 weights and Adam moments to save the training state (12P; geopd.train.checkpoint)
-    host.add("training state gathered on rank 0 (fp32 weights + Adam moments)", 12 * student.params())
+    host.add("training state gathered on rank 0 (fp32 + Adam)", 12 * student.params())
     est.memory_limit = gpu_bytes
     if gpu_bytes is None:
         est.problems.append("resources: gpu_memory_gb is not set: GPU memory cannot be checked")
@@ -690,12 +691,8 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
         b.terms.update(extra.terms)
         return b
 
-    # Start-up (geopd.train.checkpoint.load_sharded_model): the model is built on the meta device
-    # and sharded, then each rank reads only its slices of the checkpoint (bf16 on the hub),
-    # before any engine starts.
-    load = Breakdown().add("fp32 master weights (sharded)", 4 * student.params() / world)
-    load.add("largest tensor's slice being read", 2 * student.vocab * student.hidden / world)
-    phases = {"load": load, "train": slack(with_extra(train_step(student, engine, world, micro, width=width)))}
+    phases = {"load": sharded_load(student, world),
+              "train": slack(with_extra(train_step(student, engine, world, micro, width=width, entropy=rl)))}
     resident = with_extra(trainer_state(student, world, grads=False))
     if hf_teacher:  # 64 sequences per micro-batch, lm_head in default chunks
         score = Breakdown(dict(resident.terms))
@@ -740,7 +737,7 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
         sleepers = [name for _, block, name in engines if block.get("sleep")]
         for e, block, name in engines:
             if name in sleepers and (len(sleepers) > 1 or levels[name] == 1):
-                host.add(f"{name} engine weights asleep (level 1, pinned, per GPU x {gpus})", gpus * e.weights)
+                host.add(f"{name} engine weights, level-1 sleep (pinned, x {gpus} GPUs)", gpus * e.weights)
 
         def held(b: Breakdown) -> Breakdown:
             """Each engine while the trainer computes: its residue asleep, else its reservation."""
