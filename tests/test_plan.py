@@ -3,6 +3,7 @@ passing, undersized resources failing with the rule and run named, shapes from t
 mirror, and the memory model against peaks measured on the miniature trainer."""
 import copy
 import json
+import re
 import subprocess
 import sys
 
@@ -69,11 +70,30 @@ def test_memory_terms_known_values(paper):
     assert q8.kv_bytes_per_token(2, tp=16) == 147456 / 8
     state = cm.trainer_state(q8, world=16)
     assert state.total == 16 * q8.params() / 16  # fp32 master + gradients + two Adam moments
-    # chunked log-probs: chunk x vocab x (bf16 logits + fp32 upcast + fp32 gradient), nothing kept
-    engine = cm.Engine(param_dtype="bfloat16", activation_checkpointing=True, logprob_chunk_tokens=4096)
-    assert cm.logits_bytes(q8, engine, 32768) == (4096 * 151936 * 10, 0.0)
-    # today's trainer: the whole micro-batch's fp32 logits x 3 at the peak
-    assert cm.logits_bytes(q8, cm.Engine(), 1000)[0] == 12 * 1000 * 151936
+    # one layer's saved activations per token in bf16, 1000 columns: fp32 norm inputs 4(2h + q + kv)
+    # 53,248 + bf16 normalised values b(4h + q + kv) 43,008 + rsqrt 4(2 + 32 + 8) 168 + SDPA's q,
+    # repeated k/v and output 4bq 32,768 + log-sum-exp 128 + additive mask 2,000 + SwiGLU 4bi 98,304
+    assert q8.layer_activation_bytes(2, 1000) == 229624
+    # chunked log-probs: 4096 x vocab bf16 logits + 3 fp32 blocks of 2**24 (2 + the upcast), then
+    # lm_head's fp32 gradient, one chunk's bf16 product and its fp32 cast (backward)
+    engine = cm.Engine(param_dtype="bfloat16", logprob_chunk_tokens=4096)
+    assert cm.head_chunk_rows(q8, 32768, engine.logprob_chunk_tokens) == 4096
+    vh = 151936 * 4096
+    step = cm.train_step(q8, engine, 32, 8192, width=8192)
+    assert step.terms["log-probs through lm_head (chunks)"] == 4096 * 151936 * 2 + 3 * 4 * 2**24 + 10 * vh
+    assert step.terms["unsharded weights: root + 2 layers"] == 2 * (q8.root_params() + 2 * q8.layer_params())
+    # with checkpointing the paper's 32,768-token micro-batch peaks in a recomputed layer's backward
+    ac = cm.train_step(q8, cm.Engine(param_dtype="bfloat16", activation_checkpointing=True, logprob_chunk_tokens=4096),
+                       32, 32768, width=18432)
+    assert ac.terms["checkpointed layer inputs"] == 36 * 32768 * 4096 * 2
+    assert ac.terms["one layer recomputed + its backward"] == 32768 * (q8.layer_activation_bytes(2, 18432)
+                                                                       + 2 * 2 * 12288 + 2 * 2 * 4096)
+    # a micro-batch that fits no chunk: never more rows than the scored positions
+    assert cm.head_chunk_rows(q8, 100, 4096) == 100
+    # no checkpointing: every layer's activations; no FSDP2 on one fp32 process
+    plain = cm.train_step(q8, cm.Engine(), 1, 1000, width=1000)
+    assert plain.terms["activations (every layer)"] == 36 * 1000 * q8.layer_activation_bytes(4, 1000)
+    assert not any("unsharded" in k for k in plain.terms)
 
 
 def test_updates_per_rollout_step_as_slime():
@@ -96,16 +116,18 @@ def test_paper_plan_passes_with_memory_time_and_updates(repo):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     grid = Grid.from_file(repo / PAPER)
-    rows = {line.split()[0]: line.split() for line in out.split("training runs")[1].split("\n\n")[0].splitlines()[1:]
-            if line.startswith("  ") and not line.startswith("  (")}
+    lines = [re.sub(r" \([a-z ]+\)", "", line)  # the peak's phase, e.g. "(teacher scoring)"
+             for line in out.split("training runs")[1].split("\n\n")[0].splitlines()[1:]
+             if line.startswith("  ") and not line.startswith("  (")]
+    rows = {line.split()[0]: line.split() for line in lines}
     assert set(rows) == set(grid.runs)
     for name, row in rows.items():
         peak, limit = map(float, row[3].split("/"))
         assert 0 < peak <= limit, name
-        assert float(row[5]) > 0 and float(row[6]) >= 0.5 * float(row[5]), name  # estimated vs requested hours
-    assert rows["opd-8b-t32b"][7:] == ["37+", str(299 * 37)]
-    assert rows["rlvr-8b"][7:] == ["16", str(1023 * 16)]
-    assert rows["sft-8b"][7:] == ["1", "5375"]
+        assert float(row[4]) > 0 and float(row[5]) >= 0.5 * float(row[4]), name  # estimated vs requested hours
+    assert rows["opd-8b-t32b"][6:] == ["37+", str(299 * 37)]
+    assert rows["rlvr-8b"][6:] == ["16", str(1023 * 16)]
+    assert rows["sft-8b"][6:] == ["1", "5375"]
     for rule in ("evaluate", "evaluate_model", "diagnose", "similarity"):
         line = next(l for l in out.splitlines() if l.startswith(f"  {rule} "))
         assert "/" in line.split()[-1] or "GPU" in line or "node" in line, line
@@ -139,7 +161,7 @@ def test_too_little_time_fails_naming_rule_and_run(paper):
 
 def test_teacher_that_cannot_fit_its_engine_fails(paper):
     found = plan_problems(changed(paper, "method_defaults", "opd", "teacher_engine", "vllm", "tensor_parallel", 1))
-    teacher = [p for p in found if "teacher engine: gpu_memory_utilization 0.35" in p]
+    teacher = [p for p in found if "teacher engine: gpu_memory_utilization 0.5 " in p]
     assert teacher and "opd-8b-t32b" in teacher[0] and "opd-4b-t8b" not in teacher[0]  # 8B teacher fits at tp 1
 
 
@@ -201,24 +223,23 @@ def test_model_without_shape_or_mirror_fails_planning_naming_it(paper):
 
 @pytest.fixture(scope="module")
 def measured(repo):
-    proc = subprocess.run([sys.executable, "scripts/bench_memory_model.py", "--json", "--cases",
-                           "vocab", "ac", "bf16", "chunked"], cwd=repo, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "scripts/bench_memory_model.py", "--json", "--cases", *MEASURED],
+                          cwd=repo, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {r["case"]: r for r in json.loads(proc.stdout)}
 
 
+MEASURED = ["vocab", "ac", "chunked", "bf16", "bf16-ac"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["vocab", "ac", "bf16"])
+@pytest.mark.parametrize("case", MEASURED)
 def test_memory_model_matches_measured_peaks(measured, case):
-    """Predicted tensor peak within -10% / +20% of the measured one (exact tensor accounting of
-    one SFT step: a large vocabulary, per-layer checkpointing, bf16 FSDP2 mixed precision).
-    The FSDP2 buffer terms are upper bounds (each at its own worst moment), hence the +20%."""
+    """The trainer's memory model (costmodel.train_step) against exact tensor accounting of one
+    SFT step of the Trainer (scripts/bench_memory_model.py): a large vocabulary with lm_head in
+    default chunks, per-layer checkpointing, small chunks under a token budget, bf16 FSDP2 mixed
+    precision with and without checkpointing. An upper bound, at most 25% above the measured
+    peak, never more than 3% below it: the gradients and FSDP2's unsharded buffers are each
+    counted at their own worst moment, before the step's peak has freed some of them."""
     ratio = measured[case]["ratio"]
-    assert 0.9 <= ratio <= 1.2, measured[case]
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="today's trainer materialises the whole micro-batch's logits; "
-                                       "chunked log-probs through lm_head are issue 15 item 1")
-def test_chunked_log_probs_stay_under_the_model(measured):
-    assert measured["chunked"]["ratio"] >= 0.9, measured["chunked"]
+    assert 0.97 <= ratio <= 1.25, measured[case]

@@ -4,39 +4,30 @@ Pure arithmetic on model shapes and run settings (no torch, no GPU). Every figur
 formula below and the throughput assumptions in `Assumptions`, the one place where numbers
 that are not read from the config live (each with its source or reasoning).
 
-Memory per GPU of a training job (FSDP2 over all N GPUs of the job, P parameters):
-- sharded state: fp32 master weights 4P/N + fp32 gradients 4P/N + Adam moments 8P/N;
-- compute copies in param dtype: the root module (embedding, lm_head, final norm: FSDP2 keeps
-  the root unsharded from forward to backward) plus two decoder layers (the one computing and
-  the one prefetched); unsharded gradients: the root's in param dtype, one layer's in param
-  dtype plus its reduce-dtype copy. Each of these is taken at its own worst moment, so their
-  sum is an upper bound (measured: +8% on a tiny bf16 model);
-- activations of one micro-batch of T tokens (`Shape.layer_activation_bytes`): without
-  checkpointing every layer's, alive while the log-probs run; with per-layer checkpointing each
-  layer's saved input (L x H x T) plus the larger of the log-probs' peak and one layer's
-  recompute (the log-probs finish their backward before the last layer is recomputed);
-- log-probs through lm_head: a chunk of C tokens x vocab in param dtype, its fp32 upcast and
-  fp32 gradient (`logprob_chunk_tokens`); without chunking (today's trainer) the whole
-  micro-batch's fp32 logits, their gradient and the gradient of the [:, :-1] slice, with the
-  logits held by the caller until backward returns.
-A caching-allocator factor and a CUDA context are added on top of the tensors.
+Memory per GPU of a training job: the trainer's own formulas ("the trainer's memory" below:
+`train_step`, `scoring_pass`, `sharded_load`), the one memory model of the trainer, also used
+by its tests and scripts/bench_memory_model.py. A caching-allocator factor and a CUDA context
+are added on top of the tensors.
 
-OPD/RLVR steps run in phases, each with its own peak: generation (trainer's sharded weights
-and Adam moments resident, gradients freed, rollout engine awake), teacher scoring (teacher
-engine awake, plus the prompt log-probs vLLM computes outside its budget), recompute of the
-behaviour log-probs, training. An awake vLLM engine holds its gpu_memory_utilization x GPU
-memory (weights at its dtype / tensor_parallel, activations, the rest KV cache); with `sleep`
-a sleeping one keeps `vllm_sleep_residue_gib` (its KV cache is freed; its weights go to host
-memory at level 1, the teacher, or are dropped at level 2, the rollout engine, whose weights
-the trainer pushes after waking it). This presumes the trainer empties PyTorch's cache before
-an engine wakes.
+A training job runs in phases, each with its own peak: start-up (the student sharded before
+its weights exist, each rank reading its own slices, before any engine starts), and for
+OPD/RLVR generation (the trainer's sharded weights and Adam moments resident, gradients freed),
+teacher scoring (plus the prompt log-probs vLLM computes outside its budget), recompute of the
+behaviour log-probs and training. An awake vLLM engine holds its gpu_memory_utilization x GPU
+memory (weights at its dtype / tensor_parallel, activations, the rest KV cache). The engines of
+one process sleep and wake together (vLLM 0.32 has one sleep allocator per process;
+geopd.train.vllm_engine): both are awake while either generates or scores, a sleeping one
+keeps `vllm_sleep_residue_gib` (its KV cache freed), and its weights go to pinned host memory
+(level 1: the teacher's, and the rollout engine's beside a teacher) or are dropped (level 2: a
+rollout engine alone, whose weights the trainer pushes after waking it). The trainer empties
+PyTorch's cache before an engine wakes (geopd.train.vllm_engine._wake_all).
 
 Time: token counts x FLOPs per token / (GPUs x peak x utilisation) for training, recompute
 and teacher scoring; vLLM decode from a memory-bandwidth roofline (weights + the KV cache read
 per step, concurrency bounded by the KV cache), never faster than one longest response at
 concurrency 1 (the tail of a rollout batch). Checked against measurements: the trainer terms
-by scripts/bench_memory_model.py (tensor accounting of tiny-model steps on CPU); throughput
-figures only by their sources until a GPU run measures them.
+by scripts/bench_memory_model.py (exact tensor accounting and peak RSS of the trainer's steps on
+CPU); throughput figures only by their sources until a GPU run measures them.
 """
 from __future__ import annotations
 
@@ -223,25 +214,29 @@ class Shape:
         heads = math.ceil(self.kv_heads / tp)
         return 2 * self.layers * heads * self.head_dim * dtype_bytes
 
-    def layer_activation_bytes(self, dtype_bytes: int) -> float:
-        """Bytes one decoder layer saves for backward, per token (HF Qwen3, SDPA/flash attention).
+    def layer_activation_bytes(self, dtype_bytes: int, width: int = 0) -> float:
+        """Bytes autograd saves per token in one decoder layer of transformers' Qwen3 under SDPA,
+        in a padded micro-batch of `width` columns (counted tensor by tensor with
+        saved_tensors_hooks on CPU, fp32 and bf16: exact to the byte, weights aside).
 
-        RMSNorm of width w saves an fp32 copy of its input (4w) plus its normalised value and
-        output in the compute dtype (2bw; for fp32 these are the input itself and two new
-        tensors, 12w in all); q_norm/k_norm save no output (RoPE multiplies by constants).
-        q: input copy + normalised + RoPE output; k the same on kv width; v; attention output
-        and its contiguous copy for o_proj, fp32 log-sum-exp per head; MLP: gate, silu(gate),
-        up and their product. The layer's input is not saved by the layer itself.
-        """
+        Each RMSNorm saves its input in fp32 (4w), its rsqrt (4 per row) and the normalised
+        value in the compute dtype (bw), and its output is saved by the projection it feeds (bh,
+        two per layer); q_norm/k_norm the same on q/k (their outputs feed RoPE, which saves only
+        cos/sin). SDPA saves q, k and v with k/v repeated to every head (transformers repeats
+        them whenever a mask is passed), its output (also o_proj's input), an fp32 log-sum-exp
+        per head, and the additive form of the mask in the compute dtype (width per token). The
+        SwiGLU MLP saves gate, silu(gate), up and their product (MoE: those of its k experts,
+        the routed input copies and the fp32 router logits). The layer's input is saved by the
+        norm (as its fp32 copy, or itself in fp32), not again."""
         b, h, q, kv = dtype_bytes, self.hidden, self.q_dim, self.kv_dim
-        norms = 2 * (4 * h + 2 * b * h)
-        attn = (4 * q + 2 * b * q) + (4 * kv + 2 * b * kv) + b * kv + 2 * b * q + 4 * self.heads
-        if self.moe:  # per token: its k experts' gate/silu/up/product, routed input copies, fp32 router
+        if self.moe:
             k = self.experts_per_tok
             mlp = k * (4 * b * self.moe_intermediate + b * h) + 8 * self.num_experts
         else:
             mlp = 4 * b * self.intermediate
-        return norms + attn + mlp
+        norms = 4 * (2 * h + q + kv) + b * (4 * h + q + kv) + 4 * (2 + self.heads + self.kv_heads)
+        attention = 4 * b * q + 4 * self.heads + b * width
+        return norms + attention + mlp
 
 
 # ---- breakdowns ------------------------------------------------------------------------------
@@ -266,12 +261,13 @@ class Breakdown:
 
 @dataclass(frozen=True)
 class Engine:
-    """The trainer's precision and memory settings (a run's `engine:` block)."""
+    """The trainer's precision and memory settings (a run's `engine:` block; the trainer reads
+    the same block as geopd.train.loop.EngineSettings)."""
     param_dtype: str = "float32"
     reduce_dtype: str = "float32"
     activation_checkpointing: bool = False
-    micro_batch_tokens: int | None = None       # None: today's trainer (rows x width per micro-batch)
-    logprob_chunk_tokens: int | None = None     # None: full [B, T, V] logits
+    micro_batch_tokens: int | None = None       # None: SFT in 4 length buckets, one micro-batch per RL update
+    logprob_chunk_tokens: int | None = None     # None: ~2**24 logits per lm_head chunk
 
     @classmethod
     def from_settings(cls, block: dict | None) -> "Engine":
@@ -282,12 +278,67 @@ class Engine:
         return DTYPE_BYTES[self.param_dtype]
 
     @property
-    def r(self) -> int:
-        return DTYPE_BYTES[self.reduce_dtype]
+    def mixed_precision(self) -> bool:
+        return self.param_dtype != "float32" or self.reduce_dtype != "float32"
+
+    def sharded(self, world: int) -> bool:
+        """FSDP2 (geopd.train.loop.shard_model): more than one process, or mixed precision."""
+        return world > 1 or self.mixed_precision
+
+
+# ---- the trainer's memory ---------------------------------------------------------------------
+#
+# What one training process holds, from the trainer's code paths (geopd.train.loop,
+# geopd.train.logprobs); bytes, P parameters, W processes, b bytes of the compute dtype, L
+# layers, H hidden, V vocabulary, a micro-batch of T padded tokens over `width` columns of which
+# n positions are scored, a = Shape.layer_activation_bytes(b, width):
+#
+#   persistent   fp32 master 4P/W + fp32 gradients 4P/W + AdamW moments 8P/W
+#   unsharded    FSDP2 only: b (P_root + 2 P_layer) weights (the root unit -- embedding, final
+#                norm, lm_head -- stays gathered from forward to backward; one layer computing,
+#                one prefetched) and as much again for their gradients before reduce-scatter
+#   activations  without checkpointing every layer's, L T a; with it each layer's input L T H b,
+#                and one layer's T a while it is recomputed in backward
+#   decoder      the final norm's T (4H + bH + 4) and the token ids, the n scored hidden states
+#                and their gradient 2 n H b
+#   head         C = min(logprob_chunk_tokens, n) rows of logits, C V b, never [B, T, V]; fp32
+#                blocks of at most 2**24 logits (forward 2, 4 with the entropy; backward 2; one
+#                more for the fp32 copy of bf16 logits), and in backward lm_head's fp32 gradient
+#                accumulator 4 V H, with one chunk's product b V H and its fp32 cast when b < 4
+#   backward     one layer's gradient temporaries T (2 b I + 2 b H) (the MLP's intermediate,
+#                the hidden stream), alive when the head's are not
+#   optimizer    AdamW one parameter at a time (foreach=False): 2 fp32 temporaries of the
+#                largest shard
+#
+#   step = persistent + unsharded + max(activations + decoder + max(head, backward), optimizer)
+#
+# (with checkpointing the recomputed layer and its backward replace `backward`: the head runs
+# before any layer is recomputed). A no-grad pass (old log-probs, rollout log-probs, the HF
+# teacher) holds per micro-batch one layer's working set, the decoder output, the scored hidden
+# states and one head chunk (`scoring_pass`); transformers' `generate` its KV cache
+# (`hf_generation_bytes`). Checked against exact tensor accounting and peak RSS of the trainer's
+# steps on CPU (scripts/bench_memory_model.py; tests/test_plan.py, tests/test_train_memory.py).
+
+# Logits per fp32 block of the log-softmax pieces: geopd.train.objectives._CHUNK_ELEMENTS (a
+# test holds the two equal; this module does not import torch).
+LOGIT_BLOCK_ELEMENTS = 1 << 24
+
+
+def head_chunk_rows(shape: Shape, scored: int, chunk_tokens: int | None) -> int:
+    """Rows per lm_head chunk: the run's logprob_chunk_tokens, else ~2**24 logits
+    (geopd.train.logprobs.default_chunk_tokens), never more than the scored positions."""
+    return max(1, min(scored, chunk_tokens or max(1, LOGIT_BLOCK_ELEMENTS // shape.vocab)))
+
+
+def head_bytes(shape: Shape, chunk: int, b: int, *, blocks: int) -> int:
+    """One chunk of logits in the compute dtype and `blocks` fp32 temporaries of at most 2**24
+    logits (plus one for the fp32 copy of logits in a narrower dtype)."""
+    blocks += 1 if b < 4 else 0
+    return chunk * shape.vocab * b + blocks * 4 * min(chunk * shape.vocab, LOGIT_BLOCK_ELEMENTS)
 
 
 def trainer_state(shape: Shape, world: int, *, grads: bool = True) -> Breakdown:
-    """Sharded fp32 master weights, gradients and Adam moments on one of `world` GPUs."""
+    """Sharded fp32 master weights, gradients and Adam moments on one of `world` processes."""
     p = shape.params() / world
     out = Breakdown().add("fp32 master weights (sharded)", 4 * p)
     if grads:
@@ -295,52 +346,88 @@ def trainer_state(shape: Shape, world: int, *, grads: bool = True) -> Breakdown:
     return out.add("Adam moments (sharded)", 8 * p)
 
 
-def logits_bytes(shape: Shape, engine: Engine, tokens: int) -> tuple[float, float]:
-    """(peak, kept) bytes of the log-probs through lm_head for one micro-batch with backward:
-    the peak while they are computed and differentiated, and what stays alive through the
-    rest of the backward pass."""
-    if engine.logprob_chunk_tokens:
-        chunk = min(engine.logprob_chunk_tokens, tokens)
-        # chunk logits in param dtype, their fp32 upcast, and its fp32 gradient; nothing kept
-        return chunk * shape.vocab * (engine.b + 8), 0.0
-    # Today: logits upcast to fp32 (saved by the log-prob), their gradient, and the gradient of
-    # the [:, :-1] slice (a full-size copy; the bf16 logits and their gradient are never alive
-    # at the same time as all three). The caller holds the fp32 logits until backward returns.
-    full = tokens * shape.vocab
-    return 12 * full, 4 * full
-
-
-def activation_bytes(shape: Shape, engine: Engine, tokens: int) -> Breakdown:
-    """Activation and log-prob bytes at the peak of one micro-batch's forward + backward."""
-    b, h = engine.b, shape.hidden
-    layer = shape.layer_activation_bytes(b) * tokens
-    chunked = " (chunked)" if engine.logprob_chunk_tokens else " (full logits)"
-    peak, kept = logits_bytes(shape, engine, tokens)
+def unsharded_bytes(shape: Shape, engine: Engine, world: int, *, grads: bool = True) -> Breakdown:
+    """FSDP2's gathered compute copies (and gradients before reduce-scatter): the root unit and
+    two decoder layers in the compute dtype; nothing for a plain module."""
     out = Breakdown()
-    # final norm (saved like a layer's norm) and the hidden-state gradients in flight
-    out.add("final norm + hidden gradients", (4 * h + 2 * b * h) * tokens + 2 * b * h * tokens)
-    if not engine.activation_checkpointing:  # every layer's activations live when lm_head runs
-        out.add("activations (every layer)", shape.layers * layer)
-        return out.add("log-probs through lm_head" + chunked, peak)
-    out.add("saved layer inputs (checkpointing)", shape.layers * b * h * tokens)
-    # the log-probs finish their backward before the last layer is recomputed
-    if peak >= layer + kept:
-        return out.add("log-probs through lm_head" + chunked, peak)
-    out.add("one layer's activations (recompute)", layer)
-    return out.add("logits kept by the trainer through backward", kept)
-
-
-def trainer_peak(shape: Shape, engine: Engine, world: int, tokens: int) -> Breakdown:
-    """Tensor bytes on one GPU at the peak of a training micro-batch (forward + backward)."""
-    out = trainer_state(shape, world)
-    sharded = world > 1 or engine.param_dtype != "float32"
-    if sharded:  # FSDP2: unsharded compute copies and gradient buffers
-        b, r = engine.b, engine.r
-        out.add("compute copies: root + 2 layers", b * (shape.root_params() + 2 * shape.layer_params()))
-        out.add("unsharded gradients: root + 1 layer", b * shape.root_params() + (b + r) * shape.layer_params())
-    for name, value in activation_bytes(shape, engine, tokens).terms.items():
-        out.add(name, value)
+    if engine.sharded(world):
+        units = engine.b * (shape.root_params() + 2 * shape.layer_params())
+        out.add("unsharded weights: root + 2 layers", units)
+        if grads:
+            out.add("unsharded gradients: root + 2 layers", units)
     return out
+
+
+def sharded_load(shape: Shape, world: int, file_bytes: int = 2) -> Breakdown:
+    """The start-up peak of one of `world` processes (geopd.train.checkpoint.load_sharded_model,
+    before any engine starts): the model is built on the meta device and sharded, its fp32 shards
+    allocated, and each rank reads only its slices of the checkpoint's tensors (`file_bytes` per
+    element: bf16 on the hub), one at a time -- never the whole model, as a plain load would
+    (4P on every GPU)."""
+    out = Breakdown().add("fp32 master weights (sharded)", 4 * shape.params() / world)
+    return out.add("largest tensor's slice being read", file_bytes * shape.vocab * shape.hidden / world)
+
+
+def _decoder_bytes(shape: Shape, b: int, tokens: int, scored: int, *, grad: bool) -> float:
+    """The final norm's saved tensors, the token ids and the scored hidden states (and their
+    gradient)."""
+    h = shape.hidden
+    return tokens * (4 * h + b * h + 12) + (2 if grad else 1) * scored * h * b
+
+
+def train_step(shape: Shape, engine: Engine, world: int, tokens: int, *, width: int | None = None,
+               scored: int | None = None, entropy: bool = True) -> Breakdown:
+    """Peak bytes of one process in a training step: forward and backward of its largest
+    micro-batch (`tokens` padded tokens, `width` columns, default one row; `scored` positions
+    through lm_head, default all; `entropy`: the RL updates log it, SFT does not), then AdamW."""
+    b, h, v, T = engine.b, shape.hidden, shape.vocab, tokens
+    n = T if scored is None else min(scored, T)
+    out = trainer_state(shape, world)
+    out.terms.update(unsharded_bytes(shape, engine, world).terms)
+    a = shape.layer_activation_bytes(b, width or T)
+    chunk = head_chunk_rows(shape, n, engine.logprob_chunk_tokens)
+    forward = head_bytes(shape, chunk, b, blocks=4 if entropy else 2)
+    backward = head_bytes(shape, chunk, b, blocks=2) + 4 * v * h + ((b + 4) * v * h if b < 4 else 0)
+    head = max(forward, backward)
+    layer_backward = T * (2 * b * shape.intermediate + 2 * b * h)
+    during = Breakdown()
+    if engine.activation_checkpointing:
+        during.add("checkpointed layer inputs", shape.layers * T * h * b)
+    else:
+        during.add("activations (every layer)", shape.layers * T * a)
+    during.add("final norm, scored hidden states", _decoder_bytes(shape, b, T, n, grad=True))
+    if engine.activation_checkpointing and T * a + layer_backward > head:
+        during.add("one layer recomputed + its backward", T * a + layer_backward)
+    elif head >= layer_backward:
+        during.add("log-probs through lm_head (chunks)", head)
+    else:
+        during.add("one layer's backward", layer_backward)
+    largest = max(v * h, shape.layer_params()) / (world if engine.sharded(world) else 1)
+    optimizer = 2 * 4 * largest
+    if optimizer > during.total:
+        return out.add("AdamW temporaries", optimizer)
+    out.terms.update(during.terms)
+    return out
+
+
+def scoring_pass(shape: Shape, engine: Engine, world: int, tokens: int, *, width: int | None = None,
+                 scored: int | None = None) -> Breakdown:
+    """Bytes of a no-grad forward over one micro-batch (the trainer's old log-probs, rollout
+    log-probs, the HF teacher) beyond what the process holds anyway: FSDP2's gathered weights,
+    one layer's working set, the final norm and scored hidden states, one head chunk."""
+    b, T = engine.b, tokens
+    n = T if scored is None else min(scored, T)
+    out = unsharded_bytes(shape, engine, world, grads=False)
+    out.add("one layer (no grad)", T * shape.layer_activation_bytes(b, width or T))
+    out.add("final norm, scored hidden states", _decoder_bytes(shape, b, T, n, grad=False))
+    chunk = head_chunk_rows(shape, n, engine.logprob_chunk_tokens)
+    return out.add("log-prob chunk (no grad)", head_bytes(shape, chunk, b, blocks=2))
+
+
+def hf_generation_bytes(shape: Shape, rows: int, length: int, dtype_bytes: int) -> int:
+    """transformers `generate` over `rows` sequences of up to `length` tokens (the CPU rollout
+    backend): the KV cache and the last position's logits with the processors' fp32 copies."""
+    return rows * length * shape.kv_bytes_per_token(dtype_bytes) + 4 * rows * shape.vocab * 4
 
 
 @dataclass
@@ -561,7 +648,9 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
     engine = Engine.from_settings(s.get("engine"))
     ctx = Breakdown().add("CUDA context", a.cuda_context_gib * GiB)
     host = Breakdown().add("GPU processes", gpus * a.host_process_gib * GiB)
-    host.add("checkpoint export on rank 0 (fp32 state + bf16 copy)", 6 * student.params())
+    # rank 0 gathers on the host: the fp32 weights and a bf16 copy to export a checkpoint (6P), the
+    # fp32 weights and Adam moments to save the training state (12P; geopd.train.checkpoint)
+    host.add("training state gathered on rank 0 (fp32 + Adam)", 12 * student.params())
     est.memory_limit = gpu_bytes
     if gpu_bytes is None:
         est.problems.append("resources: gpu_memory_gb is not set: GPU memory cannot be checked")
@@ -573,91 +662,106 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
     if rl:
         r = s["rollout"]
         seq = a.max_prompt_tokens + r["max_new_tokens"]
+        # no token budget: one micro-batch per update (global_batch_size samples over the ranks)
         micro = max(engine.micro_batch_tokens, seq) if engine.micro_batch_tokens else \
-            max(1, r.get("global_batch_size", 1) // world) * seq
-        samples = r["prompts_per_step"] * r["samples"]
-        local_rows = math.ceil(samples / world)
+            max(1, math.ceil(r.get("global_batch_size", 1) / world)) * seq
     else:
         seq = s["max_length"]
         micro = max(engine.micro_batch_tokens, seq) if engine.micro_batch_tokens else \
-            math.ceil(s["batch_size"] / world / 4) * seq  # today: 4 length buckets per step
+            math.ceil(s["batch_size"] / world / 4) * seq  # SFT_BUCKETS length buckets per step
+    # A micro-batch of `micro` padded tokens spans at most one longest sequence; every position is
+    # counted as scored (an upper bound: prompts do not reach lm_head).
+    width = min(seq, micro)
     est.info.update(micro_batch_tokens=micro, world=world)
 
-    train = slack(trainer_peak(student, engine, world, micro))
-    resident = trainer_state(student, world, grads=False)
+    te = s.get("teacher_engine", {})
+    # Held by the trainer in every phase beside its weights and moments.
+    extra = Breakdown()
     if run.extrapolation:  # EffOPD: theta_base kept, current + direction during a search (fp32 shards)
-        layers = student.layers * student.layer_params() / world
-        resident.add("EffOPD snapshots (base, current, direction)", 12 * layers)
+        extra.add("EffOPD snapshots (base, current, direction)", 12 * student.layers * student.layer_params() / world)
     if run.projection:
         # fp32 right singular vectors (in_features x rank) of every weight matrix, unsharded
         inputs = student.layers * (5 * student.hidden + student.q_dim + student.intermediate) + 2 * student.hidden
-        resident.add("rank-K projection bases", 4 * run.projection["rank"] * inputs)
-    phases = {"train": train}
+        extra.add("rank-K projection bases", 4 * run.projection["rank"] * inputs)
+    hf_teacher = rl and teacher is not None and te.get("backend", "hf") != "vllm"
+    if hf_teacher:  # geopd.train.teacher.HFTeacher: fp32 on every GPU for the whole run
+        extra.add("HF teacher fp32 weights", 4 * teacher.params())
+
+    def with_extra(b: Breakdown) -> Breakdown:
+        b.terms.update(extra.terms)
+        return b
+
+    phases = {"load": sharded_load(student, world),
+              "train": slack(with_extra(train_step(student, engine, world, micro, width=width, entropy=rl)))}
+    resident = with_extra(trainer_state(student, world, grads=False))
+    if hf_teacher:  # 64 sequences per micro-batch, lm_head in default chunks
+        score = Breakdown(dict(resident.terms))
+        score.terms.update(scoring_pass(teacher, Engine(), 1, 64 * seq, width=seq).terms)
+        phases["teacher scoring"] = slack(score)
     rollout_engine = teacher_engine = None
+    levels = {}  # sleep level of each engine when alone in its process (geopd.train.vllm_engine)
     if rl:
         r = s["rollout"]
         if r.get("backend", "hf") != "vllm":
             est.problems.append("rollout.backend hf on GPU is not modelled (fp32 replica, whole-batch "
                                 "KV cache): use rollout.backend vllm")
-        elif r.get("source") == "teacher" and s.get("teacher_engine", {}).get("backend") == "vllm":
-            pass  # off-policy: the teacher's own engine samples (geopd.train.loop): no second engine
+        elif r.get("source") == "teacher" and te.get("backend") == "vllm":
+            pass  # off-policy: the teacher's own engine samples (Trainer._rollout_engine): no second engine
         else:
             source = teacher if r.get("source") == "teacher" else student
             rollout_engine = _vllm(source, r.get("vllm", {}), gpu_bytes, default_util=0.5, a=a)
+            # the student's engine drops its weights asleep (pushed before each use); a checkpoint's keeps them
+            levels["rollout"] = 1 if r.get("source") == "teacher" else 2
             est.problems += [f"rollout engine: {p}" for p in rollout_engine.problems(seq)]
             est.info["rollout engine (awake, per GPU)"] = rollout_engine.breakdown()
             if r.get("vllm", {}).get("max_model_len", seq) < seq:
                 est.problems.append(f"rollout.vllm.max_model_len {r['vllm']['max_model_len']} is shorter than "
                                     f"a prompt ({a.max_prompt_tokens}) + max_new_tokens ({r['max_new_tokens']})")
             est.problems += _engine_parallel_problems("rollout engine", rollout_engine, gpus, world)
-        if teacher is not None:
-            te = s.get("teacher_engine", {})
-            if te.get("backend", "hf") == "vllm":
-                v = te.get("vllm", {})
-                # one request's prompt tokens per step: logits in the engine dtype + fp32 log-probs
-                batched = v.get("max_num_batched_tokens", a.vllm_max_num_batched_tokens)
-                logprobs = min(batched, seq) * teacher.vocab * (DTYPE_BYTES[v.get("dtype", "bfloat16")] + 4)
-                teacher_engine = _vllm(teacher, v, gpu_bytes, default_util=0.4, transient=logprobs, a=a)
-                est.problems += [f"teacher engine: {p}" for p in teacher_engine.problems(seq)]
-                est.info["teacher engine (awake, per GPU)"] = teacher_engine.breakdown()
-                est.problems += _engine_parallel_problems("teacher engine", teacher_engine, gpus, world)
-                host.add("sleeping teacher weights (level 1, in host memory)", gpus * teacher_engine.weights)
-            else:
-                # Today's HF teacher: fp32 on every GPU, 64 sequences of logits at a time.
-                hf = Breakdown().add("HF teacher fp32 weights", 4 * teacher.params())
-                hf.add("HF teacher logits (64 sequences)", 64 * seq * teacher.vocab * 4 * 2)
-                phases["teacher scoring"] = hf
-        # Memory of each engine while the trainer computes: its reservation, or its residue asleep.
+        if teacher is not None and not hf_teacher:
+            v = te.get("vllm", {})
+            # one request's prompt tokens per step: logits in the engine dtype + fp32 log-probs
+            batched = v.get("max_num_batched_tokens", a.vllm_max_num_batched_tokens)
+            logprobs = min(batched, seq) * teacher.vocab * (DTYPE_BYTES[v.get("dtype", "bfloat16")] + 4)
+            teacher_engine = _vllm(teacher, v, gpu_bytes, default_util=0.4, transient=logprobs, a=a)
+            levels["teacher"] = 1
+            est.problems += [f"teacher engine: {p}" for p in teacher_engine.problems(seq)]
+            est.info["teacher engine (awake, per GPU)"] = teacher_engine.breakdown()
+            est.problems += _engine_parallel_problems("teacher engine", teacher_engine, gpus, world)
+        r_block, t_block = r.get("vllm", {}), te.get("vllm", {})
+        engines = [(e, block, name) for e, block, name in ((rollout_engine, r_block, "rollout"),
+                                                           (teacher_engine, t_block, "teacher")) if e is not None]
         # The engines of one process sleep and wake together (vLLM 0.32 has one sleep allocator per
-        # process; geopd.train.vllm_engine), so while either generates or scores both are awake.
-        def held(e: VLLMEngine | None, block: dict) -> float:
-            if e is None:
-                return 0.0
-            return a.vllm_sleep_residue_gib * GiB if block.get("sleep") else e.reserved
-        r_block = r.get("vllm", {})
-        t_block = s.get("teacher_engine", {}).get("vllm", {})
+        # process; geopd.train.vllm_engine): while either generates or scores both are awake, and
+        # two sleepers both sleep at level 1, which parks their weights in pinned host memory.
+        sleepers = [name for _, block, name in engines if block.get("sleep")]
+        for e, block, name in engines:
+            if name in sleepers and (len(sleepers) > 1 or levels[name] == 1):
+                host.add(f"{name} engine weights, level-1 sleep (pinned, x {gpus} GPUs)", gpus * e.weights)
+
+        def held(b: Breakdown) -> Breakdown:
+            """Each engine while the trainer computes: its residue asleep, else its reservation."""
+            for e, block, name in engines:
+                if block.get("sleep"):
+                    b.add(f"{name} engine (asleep)", a.vllm_sleep_residue_gib * GiB)
+                else:
+                    b.add(f"{name} engine", e.reserved)
+            return b
+
         awake = Breakdown(dict(resident.terms))
-        for e, name in ((rollout_engine, "rollout"), (teacher_engine, "teacher")):
-            if e is not None:
-                awake.add(f"{name} engine (awake)", e.reserved)
+        for e, _, name in engines:
+            awake.add(f"{name} engine (awake)", e.reserved)
         if rollout_engine is not None or teacher_engine is not None and r.get("source") == "teacher":
             phases["generation"] = Breakdown(dict(awake.terms))
         if teacher_engine is not None:
             score = Breakdown(dict(awake.terms))
             score.add("teacher prompt log-probs (outside vLLM's budget)", teacher_engine.transient)
             phases["teacher scoring"] = score
-        for e, block, name in ((rollout_engine, r_block, "rollout"), (teacher_engine, t_block, "teacher")):
-            train.add(f"{name} engine" + (" (asleep)" if block.get("sleep") else ""), held(e, block))
-        # Recompute of the behaviour log-probs (no grad) over this rank's rollout batch.
+        held(phases["train"])
+        # Recompute of the behaviour log-probs (no grad), one micro-batch at a time.
         rec = Breakdown(dict(resident.terms))
-        if engine.logprob_chunk_tokens:
-            rec.add("log-prob chunk (no grad)", min(engine.logprob_chunk_tokens, micro) * student.vocab * (engine.b + 4))
-            rec.add("one layer (no grad)", student.layer_activation_bytes(engine.b) * micro)
-        else:  # today: the whole local batch in one forward, logits and logits / T in fp32
-            rec.add("full logits of the local rollout batch (no grad)", local_rows * seq * student.vocab * 4 * 2)
-        for e, block, name in ((rollout_engine, r_block, "rollout"), (teacher_engine, t_block, "teacher")):
-            rec.add(f"{name} engine" + (" (asleep)" if block.get("sleep") else ""), held(e, block))
-        phases["recompute"] = slack(rec)
+        rec.terms.update(scoring_pass(student, engine, world, micro, width=width).terms)
+        phases["recompute"] = held(slack(rec))
     for phase in phases.values():
         phase.terms = {**ctx.terms, **phase.terms}
     est.phases = phases

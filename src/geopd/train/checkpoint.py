@@ -486,6 +486,75 @@ def load_model(source: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
     return model.to(device)
 
 
+def load_sharded_model(source: str | os.PathLike, *, shard: Callable, device: str | torch.device,
+                       dtype: torch.dtype = torch.float32, verify: bool = True, allow_foreign: bool = True):
+    """The model at `source`, sharded before any of its weights exist, then filled shard by shard
+    (every rank of the process group calls this): no rank ever holds the whole model.
+
+    The model is built from its config with its parameters on the meta device (accelerate's
+    init_empty_weights; buffers stay real, so non-persistent ones such as RoPE's inv_freq are
+    computed by the model's own code, as in a plain load) and handed to `shard` (FSDP2
+    `fully_shard`, e.g. geopd.train.loop.shard_model), which returns it sharded. Its shards are
+    then allocated on `device` in `dtype` (the fp32 master weights) and read from the checkpoint's
+    safetensors with torch.distributed.checkpoint's HuggingFaceStorageReader, each rank reading
+    only the slices of the tensors its shards hold (the way torchtitan loads a hub checkpoint).
+    Values equal those of `load_model(source, dtype=dtype)`."""
+    import torch.distributed.checkpoint as dcp
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    where, local = _resolve(source, "model", verify, allow_foreign)
+    folder = Path(where) if local else _hub_snapshot(where)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"model {where}: no *.safetensors files (a sharded load reads safetensors only)")
+    stored = {}
+    for f in files:
+        stored.update({k: f for k in read_safetensors_header(f) if k != "__metadata__"})
+    # fork_rng: initialising meta parameters must not move the caller's random stream
+    with _quiet_loading(), init_empty_weights(include_buffers=False), torch.random.fork_rng(devices=[]):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+    model.tie_weights()  # init_empty_weights re-creates each parameter on meta, which unties them
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    # Each parameter under a name the checkpoint holds (a tied lm_head is stored once, under
+    # either of its names).
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    missing = [ns[0] for ns in names.values() if not any(n in stored for n in ns)]
+    if missing:
+        raise UserError(f"model {where}: the checkpoint lacks {missing[:5]} ({len(missing)} parameters) under the "
+                        f"names {type(model).__name__} uses; it cannot be loaded shard by shard")
+    model = shard(model)
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    state = {}
+    for name, p in model.named_parameters():  # the sharded parameters (DTensors), read in place
+        key = name if name in stored else next(n for n in names[id(p)] if n in stored)
+        state[key] = p.data
+    for name, b in model.named_buffers():  # persistent buffers the checkpoint holds, as from_pretrained
+        parent, _, leaf = name.rpartition(".")
+        if name in stored and leaf not in model.get_submodule(parent)._non_persistent_buffers_set:
+            state[name] = b
+    dcp.load(state, storage_reader=dcp.HuggingFaceStorageReader(str(folder)))
+    return model.eval()
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local folder of a hub model's files (downloaded unless offline), as from_pretrained finds it."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"],
+                                      local_files_only=_offline()))
+    except Exception as exc:  # network, missing repo, no local copy offline
+        raise _hub_unreachable(repo_id, exc) from None
+
+
 def load_tokenizer(source: str | os.PathLike, *, verify: bool = True, allow_foreign: bool = True):
     from transformers import AutoTokenizer
 

@@ -243,15 +243,24 @@ class Trainer:
         self.tokenizer = tokenizer
         self.teacher = None
         if spec.get("teacher"):
-            from geopd.train.teacher import make_teacher
             from geopd.train.vllm_engine import check_colocation
             check_colocation(spec)  # before anything loads
+        # The student is sharded before any engine starts. Under FSDP2 (shard_model) it is sharded
+        # before its weights exist and each rank reads only its shards; one fp32 process without
+        # mixed precision loads it whole (the miniature's bitwise path).
+        if model is not None:
+            self.model = shard_model(model, self.dist, self.engine)
+        elif self.dist.world > 1 or self.engine.mixed_precision:
+            self.model = ckpt.load_sharded_model(spec["init"], shard=lambda m: shard_model(m, self.dist, self.engine),
+                                                 device=self.dist.device)
+        else:
+            self.model = shard_model(ckpt.load_model(spec["init"], dtype=torch.float32, device=self.dist.device),
+                                     self.dist, self.engine)
+        if spec.get("teacher"):
+            from geopd.train.teacher import make_teacher
             te = spec.get("teacher_engine") or {}
             self.teacher = make_teacher(te.get("backend", "hf"), spec["teacher"], tokenizer, device=self.dist.device,
                                         vllm=te.get("vllm"), seed=spec["seed"])
-        if model is None:
-            model = ckpt.load_model(spec["init"], dtype=torch.float32, device=self.dist.device)
-        self.model = shard_model(model, self.dist, self.engine)
         self.model.train()
         self.optimizer, self.scheduler = make_optimizer(self.model, spec["optim"], spec["steps"],
                                                         start_step=spec.get("start_step", 0))

@@ -316,6 +316,10 @@ class Engine:
 
 
 def _wake_all(tag: str) -> None:
+    if on_cuda():
+        # vLLM's sleep allocator sits beside PyTorch's caching allocator: memory the trainer freed
+        # stays cached by PyTorch, not free for the engine, unless it is released first (verl too).
+        torch.cuda.empty_cache()
     for engine in _SLEEPERS:
         if tag in engine.asleep:
             engine.llm.wake_up(tags=[tag])
