@@ -213,6 +213,18 @@ def test_moe_shape_from_a_config_saved_by_transformers_5(paper, tmp_path):
     assert cm.Shape.from_hf_config(saved) == cm.Shape.from_hf_config(hub) == Shapes(Grid(paper)).model("qwen3-30b-a3b")
 
 
+def test_fixture_overlay_plans(repo, paper_mirror, tmp_path):
+    """`geopd plan` passes on the paper config with the fixture overlay, shapes from the fixture."""
+    overlay = read_yaml(repo / "tests/configs/paper-fixture.yaml")
+    overlay["hub_mirror"] = str(paper_mirror)
+    path = tmp_path / "paper-fixture.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    proc = subprocess.run([sys.executable, "-m", "geopd.cli", "plan", "--configfile", PAPER, str(path)],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "similarity" in proc.stdout and "qwen3-8b-base attention" in proc.stdout
+
+
 def test_model_without_shape_or_mirror_fails_planning_naming_it(paper):
     config = copy.deepcopy(paper)
     del config["models"]["qwen3-32b"]["shape"]
