@@ -141,7 +141,10 @@ def shard_model(model, dist: Dist, engine: EngineSettings | None = None):
 
     engine = engine or EngineSettings()
     if engine.activation_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
+        # transformers 5.20 renamed gradient_checkpointing_enable; vLLM 0.32 (envs/vllm-base.txt,
+        # the GPU nodes' env) pins transformers < 5.20, which has only the old name.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     if dist.world > 1 or engine.mixed_precision:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
