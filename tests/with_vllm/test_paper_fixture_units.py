@@ -86,3 +86,15 @@ def test_evaluation_stops_at_the_end_of_turn_of_a_base_derived_student(base_dir,
     evaluate(spec, str(model), seed=0, out=tmp_path / "r.json", samples_file=tmp_path / "s.jsonl")
     sample = json.loads((tmp_path / "s.jsonl").read_text())
     assert sample["response"] == "7", sample
+
+
+def test_lm_eval_vllm_engine_runs_in_process_on_cpu(base_dir, monkeypatch):
+    """Evaluation's lm-eval vLLM engine on CPU runs in-process, as geopd's own standalone engines
+    do: with vLLM's default engine-core process it took ~65 s to start per evaluation job (the
+    paper grid on the fixture has 206 of them)."""
+    from geopd.evaluate import harness
+
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    spec = {"name": "inproc", "dtype": "float32", "kv_cache_gib": 0.0625, "max_model_len": 256}
+    lm = harness.make_lm("vllm", str(base_dir), spec=spec, seed=0, batch_size=1, device="cpu")
+    assert type(lm.model.llm_engine.engine_core).__name__ == "InprocClient"

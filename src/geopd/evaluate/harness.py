@@ -157,8 +157,9 @@ def make_lm(backend: str, model: str, *, spec: dict, seed: int, batch_size: int 
         return HFLM(pretrained=str(model), dtype=dtype, batch_size=batch_size, device=device,
                     max_length=spec.get("max_model_len"))
     if backend == "vllm":
-        from geopd.train.vllm_engine import check_settings, llm_kwargs
+        from geopd.train.vllm_engine import check_settings, llm_kwargs, standalone_on_cpu
 
+        standalone_on_cpu()
         VLLM = lm_eval_vllm_class()
         kwargs = llm_kwargs(check_settings(vllm_settings(spec), f"benchmark {spec.get('name')}"))
         kwargs.setdefault("gpu_memory_utilization", 0.9)
