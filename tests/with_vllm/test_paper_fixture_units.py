@@ -98,3 +98,12 @@ def test_lm_eval_vllm_engine_runs_in_process_on_cpu(base_dir, monkeypatch):
     spec = {"name": "inproc", "dtype": "float32", "kv_cache_gib": 0.0625, "max_model_len": 256}
     lm = harness.make_lm("vllm", str(base_dir), spec=spec, seed=0, batch_size=1, device="cpu")
     assert type(lm.model.llm_engine.engine_core).__name__ == "InprocClient"
+
+
+def test_code_sandbox_isolates_in_the_paper_paths_env():
+    """The paper path (LiveCodeBench evaluation, DeepCoder rewards) runs in this env, as on the GPU
+    nodes (envs/vllm-base.txt): its code sandbox must isolate programs there, not fall back to the
+    audit hook alone for want of libseccomp's Python bindings."""
+    from geopd.evaluate.sandbox import summary
+
+    assert summary()["isolated"], summary()
