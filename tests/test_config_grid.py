@@ -59,6 +59,28 @@ def test_paper_settings_follow_spec(repo):
     assert g.model_source("qwen3-32b") == "results/paper/mirror/models/Qwen/Qwen3-32B"  # hub_mirror
 
 
+def test_paper_evaluation_fits_the_context_of_every_model_it_evaluates(repo, paper_mirror):
+    """vLLM refuses a max_model_len past a model's max_position_embeddings: 32768 for the Qwen3-*-Base
+    models every student is fine-tuned from (the fixture's config.json copies the hub's), 40960 for
+    the post-trained teachers. A 2048-token prompt must still fit beside max_new_tokens."""
+    import json
+
+    from geopd.grid import Ref
+
+    g = Grid.from_file(repo / "config/paper.yaml")
+
+    def root(ref: Ref) -> str:
+        return ref.name if ref.kind == "model" else root(g.runs[ref.name].init)
+
+    evaluated = {(root(r.init), b) for r in g.runs.values() for b in r.eval}
+    evaluated |= {(m, b) for m, benches in g.teacher_benchmarks().items() for b in benches}
+    for model, bench in sorted(evaluated):
+        cfg = json.loads((paper_mirror / "models" / g.models[model]["hub"] / "config.json").read_text())
+        spec = g.benchmarks[bench]
+        assert spec["max_model_len"] <= cfg["max_position_embeddings"], (model, bench)
+        assert spec["max_new_tokens"] + 2048 <= spec["max_model_len"], bench
+
+
 def test_extends_inherits_and_overrides(repo):
     g = Grid.from_file(repo / "config/config.yaml")
     base, seed = g.runs["opd-8b-t32b"], g.runs["opd-8b-t32b-seed1"]

@@ -212,6 +212,41 @@ def test_shape_disagreeing_with_the_mirror_is_an_error(paper, tmp_path):
         shapes.model("qwen3-8b")
 
 
+def test_shape_null_plans_with_the_mirror_alone(paper, tmp_path):
+    """An overlay unsets a model's shape (`shape: null`, as the fixture overlay does for its tiny
+    models): the schema takes it, and the planner reads the mirror's config.json alone."""
+    from geopd.grid import merged_config
+
+    mirror = mirror_with(tmp_path, "Qwen/Qwen3-8B", {**QWEN3_8B_CONFIG, "num_hidden_layers": 2})
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"hub_mirror": str(mirror), "models": {"qwen3-8b": {"shape": None}}}))
+    grid = Grid.from_files([PAPER, overlay])
+    assert Shapes(grid).model("qwen3-8b").layers == 2
+    assert merged_config([PAPER, overlay])["models"]["qwen3-8b"]["shape"] is None
+
+
+def test_moe_shape_from_a_config_saved_by_transformers_5(paper, tmp_path):
+    """transformers >= 5 writes Qwen3-MoE's expert count as num_local_experts (the hub's files say
+    num_experts): both give the same shape."""
+    hub = {"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32,
+           "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 6144, "vocab_size": 151936,
+           "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768}
+    saved = {k: v for k, v in hub.items() if k != "num_experts"} | {"num_local_experts": 128}
+    assert cm.Shape.from_hf_config(saved) == cm.Shape.from_hf_config(hub) == Shapes(Grid(paper)).model("qwen3-30b-a3b")
+
+
+def test_fixture_overlay_plans(repo, paper_mirror, tmp_path):
+    """`geopd plan` passes on the paper config with the fixture overlay, shapes from the fixture."""
+    overlay = read_yaml(repo / "tests/configs/paper-fixture.yaml")
+    overlay["hub_mirror"] = str(paper_mirror)
+    path = tmp_path / "paper-fixture.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    proc = subprocess.run([sys.executable, "-m", "geopd.cli", "plan", "--configfile", PAPER, str(path)],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "similarity" in proc.stdout and "qwen3-8b-base attention" in proc.stdout
+
+
 def test_model_without_shape_or_mirror_fails_planning_naming_it(paper):
     config = copy.deepcopy(paper)
     del config["models"]["qwen3-32b"]["shape"]

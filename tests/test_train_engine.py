@@ -113,6 +113,25 @@ def test_sigterm_saves_state_and_retry_continues(world, tmp_path):
     assert "resumed" in proc.stdout + proc.stderr
 
 
+def test_state_of_other_settings_is_not_resumed(world, tmp_path):
+    """Snakemake reruns a run whose settings changed; the state an earlier attempt left was
+    trained under the old settings: the run starts over. A new export cadence alone resumes."""
+    spec = respec(world, "sft-8b", tmp_path)
+    assert run_cli(spec, tmp_path / "out", {"GEOPD_FAULT_SIGTERM_AT_STEP": "2"}, check=False).returncode == 75
+    cadence = {**spec, "checkpoints": spec["checkpoints"][-1:]}
+    proc = run_cli(cadence, tmp_path / "out", {"GEOPD_FAULT_SIGTERM_AT_STEP": "3"}, check=False)
+    assert proc.returncode == 75 and "resumed" in proc.stderr, proc.stderr[-2000:]
+    changed = {**spec, "optim": {**spec["optim"], "lr": 2 * spec["optim"]["lr"]}}
+    proc = run_cli(changed, tmp_path / "out")
+    assert "resumed" not in proc.stderr and "saved under other settings" in proc.stderr, proc.stderr[-2000:]
+    rows = [json.loads(l) for l in open(str(tmp_path / "out") + ".metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, spec["steps"] + 1))
+    fresh = respec(world, "sft-8b", tmp_path / "fresh", optim=changed["optim"])
+    run_cli(fresh, tmp_path / "fresh" / "out")
+    ref = [json.loads(l) for l in open(str(tmp_path / "fresh" / "out") + ".metrics.jsonl")]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref]
+
+
 def test_bad_inputs_stop_before_compute(world, tmp_path):
     from geopd.train.loop import Trainer
 

@@ -160,7 +160,8 @@ class Shape:
                    head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
                    intermediate=cfg["intermediate_size"], vocab=cfg["vocab_size"],
                    tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                   num_experts=cfg.get("num_experts", 0) if moe else 0,
+                   # the hub's files say num_experts; transformers >= 5 saves num_local_experts
+                   num_experts=cfg.get("num_experts", cfg.get("num_local_experts", 0)) if moe else 0,
                    experts_per_tok=cfg.get("num_experts_per_tok", 0) if moe else 0,
                    moe_intermediate=cfg.get("moe_intermediate_size", 0) if moe else 0)
 

@@ -180,7 +180,8 @@ class Shapes:
             if "from" in build:
                 return self.model(build["from"])
             return cm.Shape.from_entry({**self.grid.config["model_sizes"][build["size"]], "vocab": self._vocab()})
-        declared = cm.Shape.from_entry(model["shape"]) if "shape" in model else None
+        # `shape: null` (an overlay unsetting the config's shape) plans with the mirror's config.json alone.
+        declared = cm.Shape.from_entry(model["shape"]) if model.get("shape") is not None else None
         path = self.mirror_config(name)
         if path is not None:
             try:

@@ -64,9 +64,16 @@ def task_name(spec: dict, tm) -> str:
     return DEFAULT_TASK[spec["kind"]]
 
 
-def generation_kwargs(spec: dict, backend: str) -> dict:
+def generation_kwargs(spec: dict, backend: str, stop_ids: list[int] | None = None) -> dict:
+    """lm-eval's generation kwargs. `stop_ids`: the tokens that end a response
+    (geopd.train.rollout.eos_ids): lm-eval stops only at the tokenizer's eos, and a student made
+    from a Qwen3-*-Base model has eos <|endoftext|> but ends its turns with <|im_end|>, as the
+    trainer's rollouts stop. A stop string would not do: vLLM matches them on text, where special
+    tokens are skipped unless asked for."""
     temperature = float(spec["temperature"])
     gen = {"until": [], "max_gen_toks": int(spec["max_new_tokens"])}
+    if stop_ids:
+        gen["stop_token_ids" if backend == "vllm" else "eos_token_id"] = [int(i) for i in stop_ids]
     if temperature == 0:
         gen["do_sample"] = False
         return gen
@@ -77,7 +84,8 @@ def generation_kwargs(spec: dict, backend: str) -> dict:
     return gen
 
 
-def task_config(spec: dict, data_file: str | Path, tm, *, backend: str, cache_dir: str | None = None) -> dict:
+def task_config(spec: dict, data_file: str | Path, tm, *, backend: str, cache_dir: str | None = None,
+                stop_ids: list[int] | None = None) -> dict:
     """The shipped YAML of the benchmark's task with the per-call fields filled in."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -92,7 +100,7 @@ def task_config(spec: dict, data_file: str | Path, tm, *, backend: str, cache_di
         kwargs["cache_dir"] = cache_dir
     cfg.update(dataset_path="json", dataset_kwargs=kwargs, test_split="test", num_fewshot=0, repeats=k,
                filter_list=[{"name": FILTER, "filter": [{"function": "take_first_k", "k": k}]}],
-               generation_kwargs=generation_kwargs(spec, backend))
+               generation_kwargs=generation_kwargs(spec, backend, stop_ids))
     if spec.get("integer_range") is not None:
         if spec["kind"] != "math":
             raise UserError(f"benchmark {spec.get('name')}: integer_range applies to math benchmarks only")
@@ -149,8 +157,9 @@ def make_lm(backend: str, model: str, *, spec: dict, seed: int, batch_size: int 
         return HFLM(pretrained=str(model), dtype=dtype, batch_size=batch_size, device=device,
                     max_length=spec.get("max_model_len"))
     if backend == "vllm":
-        from geopd.train.vllm_engine import check_settings, llm_kwargs
+        from geopd.train.vllm_engine import check_settings, llm_kwargs, standalone_on_cpu
 
+        standalone_on_cpu()
         VLLM = lm_eval_vllm_class()
         kwargs = llm_kwargs(check_settings(vllm_settings(spec), f"benchmark {spec.get('name')}"))
         kwargs.setdefault("gpu_memory_utilization", 0.9)
@@ -204,8 +213,13 @@ def run(spec: dict, data_file: str | Path, *, lm, seed: int, backend: str, token
         preflight(lm, tokenizer)
     tm = task_manager()
     k = int(spec["samples"])
+    stop_ids = None
+    if tokenizer is not None:
+        from geopd.train.rollout import eos_ids
+
+        stop_ids = eos_ids(tokenizer)
     with tempfile.TemporaryDirectory(prefix="geopd-lmeval-") as cache:
-        cfg = task_config(spec, data_file, tm, backend=backend, cache_dir=cache)
+        cfg = task_config(spec, data_file, tm, backend=backend, cache_dir=cache, stop_ids=stop_ids)
         loaded = tm.load([cfg])
         out = simple_evaluate(model=lm, tasks=list(loaded["tasks"].values()), task_manager=tm,
                               limit=spec.get("limit"), apply_chat_template=True, fewshot_as_multiturn=False,

@@ -753,6 +753,11 @@ def load_state(directory: str | os.PathLike, model, optimizer, scheduler, *, dee
             "extra": meta["extra"], "rank_extra": rank_extra}
 
 
+def state_extra(directory: str | os.PathLike) -> dict:
+    """The `extra` a training state was saved with (rank 0's), without loading the rest."""
+    return _torch_load(Path(directory) / "trainer.pt")["extra"]
+
+
 def _state_dirs(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []

@@ -141,7 +141,10 @@ def shard_model(model, dist: Dist, engine: EngineSettings | None = None):
 
     engine = engine or EngineSettings()
     if engine.activation_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
+        # transformers 5.20 renamed gradient_checkpointing_enable; vLLM 0.32 (envs/vllm-base.txt,
+        # the GPU nodes' env) pins transformers < 5.20, which has only the old name.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     if dist.world > 1 or engine.mixed_precision:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -153,6 +156,15 @@ def shard_model(model, dist: Dist, engine: EngineSettings | None = None):
         fully_shard(model, mesh=mesh, mp_policy=mp)
     logprobs.attach(model)
     return model
+
+
+def settings_fingerprint(spec: dict) -> str:
+    """What a run's training states were trained under: its spec but the export cadence
+    (checkpoints, keep_state), which changes no weight."""
+    import hashlib
+
+    kept = {k: v for k, v in spec.items() if k not in ("checkpoints", "keep_state")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def num_updates(samples: int, global_batch_size: int) -> int:
@@ -341,6 +353,17 @@ class Trainer:
 
     def _resume(self):
         latest = ckpt.latest_state(self.state_dir)
+        saved = ckpt.state_extra(latest).get("settings") if latest is not None else None
+        if saved is not None and saved != settings_fingerprint(self.spec):
+            # Snakemake reruns a run whose settings changed; the state of an earlier attempt was
+            # trained under the old ones, so continuing it would mix the two.
+            if self.dist.main:
+                print(f"{self.spec['run']}: {latest} was saved under other settings (the config changed); "
+                      "starting over", file=sys.stderr, flush=True)
+            self.dist.barrier()  # every rank has read the state list before it goes
+            if self.dist.main:
+                shutil.rmtree(self.state_dir)
+            latest = None
         if latest is None:
             if self.dist.main:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -643,7 +666,7 @@ class Trainer:
         self.dist.barrier()
 
     def _extra_state(self) -> dict:
-        return {"run": self.spec["run"]}
+        return {"run": self.spec["run"], "settings": settings_fingerprint(self.spec)}
 
     def _rank_extra_state(self) -> dict | None:
         """What differs between ranks: EffOPD's extrapolation base holds each rank's FSDP shard."""

@@ -123,6 +123,13 @@ def check_colocation(spec: dict) -> None:
                         "0.32 allows one tensor-parallel size per process: make them equal")
 
 
+def standalone_on_cpu() -> None:
+    """A standalone engine (evaluation's, lm-eval's too) on CPU runs in-process: it starts in
+    ~10 s instead of ~60 s with vLLM's engine-core process. On GPU vLLM's default stays."""
+    if not on_cuda():
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
 def llm_kwargs(settings: dict) -> dict:
     """vllm.LLM keyword arguments for a `vllm` settings block (also lm-eval's wrapper's)."""
     cuda = on_cuda()
@@ -235,8 +242,8 @@ class Engine:
             if other:
                 raise UserError(f"{where}.tensor_parallel={tp} differs from this process's other vLLM engine "
                                 f"({other}); vLLM 0.32 allows one tensor-parallel size per process")
-        elif not cuda:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # starts in ~10 s instead of ~60 s
+        else:
+            standalone_on_cpu()
         self.sleeps = bool(settings.get("sleep", False)) and cuda
         if self.sleeps:
             kwargs["enable_sleep_mode"] = True
