@@ -113,6 +113,29 @@ def test_math_problems_are_correct_mixed_and_deterministic():
     assert len({p["id"] for p in probs}) == len(probs)
 
 
+def test_math_max_digits_bounds_operands_and_keeps_the_default():
+    three = tasks.math_problems(300, 0, "train")
+    assert three == tasks.math_problems(300, 0, "train", max_digits=3)  # the default, draw for draw
+    two = tasks.math_problems(600, 0, "train", max_digits=2)
+    assert {len(str(x)) for p in two for x in _operands(p)} == {1, 2}
+    assert all(p["answer"] == str(sum(_operands(p))) for p in two)
+    n = tasks.test_pairs(2)  # ordered pairs of the test split: ~1/10 of 10,000
+    assert n == sum(tasks.split_of(tasks.math_key(a, b)) == "test" for a in range(100) for b in range(100))
+    assert 800 < n < 1200
+    test = tasks.math_problems(n, 0, "test", max_digits=2)  # every test pair, none twice
+    assert len({_operands(p) for p in test}) == n
+    train = {tuple(sorted(_operands(p))) for p in two}
+    assert not train & {tuple(sorted(_operands(p))) for p in test}
+    with pytest.raises(UserError, match=f"only {n} distinct"):
+        tasks.math_problems(n + 1, 0, "test", max_digits=2)
+    with pytest.raises(UserError, match="max_digits"):
+        tasks.math_problems(3, 0, "train", max_digits=0)
+    facts = [f for d in tasks.pretrain_corpus(2000, 0, max_digits=2) if "=" in d and "map" not in d
+             for f in d.split("\n")]
+    assert facts and all(max(map(len, re.fullmatch(r"(\d+)\+(\d+)=\d+", f).groups())) <= 2 for f in facts)
+    assert tasks.pretrain_corpus(500, 0) == tasks.pretrain_corpus(500, 0, max_digits=3)
+
+
 @pytest.mark.parametrize("seed_train,seed_test", [(0, 0), (0, 1), (7, 3)])
 def test_math_splits_are_disjoint_for_any_seeds(seed_train, seed_test):
     train = {tuple(sorted(_operands(p))) for p in tasks.math_problems(3000, seed_train, "train")}
