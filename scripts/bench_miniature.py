@@ -42,10 +42,10 @@ def jobs(workdir: Path) -> list[dict]:
             output = f.name
         if not (workdir / output).exists():  # removed since, or a killed job's record
             continue
-        key = (rec.get("rule"), rec.get("job_hash"), rec["starttime"])
-        job = by_job.setdefault(key, {"rule": rec.get("rule"), "start": rec["starttime"], "end": rec["endtime"],
-                                      "outputs": []})
-        job["end"] = max(job["end"], rec["endtime"])
+        # Each output has its own record; its start is its own incomplete marker's time.
+        job = by_job.setdefault((rec.get("rule"), rec.get("job_hash")),
+                                {"rule": rec.get("rule"), "start": rec["starttime"], "end": rec["endtime"], "outputs": []})
+        job["start"], job["end"] = min(job["start"], rec["starttime"]), max(job["end"], rec["endtime"])
         job["outputs"].append(output)
     return sorted(by_job.values(), key=lambda j: j["start"])
 
