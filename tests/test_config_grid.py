@@ -125,8 +125,8 @@ def test_extends_cycle_and_missing_checkpoint(tmp_path, repo):
     with pytest.raises(UserError, match="cycle between runs"):
         Grid.from_file(write(tmp_path, config))
     config = read_yaml(repo / "config/config.yaml")
-    config["runs"]["rank16-opd"]["init"] = "opd-8b-t32b@21"
-    with pytest.raises(UserError, match="saves no checkpoint at step 21"):
+    config["runs"]["rank16-opd"]["init"] = "opd-8b-t32b@11"
+    with pytest.raises(UserError, match="saves no checkpoint at step 11"):
         Grid.from_file(write(tmp_path, config))
 
 
@@ -151,8 +151,8 @@ def test_schema_accepts_valid_and_lists_all_errors(repo):
 def test_run_spec_paths(repo):
     g = Grid.from_file(repo / "config/config.yaml")
     spec = g.run_spec("rank16-opd")
-    assert spec["init"] == "results/runs/opd-8b-t32b/checkpoints/step-20"
-    assert spec["start_step"] == 20
-    assert spec["projection"] == {"checkpoint": "results/runs/opd-8b-t32b/checkpoints/step-20",
-                                  "origin": "results/runs/sft-8b/checkpoints/step-1000", "rank": 16}
+    assert spec["init"] == "results/runs/opd-8b-t32b/checkpoints/step-10"
+    assert spec["start_step"] == 10
+    assert spec["projection"] == {"checkpoint": "results/runs/opd-8b-t32b/checkpoints/step-10",
+                                  "origin": "results/runs/sft-8b/checkpoints/step-800", "rank": 16}
     assert g.run_spec("opd-8b-t32b")["teacher"] == "results/models/qwen3-32b"

@@ -1,5 +1,7 @@
 """The workflow's DAG through the Snakemake CLI (dry runs: no GPU, no network) vs. the planner."""
+import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +39,53 @@ def test_dry_run_matches_planner(repo, configfile, tmp_path):
     counts.pop("all")
     planned = summarize(build_jobs(Grid.from_file(repo / configfile)))["per_rule"]
     assert counts == {rule: row["jobs"] for rule, row in planned.items()}
+
+
+@pytest.mark.parametrize("grouping", [{"evaluate": "checkpoint", "diagnose": "checkpoint"},
+                                      {"evaluate": "run", "diagnose": "checkpoint"},
+                                      {"evaluate": "checkpoint", "diagnose": "run"}])
+def test_job_grouping_matches_planner_and_keeps_the_work(repo, tmp_path, grouping):
+    """Grouped or not, Snakemake and the planner agree; the per-checkpoint work is the same."""
+    override = tmp_path / "grouping.yaml"
+    override.write_text(f"job_grouping: {json.dumps(grouping)}\n")
+    files = [repo / "config/config.yaml", override]
+    out = dry_run(repo, "--configfile", *map(str, files), workdir=tmp_path / "wd")
+    counts = job_counts(out)
+    counts.pop("all")
+    grid = Grid.from_files(files)
+    assert counts == {rule: row["jobs"] for rule, row in summarize(build_jobs(grid))["per_rule"].items()}
+    runs_evaluated = {r for r, step, _ in grid.eval_targets() if step != "model"}
+    if grouping["evaluate"] == "run":
+        assert counts["evaluate_run"] == len(runs_evaluated) and "evaluate" not in counts
+    else:
+        assert counts["evaluate"] == sum(step != "model" for _, step, _ in grid.eval_targets())
+    if grouping["diagnose"] == "run":
+        assert counts["diagnose_run"] == len({r for r, _, _ in grid.diagnostics_targets()})
+        assert "diagnose" not in counts and "similarity" not in counts
+    else:
+        assert counts["diagnose"] == len(grid.diagnostics_targets())
+        assert counts["similarity"] == len(grid.similarity_runs())
+
+
+def test_grouped_jobs_run_the_per_checkpoint_commands(repo, tmp_path):
+    """A per-run job's commands are exactly the per-checkpoint jobs' commands (same files, seeds,
+    benchmark specs), and the aggregate rules wait for the runs' folders."""
+    override = tmp_path / "checkpoint.yaml"
+    override.write_text('job_grouping: {evaluate: checkpoint, diagnose: checkpoint}\n')
+    shell = {}
+    for name, files in (("run", [repo / "config/config.yaml"]), ("checkpoint", [repo / "config/config.yaml", override])):
+        out = subprocess.run([SNAKEMAKE, "-n", "-p", "-s", str(repo / "Snakefile"), "-d", str(tmp_path / name),
+                              "--configfile", *map(str, files)], cwd=repo, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        shell[name] = [shlex.split(line.removeprefix("Shell command: ").split(" 2> ")[0])
+                       for line in (out.stdout + out.stderr).splitlines() if line.startswith("Shell command: geopd ")]
+    per_checkpoint = {tuple(c[1:]) for c in shell["checkpoint"] if c[1] in ("evaluate", "diagnose", "similarity")}
+    batched = {tuple(c) for cmd in shell["run"] if cmd[1] == "batch" for c in json.loads(cmd[3])}
+    batched |= {tuple(c[1:]) for c in shell["run"] if c[1] == "evaluate"}  # the models' evaluations stay single
+    assert batched == per_checkpoint and len(batched) > 100
+    grid = Grid.from_file(repo / "config/config.yaml")
+    assert grid.grouping("evaluate") == grid.grouping("diagnose") == "run"
+    assert all(Path(p).parent == grid.results / "eval" or "/models/" in p for p in grid.eval_inputs())
 
 
 def test_paper_dry_run_trains_every_spec_row(repo):

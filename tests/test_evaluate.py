@@ -353,6 +353,48 @@ def test_cli_user_errors(tmp_path, math_data, tiny_model, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
+# ---- several evaluations in one process (job_grouping.evaluate: run) ------------------------------------
+
+
+def _evaluate_args(model, spec, out_dir, seed):
+    return ["evaluate", "--model", str(model), "--benchmark", json.dumps(spec), "--seed", str(seed),
+            "--out", str(out_dir / "r.json"), "--samples", str(out_dir / "s.jsonl"), "--threads", "1"]
+
+
+def test_batch_writes_what_separate_commands_write(tmp_path, math_data, tiny_model, monkeypatch):
+    from geopd.cli import main
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    specs = [_spec(math_data, samples=2, max_new_tokens=6), _spec(math_data, samples=3, max_new_tokens=5)]
+    for i, spec in enumerate(specs):
+        assert main(_evaluate_args(tiny_model, spec, tmp_path / f"alone{i}", seed=7)) == 0
+    batch = [_evaluate_args(tiny_model, spec, tmp_path / f"batch{i}", seed=7) for i, spec in enumerate(specs)]
+    assert main(["batch", "--commands", json.dumps(batch)]) == 0
+    for i in range(len(specs)):
+        alone, grouped = tmp_path / f"alone{i}", tmp_path / f"batch{i}"
+        assert (grouped / "s.jsonl").read_text() == (alone / "s.jsonl").read_text()  # the same samples
+        a, b = (json.loads((d / "r.json").read_text()) for d in (alone, grouped))
+        assert a["metrics"] == b["metrics"] and a["n"] == b["n"] == 3
+
+
+def test_batch_stops_at_the_first_failure_naming_it(tmp_path, math_data, tiny_model, capsys):
+    from geopd.cli import main
+
+    spec = _spec(math_data, samples=1, max_new_tokens=4)
+    batch = [_evaluate_args(tiny_model, spec, tmp_path / "first", seed=0),
+             _evaluate_args(tmp_path / "missing-model", spec, tmp_path / "second", seed=0),
+             _evaluate_args(tiny_model, spec, tmp_path / "third", seed=0)]
+    assert main(["batch", "--commands", json.dumps(batch)]) == 2
+    err = capsys.readouterr().err
+    assert "command 2/3: geopd evaluate" in err and "missing-model" in err
+    assert (tmp_path / "first" / "r.json").exists() and not (tmp_path / "third").exists()
+    for bad, says in ((json.dumps({"evaluate": []}), "JSON list of argument lists"),
+                      (json.dumps([["train", "--spec", "{}"]]), "'train' cannot run in a batch"),
+                      ("[[", "not valid JSON")):
+        assert main(["batch", "--commands", bad]) == 2
+        assert says in capsys.readouterr().err
+
+
 # ---- code kinds (no lm-eval): faked generations, real sandboxed grading ---------------------------------
 
 SUM_OK = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"

@@ -15,12 +15,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 SLICE = REPO / "tests" / "configs" / "slice.yaml"
+# The slice as the miniature runs it: evaluations and diagnoses grouped by run.
+CONFIGS = [str(SLICE), str(REPO / "tests" / "configs" / "slice-grouped.yaml")]
 
 pytestmark = pytest.mark.slow
 
 
 def smk(workdir: Path, *args: str, env=None, timeout=900) -> subprocess.CompletedProcess:
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(SLICE),
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", *CONFIGS,
            "--cores", "2", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, **(env or {})))
@@ -68,24 +70,41 @@ def test_slice_builds_every_table_figure_and_the_claims_check(done):
     assert planned(done) == {}  # nothing left to do
 
 
+def test_grouped_jobs_write_every_per_checkpoint_file(done):
+    from geopd.grid import Grid
+
+    grid = Grid.from_files(CONFIGS)
+    assert grid.grouping("evaluate") == grid.grouping("diagnose") == "run"
+    for f in grid.eval_files():  # the per-checkpoint layout the report reads
+        result = json.loads((done / f).read_text())
+        assert result["n"] == 12 and (done / f.replace(".json", ".samples.jsonl")).stat().st_size > 0
+    for run, step, matrices in grid.diagnostics_targets():
+        assert (done / grid.diagnostics_file(run, step, matrices)).stat().st_size > 0
+    for run in grid.similarity_runs():
+        assert (done / grid.similarity_file(run)).stat().st_size > 0
+    log = (done / "results" / "logs" / "evaluate" / "opd-8b-t32b.log").read_text()
+    assert "command 2/2: geopd evaluate done" in log  # both checkpoints in one process
+
+
 def test_forcerun_recomputes_only_what_depends_on_the_rule(done):
-    counts = planned(done, "--forcerun", "diagnose")
-    assert counts.get("diagnose") and not {"train", "evaluate", "prepare_data", "pretrain_model"} & set(counts)
-    assert {"aggregate_diagnostics", "tables", "figures", "claims"} <= set(counts) and "similarity" not in counts
+    counts = planned(done, "--forcerun", "diagnose_run")
+    assert counts.get("diagnose_run") == 3
+    assert not {"train", "evaluate_run", "prepare_data", "pretrain_model"} & set(counts)
+    assert {"aggregate_diagnostics", "tables", "figures", "claims"} <= set(counts)
     # -R on one run's training: that run and what uses its checkpoints, not the other runs.
     counts = planned(done, "-R", "results/runs/rlvr-8b/checkpoints")
     assert counts["train"] == 1 and "pretrain_model" not in counts and "finetune_model" not in counts
     # --until stops at the named rule. (`--forcerun train --until train` trips Snakemake's
     # dry-run bug #823 because runs train from other runs' checkpoints; targets work there.)
-    counts = planned(done, "--forcerun", "diagnose", "--until", "diagnose")
-    assert set(counts) == {"diagnose"}
+    counts = planned(done, "--forcerun", "diagnose_run", "--until", "diagnose_run")
+    assert set(counts) == {"diagnose_run"}
 
 
 def test_killed_workflow_leaves_no_half_written_output_and_resumes(done):
     target = "results/runs/sft-8b/checkpoints"
     final = done / target / "step-6" / "model.safetensors"
     reference = final.read_bytes()
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(done), "--configfile", str(SLICE),
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(done), "--configfile", *CONFIGS,
            "--cores", "1", "--forcerun", "train", "--", target]
     proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, GEOPD_FAULT_STEP_DELAY="1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -13,7 +13,7 @@ import pytest
 
 from geopd.errors import UserError
 from geopd.world import tasks
-from geopd.world.tokenizer import CHARACTERS, build_tokenizer, save_tokenizer
+from geopd.world.tokenizer import CHARACTERS, PIECES, build_tokenizer, save_tokenizer, vocabulary
 
 # ---- tokenizer ---------------------------------------------------------------------------------
 
@@ -37,7 +37,7 @@ def test_one_token_per_character_and_exact_round_trip(tok):
     strings += [CODE, " ", "  \n\n\t", "\\boxed{82}", "What is 1+2?"]
     for s in strings:
         ids = _ids(tok, s)
-        if "<think>" not in s and "</think>" not in s:
+        if not any(t in s for t in ("<think>", "</think>", *PIECES)):
             assert len(ids) == len(s)
         assert tok.decode(ids) == s
         assert tok.decode(ids, skip_special_tokens=True) == s
@@ -50,8 +50,7 @@ def test_one_token_per_character_and_exact_round_trip(tok):
 def test_think_markers_and_special_tokens(tok):
     s = "<think>\n</think>\n\\boxed{7}"
     ids = _ids(tok, s)
-    assert len(ids) == 2 + 2 + len("\\boxed{7}")
-    assert tok.convert_ids_to_tokens(ids[:3]) == ["<think>", "\n", "</think>"]
+    assert tok.convert_ids_to_tokens(ids) == ["<think>", "\n", "</think>", "\n", "\\boxed{", "7", "}"]
     # Not special: the rollout decodes with skip_special_tokens=True and must keep them.
     assert tok.decode(ids, skip_special_tokens=True) == s
     assert tok.eos_token == "<|endoftext|>" and tok.pad_token == "<|pad|>"
@@ -59,7 +58,22 @@ def test_think_markers_and_special_tokens(tok):
     assert tok.decode(_ids(tok, "ab") + [tok.eos_token_id], skip_special_tokens=True) == "ab"
     assert tok.padding_side == "left"
     assert tok.convert_ids_to_tokens(_ids(tok, "é")) == ["<|unk|>"]
-    assert len(tok) == 3 + 2 + len(CHARACTERS)
+    assert len(tok) == len(vocabulary()) == 3 + 2 + len(CHARACTERS) + len(PIECES)
+
+
+def test_chat_pieces_are_whole_tokens_and_round_trip(tok):
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 68+53?"}], add_generation_prompt=True,
+                                     tokenize=False)
+    s = prompt + "<think>\n</think>\n\\boxed{121}"
+    ids = _ids(tok, s)
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces[0] == "User: " and pieces[16] == "Assistant: " and pieces[-5:] == ["\\boxed{", "1", "2", "1", "}"]
+    assert len(ids) == 26 and tok.decode(ids) == s == tok.decode(ids, skip_special_tokens=True)
+    # A piece inside other text is still the piece; the characters alone still encode each one.
+    assert tok.convert_ids_to_tokens(_ids(tok, "xUser: y")) == ["x", "User: ", "y"]
+    assert tok.decode(_ids(tok, "User:")) == "User:" and len(_ids(tok, "User:")) == 5
+    # Every earlier id is where it was before the pieces were added.
+    assert [vocabulary()[c] for c in CHARACTERS] == list(range(5, 5 + len(CHARACTERS)))
 
 
 def test_chat_template(tok):
@@ -111,6 +125,39 @@ def test_math_problems_are_correct_mixed_and_deterministic():
         lengths |= {len(str(a)), len(str(b))}
     assert lengths == {1, 2, 3}
     assert len({p["id"] for p in probs}) == len(probs)
+
+
+def test_math_max_digits_bounds_operands_and_keeps_the_default():
+    three = tasks.math_problems(300, 0, "train")
+    assert three == tasks.math_problems(300, 0, "train", max_digits=3)  # the default, draw for draw
+    two = tasks.math_problems(600, 0, "train", max_digits=2)
+    assert {len(str(x)) for p in two for x in _operands(p)} == {1, 2}
+    assert all(p["answer"] == str(sum(_operands(p))) for p in two)
+    n = tasks.test_pairs(2)  # ordered pairs of the test split: ~1/10 of 10,000
+    assert n == sum(tasks.split_of(tasks.math_key(a, b)) == "test" for a in range(100) for b in range(100))
+    assert 800 < n < 1200
+    test = tasks.math_problems(n, 0, "test", max_digits=2)  # every test pair, none twice
+    assert len({_operands(p) for p in test}) == n
+    train = {tuple(sorted(_operands(p))) for p in two}
+    assert not train & {tuple(sorted(_operands(p))) for p in test}
+    with pytest.raises(UserError, match=f"only {n} distinct"):
+        tasks.math_problems(n + 1, 0, "test", max_digits=2)
+    with pytest.raises(UserError, match="max_digits"):
+        tasks.math_problems(3, 0, "train", max_digits=0)
+    facts = [f for d in tasks.pretrain_corpus(2000, 0, max_digits=2) if "=" in d and "map" not in d
+             for f in d.split("\n")]
+    assert facts and all(max(map(len, re.fullmatch(r"(\d+)\+(\d+)=\d+", f).groups())) <= 2 for f in facts)
+    assert tasks.pretrain_corpus(500, 0) == tasks.pretrain_corpus(500, 0, max_digits=3)
+    # The data sets of a config pass it on: problems, demonstrations and corpus.
+    from geopd.data import synthetic
+
+    spec = {"name": "m", "seed": 0, "n_train": 300, "n_test": 50, "max_digits": 2}
+    math = synthetic({**spec, "kind": "synthetic-math"})
+    demos = synthetic({**spec, "kind": "synthetic-demos", "tasks": ["math"]})["train"]
+    corpus = synthetic({**spec, "kind": "synthetic-corpus"})["train"]
+    assert math["train"] == tasks.math_problems(300, 0, "train", 2) and math["test"] == test[:50]
+    assert len(demos) == 300 and all(len(str(x)) <= 2 for d in demos for x in _operands(d))
+    assert [d["text"] for d in corpus] == tasks.pretrain_corpus(300, 0, 2)
 
 
 @pytest.mark.parametrize("seed_train,seed_test", [(0, 0), (0, 1), (7, 3)])

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("geopd.diagnostics.cli", "parameter-space diagnostics of a checkpoint pair"),
     "similarity": ("geopd.diagnostics.similarity", "Sim_K of a run's checkpoint series"),
     "evaluate": ("geopd.evaluate.cli", "evaluate a checkpoint on a benchmark"),
+    "batch": ("geopd.batch", "several evaluate / diagnose / similarity commands in one process"),
     "report": ("geopd.report.cli", "tables, figures and the claims check"),
     "plan": ("geopd.plan", "list jobs and GPU-hours before anything runs"),
     "validate": ("geopd.config", "validate a config file against the schema"),

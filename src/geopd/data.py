@@ -79,10 +79,11 @@ def synthetic(spec: dict) -> dict[str, list[dict]]:
 
     kind, seed = spec["kind"], spec["seed"]
     n_train, n_test = spec.get("n_train", 0), spec.get("n_test", 0)
+    digits = spec.get("max_digits", tasks.MAX_DIGITS)  # operands of the math task
     if kind == "synthetic-corpus":
-        return {"train": [{"text": t} for t in tasks.pretrain_corpus(n_train, seed)], "test": []}
+        return {"train": [{"text": t} for t in tasks.pretrain_corpus(n_train, seed, digits)], "test": []}
     if kind == "synthetic-math":
-        return {s: tasks.math_problems(n, seed, s) for s, n in (("train", n_train), ("test", n_test))}
+        return {s: tasks.math_problems(n, seed, s, digits) for s, n in (("train", n_train), ("test", n_test))}
     if kind == "synthetic-code":
         return {s: tasks.code_problems(n, seed, s) for s, n in (("train", n_train), ("test", n_test))}
     if kind == "synthetic-demos":
@@ -99,7 +100,7 @@ def synthetic(spec: dict) -> dict[str, list[dict]]:
         records = []
         for task, n in per_task.items():
             if task == "math":
-                for p in tasks.math_problems(n, seed, "train"):
+                for p in tasks.math_problems(n, seed, "train", digits):
                     records.append({"prompt": p["prompt"], "task": "math",
                                     "response": tasks.math_demo(p, rng, spec.get("corrupt_prob", 0.0))})
             else:

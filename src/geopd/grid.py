@@ -440,6 +440,29 @@ class Grid:
                 out.append(endpoint)
         return out
 
+    def diagnose_runs(self) -> list[str]:
+        """Runs with at least one diagnosis, in config order."""
+        return list(dict.fromkeys(r for r, _, _ in self.diagnostics_targets()))
+
+    def diagnostics_run_dir(self, run: str) -> str:
+        return str(self.results / "diagnostics" / run)
+
+    def diagnose_run_targets(self, run: str) -> list[tuple[int, str]]:
+        """(step, matrix set) of every diagnosis of one run."""
+        return [(s, m) for r, s, m in self.diagnostics_targets() if r == run]
+
+    def diagnostics_inputs(self) -> list[str]:
+        """What aggregate_diagnostics waits for: every diagnosis and similarity file, or with
+        diagnoses grouped by run, each run's diagnostics folder (its similarity inside); the
+        reference pairs' files either way."""
+        refs = [self.reference_file(p) for p in self.reference_pairs()]
+        refs += [f.replace(".csv", ".json") for f in refs]
+        if self.grouping("diagnose") == "run":
+            return [self.diagnostics_run_dir(r) for r in self.diagnose_runs()] + refs
+        files = [self.diagnostics_file(r, s, m) for r, s, m in self.diagnostics_targets()]
+        return (files + [f.replace(".csv", ".json") for f in files]
+                + [self.similarity_file(r) for r in self.similarity_runs()] + refs)
+
     def diagnostics_file(self, run: str, step: int, matrices: str) -> str:
         return str(self.results / "diagnostics" / run / f"step-{step}.{matrices}.csv")
 
@@ -472,6 +495,36 @@ class Grid:
                 out.setdefault(run.teacher, [])
                 out[run.teacher] += [b for b in run.eval if b not in out[run.teacher]]
         return out
+
+    # ---- how per-checkpoint work is cut into jobs ----------------------------------------
+
+    GROUPINGS = ("checkpoint", "run")
+
+    def grouping(self, work: str) -> str:
+        """`job_grouping.<work>` ("evaluate" or "diagnose"): "checkpoint", one job per checkpoint
+        (and benchmark, or matrix set), or "run", one job for all checkpoints of a run (one
+        process start-up and import per run). The per-checkpoint files are the same either way."""
+        return self.config.get("job_grouping", {}).get(work, "checkpoint")
+
+    def eval_runs(self) -> list[str]:
+        """Runs with at least one benchmark, in config order."""
+        return [r.name for r in self.runs.values() if r.eval]
+
+    def eval_run_dir(self, run: str) -> str:
+        return str(self.results / "eval" / run)
+
+    def eval_run_targets(self, run: str) -> list[tuple[int, str]]:
+        """(step, benchmark) of every evaluation of one run, checkpoint by checkpoint."""
+        r = self.runs[run]
+        return [(s, b) for s in r.checkpoints for b in r.eval]
+
+    def eval_inputs(self) -> list[str]:
+        """What aggregate_eval waits for: every evaluation file, or with evaluations grouped by
+        run, each run's evaluation folder (and the models' files, which stay one job each)."""
+        if self.grouping("evaluate") == "checkpoint":
+            return self.eval_files()
+        return ([self.eval_run_dir(r) for r in self.eval_runs()]
+                + [self.model_eval_file(m, b) for m, benches in self.teacher_benchmarks().items() for b in benches])
 
     def eval_file(self, run: str, step: int | str, bench: str) -> str:
         return str(self.results / "eval" / run / f"step-{step}" / f"{bench}.json")
@@ -536,7 +589,8 @@ class Grid:
     # ---- resources -----------------------------------------------------------------------
 
     # Rules that share another rule's resource entry in the config.
-    RESOURCE_CLASS = {"evaluate_model": "evaluate", "diagnose_reference": "diagnose",
+    RESOURCE_CLASS = {"evaluate_model": "evaluate", "evaluate_run": "evaluate", "diagnose_reference": "diagnose",
+                      "diagnose_run": "diagnose",
                       "aggregate_diagnostics": "report", "aggregate_eval": "report",
                       "tables": "report", "figures": "report", "claims": "report",
                       "grid_spec": "report"}

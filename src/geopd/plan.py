@@ -83,25 +83,37 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
         return add(job_id, "train", run.family, deps, run=name, subject=name)
 
     diagnoses = set()
-    for name, step, matrices in grid.diagnostics_targets():
-        run = grid.runs[name]
-        deps = {train(name)} | ref(run.w0)
-        diagnoses.add(add(f"diagnose:{name}:{step}:{matrices}", "diagnose", run.family, deps,
-                          subject=name, matrices=matrices))
+    if grid.grouping("diagnose") == "run":  # every diagnosis of a run and its similarity: one job
+        for name in grid.diagnose_runs():
+            run = grid.runs[name]
+            diagnoses.add(add(f"diagnose_run:{name}", "diagnose_run", run.family, {train(name)} | ref(run.w0),
+                              subject=name))
+    else:
+        for name, step, matrices in grid.diagnostics_targets():
+            run = grid.runs[name]
+            deps = {train(name)} | ref(run.w0)
+            diagnoses.add(add(f"diagnose:{name}:{step}:{matrices}", "diagnose", run.family, deps,
+                              subject=name, matrices=matrices))
+        for name in grid.similarity_runs():
+            run = grid.runs[name]
+            diagnoses.add(add(f"similarity:{name}", "similarity", run.family, {train(name)} | ref(run.w0),
+                              subject=name))
     for pair, spec in grid.reference_pairs().items():
         deps = model(spec["base"]) | model(spec["tuned"])
         diagnoses.add(add(f"diagnose_reference:{pair}", "diagnose_reference", "reference", deps,
                           model=spec["base"], matrices="all"))
-    for name in grid.similarity_runs():
-        run = grid.runs[name]
-        diagnoses.add(add(f"similarity:{name}", "similarity", run.family, {train(name)} | ref(run.w0),
-                          subject=name))
     evals = set()
+    by_run = grid.grouping("evaluate") == "run"
     for subject, step, bench in grid.eval_targets():
         bench_data = data(grid.benchmarks[bench]["data"])
         if step == "model":
             evals.add(add(f"evaluate_model:{subject}:{bench}", "evaluate_model", "teachers",
                           model(subject) | {bench_data}, model=subject, bench=bench))
+        elif by_run:  # every checkpoint of the run on every benchmark of it: one job
+            job = add(f"evaluate_run:{subject}", "evaluate_run", grid.runs[subject].family, {train(subject)},
+                      subject=subject)
+            jobs[job].deps.add(bench_data)
+            evals.add(job)
         else:
             family = grid.runs[subject].family
             evals.add(add(f"evaluate:{subject}:{step}:{bench}", "evaluate", family,

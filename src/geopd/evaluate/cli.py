@@ -105,6 +105,13 @@ def evaluate_lm_eval(spec: dict, model: str, records: list[dict], *, seed: int, 
     return res.metrics, res.samples, {"n": res.n, "lm_eval_task": res.task}
 
 
+# Verdicts of the miniature code task's programs, kept for the life of the process: a sampled
+# policy repeats programs within a checkpoint and across the checkpoints of a batch (geopd batch),
+# and these programs (two lines of stdin arithmetic) are deterministic, so an identical program on
+# identical tests is run in the sandbox once.
+_CODE_VERDICTS: dict[tuple, bool] = {}
+
+
 def evaluate_code(spec: dict, model: str, records: list[dict], *, seed: int, backend: str, device: str,
                   batch_size: int, tokenizer, workers: int = 1) -> tuple[dict, list[dict], dict]:
     """Miniature code task: every sample's last code block run on the problem's stdin tests."""
@@ -117,10 +124,17 @@ def evaluate_code(spec: dict, model: str, records: list[dict], *, seed: int, bac
     gen = _generate(spec, model, [r["prompt"] for r in records], seed=seed, backend=backend, device=device,
                     batch_size=batch_size, tokenizer=tokenizer)
     jobs = [(i, r) for i, responses in enumerate(gen.responses) for r in responses]
-    # One sandboxed process per sample (all its tests), `workers` at a time.
+
+    def verdict(job) -> bool:
+        rec = records[job[0]]
+        key = (extract_last_code_block(job[1]), json.dumps(rec["tests"], sort_keys=True), rec.get("fn_name"))
+        if key not in _CODE_VERDICTS:
+            _CODE_VERDICTS[key] = bool(grade_code(job[1], rec["tests"], fn_name=rec.get("fn_name")))
+        return _CODE_VERDICTS[key]
+
+    # One sandboxed process per distinct program (all its tests), `workers` at a time.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        flat = list(pool.map(lambda job: bool(grade_code(job[1], records[job[0]]["tests"],
-                                                         fn_name=records[job[0]].get("fn_name"))), jobs))
+        flat = list(pool.map(verdict, jobs))
     samples, per_problem = [], []
     for i, (rec, prompt, responses) in enumerate(zip(records, gen.prompts, gen.responses)):
         correct = flat[i * k:(i + 1) * k]

@@ -3,8 +3,9 @@
 Everything here uses only `random.Random` instances seeded from strings (deterministic across
 processes and Python versions) and a keyed hash for the train/test split:
 
-- math: "What is a+b?" with operands of mixed length (1-3 digits, the length drawn first so
-  short sums are common; uniform 3-digit sums leave a long zero-accuracy plateau on carries).
+- math: "What is a+b?" with operands of mixed length (1 to max_digits digits, default 3, the
+  length drawn first so short sums are common; uniform 3-digit sums leave a long zero-accuracy
+  plateau on carries).
   Answered "<think>\\n</think>\\n\\boxed{N}".
 - code: read two integers from one stdin line and print an expression of them; answered by
   a two-line Python program in a ```python block, checked against stdin/stdout tests.
@@ -42,8 +43,16 @@ def _check(n: int, split: str) -> None:
 
 # ---- math -----------------------------------------------------------------------------------
 
-def _operand(rng: random.Random) -> int:
-    digits = rng.choice((1, 2, 3))
+MAX_DIGITS = 3
+
+
+def _check_digits(max_digits: int) -> None:
+    if not 1 <= max_digits <= 9:
+        raise UserError(f"max_digits must be between 1 and 9, got {max_digits}")
+
+
+def _operand(rng: random.Random, max_digits: int = MAX_DIGITS) -> int:
+    digits = rng.choice(range(1, max_digits + 1))
     low = 0 if digits == 1 else 10 ** (digits - 1)
     return rng.randrange(low, 10 ** digits)
 
@@ -52,24 +61,37 @@ def math_key(a: int, b: int) -> str:
     return f"{min(a, b)}+{max(a, b)}"
 
 
-def _math_pair(rng: random.Random, split: str) -> tuple[int, int]:
+def _math_pair(rng: random.Random, split: str, max_digits: int = MAX_DIGITS) -> tuple[int, int]:
     while True:
-        a, b = _operand(rng), _operand(rng)
+        a, b = _operand(rng, max_digits), _operand(rng, max_digits)
         if split_of(math_key(a, b)) == split:
             return a, b
 
 
-def math_problems(n: int, seed: int, split: str) -> list[dict]:
-    """`n` addition problems {"id", "task": "math", "prompt", "answer"} of one split.
+def test_pairs(max_digits: int) -> int:
+    """Ordered pairs (a, b) in the test split with operands of up to `max_digits` digits."""
+    top = 10 ** max_digits
+    return sum(1 if a == b else 2 for a in range(top) for b in range(a, top) if split_of(math_key(a, b)) == "test")
+
+
+def math_problems(n: int, seed: int, split: str, max_digits: int = MAX_DIGITS) -> list[dict]:
+    """`n` addition problems {"id", "task": "math", "prompt", "answer"} of one split, operands
+    of 1 to `max_digits` digits.
 
     The list for a larger n extends the list for a smaller one. Test problems are distinct;
     train problems are i.i.d. draws, so small sums recur as often as the distribution says."""
     _check(n, split)
+    _check_digits(max_digits)
+    if split == "test" and max_digits <= 2:  # few enough pairs to run out of (~1,000 at 2 digits)
+        pairs = test_pairs(max_digits)
+        if n > pairs:
+            raise UserError(f"math: asked for {n} test problems but only {pairs} distinct ones exist "
+                            f"with operands of up to {max_digits} digits")
     rng = random.Random(f"math:{split}:{seed}")
     seen: set[tuple[int, int]] = set()
     out: list[dict] = []
     while len(out) < n:
-        a, b = _math_pair(rng, split)
+        a, b = _math_pair(rng, split, max_digits)
         if split == "test":
             if (a, b) in seen:
                 continue
@@ -230,10 +252,10 @@ def code_demo(problem: dict, rng: random.Random, corrupt_prob: float) -> str:
 MAX_DOC_CHARS = 60  # documents fit the 64-token pretraining window with the EOS token
 
 
-def _facts_doc(rng: random.Random) -> str:
+def _facts_doc(rng: random.Random, max_digits: int = MAX_DIGITS) -> str:
     facts: list[str] = []
     for _ in range(rng.randint(2, 5)):
-        a, b = _math_pair(rng, "train")
+        a, b = _math_pair(rng, "train", max_digits)
         fact = f"{a}+{b}={a + b}"
         if len("\n".join(facts + [fact])) > MAX_DOC_CHARS:
             break
@@ -259,19 +281,21 @@ def _code_doc(rng: random.Random, pool: list) -> str:
     return text
 
 
-def pretrain_corpus(n: int, seed: int) -> list[str]:
+def pretrain_corpus(n: int, seed: int, max_digits: int = MAX_DIGITS) -> list[str]:
     """`n` short documents for language-model pretraining: addition facts ("37+45=82", a few
-    per document), counting sequences ("17 18 19 20") and the code task's programs; none in
-    the answer format, which SFT teaches. Only train-split sums and programs are used."""
+    per document, operands of up to `max_digits` digits), counting sequences ("17 18 19 20")
+    and the code task's programs; none in the answer format, which SFT teaches. Only
+    train-split sums and programs are used."""
     if n < 0:
         raise UserError(f"corpus size must be >= 0, got {n}")
+    _check_digits(max_digits)
     rng = random.Random(f"corpus:{seed}")
     pool = code_pool("train")
     docs = []
     for _ in range(n):
         r = rng.random()
         if r < 0.6:
-            docs.append(_facts_doc(rng))
+            docs.append(_facts_doc(rng, max_digits))
         elif r < 0.75:
             docs.append(_sequence_doc(rng))
         else:
