@@ -368,9 +368,12 @@ def test_time_limit_sigterm_saves_state_and_retry_continues(grid_slice, slurm_co
     workdir, _ = grid_slice
     reference = (workdir / SFT_FINAL).read_bytes()
     seen = {j["id"] for j in _train_jobs("sft-8b")}
-    # 6 steps x 20 s against a 1-minute limit: Slurm sends SIGTERM mid-run (then SIGKILL after
+    # 6 steps x 12 s against a 1-minute limit: Slurm sends SIGTERM mid-run (then SIGKILL after
     # KillWait = 30 s); the trainer finishes its step, saves, exits 75; attempt 2 has 2 minutes.
-    proc = _retrain_sft(workdir, slurm_conf, delay=20, configfiles=(SLICE, TIMEOUT))
+    # 12 s leaves room for a slow start-up (a loaded CI machine took ~40 s to reach step 1; with
+    # 20 s steps its retry then ran out of time): attempt 1 times out whatever the start-up, and
+    # the retry needs at most 5 x 12 s plus start-up.
+    proc = _retrain_sft(workdir, slurm_conf, delay=12, configfiles=(SLICE, TIMEOUT))
     _finish(proc, 500)
     jobs = sorted((j for j in _train_jobs("sft-8b") if j["id"] not in seen), key=lambda j: int(j["id"]))
     assert [j["state"] for j in jobs] == ["TIMEOUT", "COMPLETED"], jobs
