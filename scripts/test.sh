@@ -11,7 +11,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # With arguments (a chosen subset) only the main venv's run happens.
 if [ $# -eq 0 ]; then
   bash scripts/bootstrap-vllm.sh
-  .venv-vllm/bin/python -m pytest -ra tests/with_vllm
+  .venv-vllm/bin/python -m pytest -ra --durations=10 tests/with_vllm
 fi
 # ---- end vLLM
 # -ra lists every skip with its reason; --durations the slowest tests.

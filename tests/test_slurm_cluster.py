@@ -368,17 +368,19 @@ def test_time_limit_sigterm_saves_state_and_retry_continues(grid_slice, slurm_co
     workdir, _ = grid_slice
     reference = (workdir / SFT_FINAL).read_bytes()
     seen = {j["id"] for j in _train_jobs("sft-8b")}
-    # 6 steps x 12 s against a 1-minute limit: Slurm sends SIGTERM mid-run (then SIGKILL after
-    # KillWait = 30 s); the trainer finishes its step, saves, exits 75; attempt 2 has 2 minutes.
-    # 12 s leaves room for a slow start-up (a loaded CI machine took ~40 s to reach step 1; with
-    # 20 s steps its retry then ran out of time): attempt 1 times out whatever the start-up, and
-    # the retry needs at most 5 x 12 s plus start-up.
-    proc = _retrain_sft(workdir, slurm_conf, delay=12, configfiles=(SLICE, TIMEOUT))
-    _finish(proc, 500)
+    # 6 steps x 25 s against a 2-minute limit. slurmctld enforces limits on a ~30 s sweep, so the
+    # job gets SIGTERM between 120 and 150 s (then SIGKILL after KillWait = 30 s): 150 s of steps
+    # plus start-up always runs past it. The trainer finishes its step (<= 25 s + a save, inside
+    # KillWait), saves, exits 75; attempt 2 has 4 minutes, enough even for all 6 steps after a
+    # slow start-up (a loaded CI machine took ~40 s to reach step 1). With 20 s steps and a
+    # 1-minute limit that retry ran out of time in CI; with 12 s steps the sweep let attempt 1
+    # finish (78 s) before it was enforced.
+    proc = _retrain_sft(workdir, slurm_conf, delay=25, configfiles=(SLICE, TIMEOUT))
+    _finish(proc, 600)
     jobs = sorted((j for j in _train_jobs("sft-8b") if j["id"] not in seen), key=lambda j: int(j["id"]))
     assert [j["state"] for j in jobs] == ["TIMEOUT", "COMPLETED"], jobs
-    assert _field(_show(jobs[0]["id"]), "TimeLimit") == "00:01:00"
-    assert _field(_show(jobs[1]["id"]), "TimeLimit") == "00:02:00"
+    assert _field(_show(jobs[0]["id"]), "TimeLimit") == "00:02:00"
+    assert _field(_show(jobs[1]["id"]), "TimeLimit") == "00:04:00"
     log = (workdir / "results/logs/train/sft-8b.log").read_text()
     resumed = re.search(r"resumed sft-8b from \S+ \(step (\d)\)", log)
     assert resumed and 1 <= int(resumed.group(1)) < 6, log[-2000:]
