@@ -14,7 +14,7 @@ from geopd import costmodel as cm
 from geopd.config import read_yaml
 from geopd.errors import UserError
 from geopd.grid import Grid
-from geopd.plan import Shapes, build_jobs, estimate_jobs, problems
+from geopd.plan import Shapes, build_jobs, estimate_jobs, evaluation_spec, problems
 
 PAPER = "config/paper.yaml"
 
@@ -107,6 +107,19 @@ def test_evaluation_takes_the_smallest_tensor_parallel_that_fits(paper):
     assert cm.eval_parallelism(shapes.model("qwen3-8b"), bench, 8, 1, 80e9, 34816) == (1, 8)
     assert cm.eval_parallelism(shapes.model("qwen3-32b"), bench, 8, 1, 80e9, 34816) == (2, 4)
     assert cm.eval_parallelism(shapes.model("qwen3-32b"), {**bench, "data_parallel": 1}, 8, 1, 80e9, 34816) == (2, 1)
+
+
+@pytest.mark.parametrize("backend", ["vllm", "auto"])
+def test_evaluate_rules_run_the_parallelism_the_plan_checked(paper, backend):
+    # "auto" resolves to vLLM on a GPU node, so its job must get the plan's tensor x data
+    # parallel too (with tp = dp = 1 on 2 GPUs, evaluate.cli refuses the job at run time).
+    grid = Grid(changed(paper, "benchmarks", "aime24", "backend", backend))
+    spec = evaluation_spec(grid, "aime24", run="opd-8b-t32b")
+    estimates = estimate_jobs(grid, build_jobs(grid))
+    planned = [e for job_id, e in estimates.items()
+               if job_id.startswith("evaluate") and "opd-8b-t32b" in job_id and e.info.get("bench") == "aime24"]
+    assert planned and {(e.info["tp"], e.info["dp"]) for e in planned} == {(spec["tensor_parallel"], spec["data_parallel"])}
+    assert spec["tensor_parallel"] * spec["data_parallel"] == grid.resources("evaluate")["gpus"]
 
 
 # ---- the paper config --------------------------------------------------------------------

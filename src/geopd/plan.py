@@ -257,7 +257,8 @@ def evaluation_spec(grid: Grid, bench: str, *, run: str | None = None, model: st
     planner use this one choice, so what `geopd plan` checked is what runs."""
     spec = grid.benchmark_spec(bench)
     res = grid.resources("evaluate")
-    if spec.get("backend") != "vllm" or res.get("gpus", 0) == 0 or grid.config.get("device", "cpu") == "cpu":
+    # "auto" runs vLLM on a GPU node (evaluate.cli.resolve_backend), and the cost model plans it so.
+    if spec.get("backend", "auto") == "hf" or res.get("gpus", 0) == 0 or grid.config.get("device", "cpu") == "cpu":
         return spec
     shapes = Shapes(grid)
     name = model if model is not None else shapes.root_model(Ref("run", run))
