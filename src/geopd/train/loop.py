@@ -167,6 +167,13 @@ def settings_fingerprint(spec: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
 def num_updates(samples: int, global_batch_size: int) -> int:
     """Optimizer updates per rollout batch: samples // global_batch_size, as slime counts them
     (OPD 300 x 8 / 64 -> 37, RLVR 1024 x 8 / 512 -> 16), at least one. slime refuses a batch that
@@ -649,20 +656,13 @@ class Trainer:
     def _keep_state(self, state: Path) -> None:
         """Keep this step's training state with the exports (as `state-{step}`), for the runs
         that start from this checkpoint and continue this run (geopd.grid: keep_state). Hard
-        links: no second copy on disk, and pruning the original leaves it intact."""
+        links: no second copy on disk, and pruning the original leaves it intact. Published as
+        checkpoints are (a scratch name, then a swap), so a kill never loses a kept state."""
         if self.dist.main:
             final = self.exports / f"state-{self.step}"
-            tmp = self.exports / f".state-{self.step}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for f in sorted(p for p in Path(state).rglob("*") if p.is_file()):
-                (tmp / f.relative_to(state)).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(f, tmp / f.relative_to(state))
-                except OSError:  # a file system without hard links
-                    shutil.copy2(f, tmp / f.relative_to(state))
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(tmp, final)
+            tmp = ckpt._scratch_name(final, "tmp")
+            shutil.copytree(state, tmp, copy_function=_link_or_copy)
+            ckpt._publish(tmp, final)
         self.dist.barrier()
 
     def _extra_state(self) -> dict:
