@@ -498,8 +498,6 @@ class Grid:
 
     # ---- how per-checkpoint work is cut into jobs ----------------------------------------
 
-    GROUPINGS = ("checkpoint", "run")
-
     def grouping(self, work: str) -> str:
         """`job_grouping.<work>` ("evaluate" or "diagnose"): "checkpoint", one job per checkpoint
         (and benchmark, or matrix set), or "run", one job for all checkpoints of a run (one

@@ -216,14 +216,6 @@ def run_stdin_test(code: str, test_input: str, expected: str, *, timeout_s: floa
     return graded["results"][0]
 
 
-def run_functional_test(code: str, func_name: str, test_input: str, expected: str, *,
-                        timeout_s: float = TIMEOUT_S, **sandbox_kwargs) -> dict:
-    """One call-based test in a sandbox of its own: its verdict dict."""
-    graded = _code.grade_tests(code, [{"input": test_input, "output": expected}], fn_name=func_name,
-                               timeout_s=timeout_s, **sandbox_kwargs)
-    return graded["results"][0]
-
-
 def private_tests(problem: dict) -> list[dict]:
     private = problem.get("private_test_cases") or []
     return private if isinstance(private, list) else decode_private_tests(private)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +80,7 @@ class JsonlRecords(Sequence):
         import numpy as np
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"data file not found: {self.path} (run the prepare_data rule first)")
-        index = index_path(self.path, Path(cache_dir))
-        if not index.is_file():
-            index = build_index(self.path, cache_dir)
-        self.offsets = np.load(index)
+        self.offsets = np.load(build_index(self.path, cache_dir))  # checks the file; reuses a cached index
         self._fh = None
 
     def __len__(self) -> int:
@@ -221,13 +217,29 @@ def format_prompt(tokenizer, prompt: str | list[dict]) -> str:
 _PROBE = "geopd-end-of-turn-probe"
 
 
+_END_OF_TURN = weakref.WeakKeyDictionary()  # tokenizer -> (its chat template, the id found)
+
+
 def end_of_turn_id(tokenizer) -> int | None:
     """The token the chat template closes an assistant turn with (Qwen3: <|im_end|>, the
     miniature template: <|endoftext|>), read off the template itself, not the tokenizer's eos
     (a Qwen3-*-Base tokenizer's eos is <|endoftext|>). None without a template, or when the
-    template follows the turn with plain text rather than a special token."""
-    if not getattr(tokenizer, "chat_template", None):
+    template follows the turn with plain text rather than a special token. Found once per
+    tokenizer and template (every SFT batch and rollout asks)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
         return None
+    try:
+        cached = _END_OF_TURN.get(tokenizer)
+    except TypeError:  # not weak-referenceable: find it every time
+        return _find_end_of_turn(tokenizer)
+    if cached is None or cached[0] != template:
+        cached = (template, _find_end_of_turn(tokenizer))
+        _END_OF_TURN[tokenizer] = cached
+    return cached[1]
+
+
+def _find_end_of_turn(tokenizer) -> int | None:
     text = _render(tokenizer, [{"role": "user", "content": "?"}, {"role": "assistant", "content": _PROBE}])
     if _PROBE not in text:  # a template that does not render assistant turns verbatim
         return None
