@@ -60,7 +60,7 @@ def main() -> None:
     import torch
 
     from geopd.train.data import format_prompt
-    from geopd.train.rollout import HFRollout, VLLMRollout
+    from geopd.engines.rollout import HFRollout, VLLMRollout
     from geopd.world.tasks import math_problems
     from geopd.world.tokenizer import build_tokenizer
 

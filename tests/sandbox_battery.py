@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from geopd.evaluate.sandbox import run_program
+from geopd.sandbox import run_program
 from geopd.grading.code import grade_tests
 
 

@@ -8,7 +8,7 @@ import torch
 
 from geopd.errors import UserError
 from geopd.train.data import (conversation, encode_conversation, encode_sft, end_of_turn_id, format_prompt)
-from geopd.train.rollout import assemble, eos_ids
+from geopd.engines.rollout import assemble, eos_ids
 
 QWEN3_TEMPLATE = (Path(__file__).parent / "fixtures" / "qwen3_chat_template.jinja").read_text().rstrip("\n")
 # Qwen2/Qwen3's pre-tokenizer split pattern (tokenizer.json of the Qwen3 repos).
@@ -77,7 +77,7 @@ def test_hf_rollout_of_a_base_student_stops_at_im_end(base_tok):
     """A model that always emits <|im_end|>: the engine must stop after one token."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from geopd.train.rollout import HFRollout
+    from geopd.engines.rollout import HFRollout
 
     cfg = Qwen3Config(vocab_size=len(base_tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                       num_key_value_heads=1, head_dim=8, intermediate_size=32, tie_word_embeddings=False,

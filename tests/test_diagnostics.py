@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from geopd.diagnostics import metrics as M
-from geopd.diagnostics.reader import Checkpoint
+from geopd.io.tensors import Checkpoint
 from geopd.diagnostics.run import Options, diagnose
 from geopd.diagnostics.similarity import similarity_series, step_of
 from geopd.errors import UserError

@@ -1,11 +1,11 @@
-"""lm_head in chunks (geopd.train.logprobs) against the full-logits computation, micro-batch
+"""lm_head in chunks (geopd.engines.logprobs) against the full-logits computation, micro-batch
 plans, the global batch in samples, and the engine block."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from geopd.errors import UserError
-from geopd.train import logprobs as lp
+from geopd.engines import logprobs as lp
 from geopd.train.loop import EngineSettings, num_updates, update_of_samples
 
 from test_checkpoint import make_model

@@ -9,8 +9,8 @@ from transformers import GenerationConfig
 
 from geopd.errors import UserError
 from geopd.train import checkpoint as ck
-from geopd.train.rollout import HFRollout, Rollouts, make_rollout_engine
-from geopd.train.teacher import HFTeacher, make_teacher
+from geopd.engines.rollout import HFRollout, Rollouts, make_rollout_engine
+from geopd.engines.teacher import HFTeacher, make_teacher
 
 from test_checkpoint import make_model, make_tokenizer
 

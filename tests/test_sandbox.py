@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from geopd.evaluate import sandbox
-from geopd.evaluate.sandbox import run_batch, run_program
+from geopd import sandbox
+from geopd.sandbox import run_batch, run_program
 from geopd.grading.code import grade_tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_this_machine_isolates():
 
 def test_hook_mode_says_it_does_not_isolate(caplog):
     sandbox._warn_unisolated.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="geopd.evaluate.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="geopd.sandbox"):
         r = run_program("print('ok')", mode="hook")
     assert r.stdout == "ok\n" and not r.isolated
     assert "cannot isolate" in caplog.text

@@ -80,7 +80,7 @@ def test_student_is_sharded_before_the_teacher_starts(tmp_path, monkeypatch):
     import importlib.util
 
     from geopd.train import checkpoint as ckpt
-    from geopd.train import teacher
+    from geopd.engines import teacher
     from geopd.train.loop import Trainer
 
     found = importlib.util.spec_from_file_location("bench_memory_model", REPO / "scripts/bench_memory_model.py")

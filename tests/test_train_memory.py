@@ -86,7 +86,7 @@ def test_peak_memory_stays_under_the_model(large_vocab, method):
 
 def test_the_cost_model_uses_the_trainers_logit_blocks():
     """geopd.costmodel (no torch) restates the trainer's fp32 block size and default chunk."""
-    from geopd.train.logprobs import default_chunk_tokens
+    from geopd.engines.logprobs import default_chunk_tokens
 
     assert cm.LOGIT_BLOCK_ELEMENTS == obj._CHUNK_ELEMENTS
     shape = cm.Shape.from_entry({"hidden": 64, "layers": 1, "heads": 4, "kv_heads": 2, "intermediate": 128,

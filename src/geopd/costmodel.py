@@ -16,11 +16,11 @@ teacher scoring (plus the prompt log-probs vLLM computes outside its budget), re
 behaviour log-probs and training. An awake vLLM engine holds its gpu_memory_utilization x GPU
 memory (weights at its dtype / tensor_parallel, activations, the rest KV cache). The engines of
 one process sleep and wake together (vLLM 0.32 has one sleep allocator per process;
-geopd.train.vllm_engine): both are awake while either generates or scores, a sleeping one
+geopd.engines.vllm_engine): both are awake while either generates or scores, a sleeping one
 keeps `vllm_sleep_residue_gib` (its KV cache freed), and its weights go to pinned host memory
 (level 1: the teacher's, and the rollout engine's beside a teacher) or are dropped (level 2: a
 rollout engine alone, whose weights the trainer pushes after waking it). The trainer empties
-PyTorch's cache before an engine wakes (geopd.train.vllm_engine._wake_all).
+PyTorch's cache before an engine wakes (geopd.engines.vllm_engine._wake_all).
 
 Time: token counts x FLOPs per token / (GPUs x peak x utilisation) for training, recompute
 and teacher scoring; vLLM decode from a memory-bandwidth roofline (weights + the KV cache read
@@ -290,7 +290,7 @@ class Engine:
 # ---- the trainer's memory ---------------------------------------------------------------------
 #
 # What one training process holds, from the trainer's code paths (geopd.train.loop,
-# geopd.train.logprobs); bytes, P parameters, W processes, b bytes of the compute dtype, L
+# geopd.engines.logprobs); bytes, P parameters, W processes, b bytes of the compute dtype, L
 # layers, H hidden, V vocabulary, a micro-batch of T padded tokens over `width` columns of which
 # n positions are scored, a = Shape.layer_activation_bytes(b, width):
 #
@@ -327,7 +327,7 @@ LOGIT_BLOCK_ELEMENTS = 1 << 24
 
 def head_chunk_rows(shape: Shape, scored: int, chunk_tokens: int | None) -> int:
     """Rows per lm_head chunk: the run's logprob_chunk_tokens, else ~2**24 logits
-    (geopd.train.logprobs.default_chunk_tokens), never more than the scored positions."""
+    (geopd.engines.logprobs.default_chunk_tokens), never more than the scored positions."""
     return max(1, min(scored, chunk_tokens or max(1, LOGIT_BLOCK_ELEMENTS // shape.vocab)))
 
 
@@ -685,7 +685,7 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
         inputs = student.layers * (5 * student.hidden + student.q_dim + student.intermediate) + 2 * student.hidden
         extra.add("rank-K projection bases", 4 * run.projection["rank"] * inputs)
     hf_teacher = rl and teacher is not None and te.get("backend", "hf") != "vllm"
-    if hf_teacher:  # geopd.train.teacher.HFTeacher: fp32 on every GPU for the whole run
+    if hf_teacher:  # geopd.engines.teacher.HFTeacher: fp32 on every GPU for the whole run
         extra.add("HF teacher fp32 weights", 4 * teacher.params())
 
     def with_extra(b: Breakdown) -> Breakdown:
@@ -700,7 +700,7 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
         score.terms.update(scoring_pass(teacher, Engine(), 1, 64 * seq, width=seq).terms)
         phases["teacher scoring"] = slack(score)
     rollout_engine = teacher_engine = None
-    levels = {}  # sleep level of each engine when alone in its process (geopd.train.vllm_engine)
+    levels = {}  # sleep level of each engine when alone in its process (geopd.engines.vllm_engine)
     if rl:
         r = s["rollout"]
         if r.get("backend", "hf") != "vllm":
@@ -733,7 +733,7 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
         engines = [(e, block, name) for e, block, name in ((rollout_engine, r_block, "rollout"),
                                                            (teacher_engine, t_block, "teacher")) if e is not None]
         # The engines of one process sleep and wake together (vLLM 0.32 has one sleep allocator per
-        # process; geopd.train.vllm_engine): while either generates or scores both are awake, and
+        # process; geopd.engines.vllm_engine): while either generates or scores both are awake, and
         # two sleepers both sleep at level 1, which parks their weights in pinned host memory.
         sleepers = [name for _, block, name in engines if block.get("sleep")]
         for e, block, name in engines:

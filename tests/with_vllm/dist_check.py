@@ -17,8 +17,8 @@ if __name__ == "__main__":
     from geopd.train.checkpoint import load_model, load_tokenizer
     from geopd.train.data import format_prompt
     from geopd.train.loop import Dist, shard_model
-    from geopd.train.rollout import make_rollout_engine, sequence_logprobs
-    from geopd.train.teacher import HFTeacher, make_teacher
+    from geopd.engines.rollout import make_rollout_engine, sequence_logprobs
+    from geopd.engines.teacher import HFTeacher, make_teacher
 
     tp, out, student, teacher_path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     settings = {"kv_cache_gib": 0.0625, "max_model_len": 256, "tensor_parallel": tp}

@@ -9,7 +9,7 @@ import pytest
 from conftest import SETTINGS
 from geopd.errors import UserError
 from geopd.evaluate.cli import check_gpus, evaluate, resolve_backend
-from geopd.train.vllm_engine import vllm_version
+from geopd.engines.vllm_engine import vllm_version
 
 
 def bench(world, tmp_path, kind="math", **over):

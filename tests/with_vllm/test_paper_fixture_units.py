@@ -67,7 +67,7 @@ def test_evaluation_stops_at_the_end_of_turn_of_a_base_derived_student(base_dir,
     from geopd.evaluate.cli import evaluate
     from geopd.train.checkpoint import load_tokenizer
     from geopd.train.data import end_of_turn_id, format_prompt
-    from geopd.train.rollout import eos_ids
+    from geopd.engines.rollout import eos_ids
 
     tok = load_tokenizer(base_dir)
     im_end = end_of_turn_id(tok)
@@ -104,6 +104,6 @@ def test_code_sandbox_isolates_in_the_paper_paths_env():
     """The paper path (LiveCodeBench evaluation, DeepCoder rewards) runs in this env, as on the GPU
     nodes (envs/vllm-base.txt): its code sandbox must isolate programs there, not fall back to the
     audit hook alone for want of libseccomp's Python bindings."""
-    from geopd.evaluate.sandbox import summary
+    from geopd.sandbox import summary
 
     assert summary()["isolated"], summary()

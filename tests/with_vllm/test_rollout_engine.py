@@ -1,6 +1,6 @@
 """The vLLM rollout engine against the trainer's own log-probs, in one process (fp32 and bf16).
 
-Tolerance: fp32 engine vs the trainer's fp32 forward pass (geopd.train.rollout.sequence_logprobs)
+Tolerance: fp32 engine vs the trainer's fp32 forward pass (geopd.engines.rollout.sequence_logprobs)
 agree to 1e-5 absolute per token (measured ~1e-6: different kernels, same math); a bf16 engine vs
 a bf16 transformers model to 0.05 (bf16 rounding of activations, different reduction order).
 """
@@ -13,7 +13,7 @@ import torch
 from conftest import SETTINGS
 from geopd.errors import UserError
 from geopd.train.checkpoint import load_model
-from geopd.train.rollout import VLLMRollout, make_rollout_engine, sequence_logprobs
+from geopd.engines.rollout import VLLMRollout, make_rollout_engine, sequence_logprobs
 
 FP32_ATOL = 1e-5
 BF16_ATOL = 0.05
@@ -122,7 +122,7 @@ def test_a_rank_without_prompts_gets_no_samples(engine, world):
     # group may span ranks) and gets an empty batch; the vLLM teacher scores it as empty.
     ro = engine.generate([], 3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)
     assert ro.num_samples == 0 and ro.group_size == 3 and ro.texts == []
-    from geopd.train.teacher import make_teacher
+    from geopd.engines.teacher import make_teacher
 
     teacher = make_teacher("vllm", world.teacher, world.tokenizer, dtype=torch.float32, vllm=SETTINGS)
     assert teacher.score(ro).shape == (0, 1)

@@ -5,8 +5,8 @@ weights have to survive."""
 import pytest
 
 from geopd.errors import UserError
-from geopd.train import vllm_engine
-from geopd.train.vllm_engine import Engine
+from geopd.engines import vllm_engine
+from geopd.engines.vllm_engine import Engine
 
 
 class RecordingLLM:

@@ -8,8 +8,8 @@ import torch
 
 from conftest import SETTINGS
 from geopd.train.checkpoint import load_model
-from geopd.train.rollout import HFRollout
-from geopd.train.teacher import HFTeacher, make_teacher
+from geopd.engines.rollout import HFRollout
+from geopd.engines.teacher import HFTeacher, make_teacher
 
 
 @pytest.fixture(scope="module")

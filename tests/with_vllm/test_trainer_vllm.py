@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import SETTINGS
-from geopd.train.rollout import sequence_logprobs
+from geopd.engines.rollout import sequence_logprobs
 
 
 def spec_for(world, tmp_path, **changes):
@@ -28,8 +28,8 @@ def spec_for(world, tmp_path, **changes):
 
 def test_opd_with_effopd_search_samples_from_the_weights_being_tested(world, tmp_path):
     from geopd.train.loop import Trainer
-    from geopd.train.rollout import VLLMRollout
-    from geopd.train.teacher import VLLMTeacher
+    from geopd.engines.rollout import VLLMRollout
+    from geopd.engines.teacher import VLLMTeacher
 
     spec = spec_for(world, tmp_path, extrapolation={"candidates": 3, "factor_step": 2.0, "validation_prompts": 4})
     trainer = Trainer(spec, threads=1, progress=False)
@@ -72,7 +72,7 @@ def test_off_policy_rollouts_come_from_the_teacher_checkpoint(world, tmp_path):
     its log-probs (the behaviour policy of the ratio) are the teacher's."""
     from geopd.train.checkpoint import load_model
     from geopd.train.loop import Trainer
-    from geopd.train.teacher import HFTeacher
+    from geopd.engines.teacher import HFTeacher
 
     spec = spec_for(world, tmp_path, steps=1, checkpoints=[1], objective={"coef": 1.0, "clip_low": 1.0,
                                                                           "clip_high": 1.0})

@@ -33,7 +33,7 @@ import torch
 
 from geopd.diagnostics import metrics as M
 from geopd.diagnostics.cache import SvdCache, compute_svd, content_key
-from geopd.diagnostics.reader import (Checkpoint, TensorInfo, check_finite, check_same_layout,
+from geopd.io.tensors import (Checkpoint, TensorInfo, check_finite, check_same_layout,
                                       read_raw, to_tensor)
 from geopd.errors import UserError
 

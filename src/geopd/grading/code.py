@@ -48,7 +48,7 @@ import json
 import re
 from decimal import Decimal, InvalidOperation
 
-from geopd.evaluate import sandbox
+from geopd import sandbox
 
 FENCE = "```"
 TIMEOUT_S = 6.0

@@ -226,7 +226,7 @@ def read_safetensors_header(path: Path) -> dict:
     """Parse one safetensors header and check every tensor's byte range against the file size.
 
     One parser serves the checkpoint format and the diagnostics reader."""
-    from geopd.diagnostics.reader import read_header
+    from geopd.io.tensors import read_header
 
     return read_header(path)
 

@@ -10,7 +10,7 @@ Chat format: SFT conversations are rendered once, whole, by the tokenizer's chat
 loss covers every assistant turn up to and including the template's end-of-turn token
 (Qwen3: `<|im_end|>`), exactly as those tokens appear in that one rendering. Rollouts and
 evaluation prompt with the same template (`format_prompt`) and stop at the same token
-(geopd.train.rollout.eos_ids).
+(geopd.engines.rollout.eos_ids).
 """
 from __future__ import annotations
 

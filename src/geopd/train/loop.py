@@ -136,8 +136,8 @@ def shard_model(model, dist: Dist, engine: EngineSettings | None = None):
     one unit, so a tied lm_head/embedding stays one parameter -- with the engine's
     MixedPrecisionPolicy over fp32 master weights. The same code path serves 1..N processes;
     one process without mixed precision stays a plain module (the miniature's bitwise CPU path).
-    Finally the chunked log-prob method is attached (see geopd.train.logprobs)."""
-    from geopd.train import logprobs
+    Finally the chunked log-prob method is attached (see geopd.engines.logprobs)."""
+    from geopd.engines import logprobs
 
     engine = engine or EngineSettings()
     if engine.activation_checkpointing:
@@ -262,7 +262,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.teacher = None
         if spec.get("teacher"):
-            from geopd.train.vllm_engine import check_colocation
+            from geopd.engines.vllm_engine import check_colocation
             check_colocation(spec)  # before anything loads
         # The student is sharded before any engine starts. Under FSDP2 (shard_model) it is sharded
         # before its weights exist and each rank reads only its shards; one fp32 process without
@@ -276,7 +276,7 @@ class Trainer:
             self.model = shard_model(ckpt.load_model(spec["init"], dtype=torch.float32, device=self.dist.device),
                                      self.dist, self.engine)
         if spec.get("teacher"):
-            from geopd.train.teacher import make_teacher
+            from geopd.engines.teacher import make_teacher
             te = spec.get("teacher_engine") or {}
             self.teacher = make_teacher(te.get("backend", "hf"), spec["teacher"], tokenizer, device=self.dist.device,
                                         vllm=te.get("vllm"), seed=spec["seed"])
@@ -327,7 +327,7 @@ class Trainer:
     def _projection_basis(self) -> dict[str, torch.Tensor]:
         """Top-K right singular vectors of each matrix's dW at the projection point (SPEC)."""
         p = self.spec["projection"]
-        from geopd.diagnostics.reader import Checkpoint, read_tensor
+        from geopd.io.tensors import Checkpoint, read_tensor
 
         tuned, origin = Checkpoint.open(p["checkpoint"]), Checkpoint.open(p["origin"])
         basis = {}
@@ -339,17 +339,17 @@ class Trainer:
         return basis
 
     def _rollout_engine(self):
-        from geopd.train.rollout import make_rollout_engine
+        from geopd.engines.rollout import make_rollout_engine
 
         r = self.spec["rollout"]
         backend, vllm = r.get("backend", "hf"), dict(settings=r.get("vllm"), seed=self.spec["seed"])
         if r.get("source") == "teacher":
             # Off-policy: the teacher samples. A vLLM teacher samples from its own engine (one copy
             # of its weights); otherwise a vLLM rollout engine loads the teacher's checkpoint.
-            from geopd.train.teacher import VLLMTeacher
+            from geopd.engines.teacher import VLLMTeacher
 
             if backend == "vllm" and isinstance(self.teacher, VLLMTeacher):
-                from geopd.train.rollout import VLLMRollout
+                from geopd.engines.rollout import VLLMRollout
 
                 return VLLMRollout.on_engine(self.teacher.engine, self.tokenizer, self.teacher.model_path)
             return make_rollout_engine(backend, model=getattr(self.teacher, "model", None),
@@ -434,7 +434,7 @@ class Trainer:
 
     def _token_stats(self, ids, attn, token_mask, *, temperature: float = 1.0, entropy: bool = False):
         """The student's log-probs [b, w] (and entropies) where token_mask is set, lm_head in chunks."""
-        from geopd.train.logprobs import token_stats
+        from geopd.engines.logprobs import token_stats
 
         dev = self.dist.device
         return token_stats(self.model, ids.to(dev), attn.to(dev), token_mask.to(dev), temperature=temperature,
@@ -443,13 +443,13 @@ class Trainer:
     def _micro_batches(self, attn, rows=None, *, buckets: int | None = None) -> list:
         """This rank's micro-batches, padded with None (zero-weight dummies) to the count of the
         rank with the most: FSDP's all-gathers and reduce-scatters need the same calls everywhere."""
-        from geopd.train.logprobs import plan_micro_batches
+        from geopd.engines.logprobs import plan_micro_batches
 
         plans = plan_micro_batches(attn, rows, token_budget=self.engine.micro_batch_tokens, buckets=buckets)
         return plans + [None] * (self.dist.all_max(len(plans)) - len(plans))
 
     def _dummy_backward(self) -> None:
-        from geopd.train.logprobs import dummy_inputs
+        from geopd.engines.logprobs import dummy_inputs
 
         logp, _ = self._token_stats(*dummy_inputs(self.dist.device))
         (logp.sum() * 0.0).backward()
@@ -549,7 +549,7 @@ class Trainer:
     def train_on(self, ro, records: list[dict], seed: int) -> dict:
         """Score this rank's rollouts (`records[i]` is the prompt of group i), compute the
         advantages over the whole batch, and take the step's policy updates."""
-        from geopd.train.rollout import sequence_logprobs
+        from geopd.engines.rollout import sequence_logprobs
 
         r, o = self.spec["rollout"], self.spec.get("objective", {})
         aggregation = o.get("aggregation", "token-mean")

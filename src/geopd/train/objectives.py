@@ -142,7 +142,7 @@ def token_logprobs(logits: Tensor, tokens: Tensor, *, chunk_size: int | None = N
     to fp32: the logsumexp and the backward's softmax run on blocks of rows.
     `logits[..., t, :]` must already be the distribution that produced `tokens[..., t]`
     (the caller shifts: logits[:, :-1] with ids[:, 1:]). Differentiable w.r.t. logits.
-    The trainer never holds [B,T,V] logits: geopd.train.logprobs runs these same reductions on
+    The trainer never holds [B,T,V] logits: geopd.engines.logprobs runs these same reductions on
     chunks of lm_head's output.
     """
     x3 = _as_3d(logits, "token_logprobs")

@@ -12,8 +12,8 @@ The engine interface the trainer uses (every rank calls each method, in the same
 - `sleep()`: free the accelerator memory the engine holds while the trainer computes;
 - `wake()`: take it back (generate wakes a sleeping engine itself).
 `sleep`/`wake` do something only for vLLM on CUDA with `rollout.vllm.sleep` (see
-geopd.train.vllm_engine); HF engines and vLLM on CPU treat them as no-ops. The teacher
-(geopd.train.teacher) has the same `sleep()`/`wake()` beside `score(rollouts)`.
+geopd.engines.vllm_engine); HF engines and vLLM on CPU treat them as no-ops. The teacher
+(geopd.engines.teacher) has the same `sleep()`/`wake()` beside `score(rollouts)`.
 
 Layout of a batch of N = len(prompts) * n samples (samples of one prompt are consecutive):
 
@@ -184,13 +184,13 @@ def sequence_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
                       micro_batch_tokens: int | None = None, chunk_tokens: int | None = None,
                       pad_to=None) -> torch.Tensor:
     """[N, L] log p(sequences[:, t] | prefix) at `temperature` on the response tokens (0 elsewhere):
-    the trainer's own computation (geopd.train.logprobs.token_stats: same position_ids, lm_head
+    the trainer's own computation (geopd.engines.logprobs.token_stats: same position_ids, lm_head
     in chunks of `chunk_tokens` rows, fp32 log-softmax of logits / T) over micro-batches of at
     most `batch_size` rows and `micro_batch_tokens` padded tokens.
 
     pad_to(count) -> count: under FSDP, the number of micro-batches every rank runs (this rank
     runs zero-weight dummies for the difference)."""
-    from geopd.train.logprobs import dummy_inputs, plan_micro_batches, token_stats
+    from geopd.engines.logprobs import dummy_inputs, plan_micro_batches, token_stats
 
     device = next(model.parameters()).device
     out = torch.zeros(sequences.shape, dtype=torch.float32)
@@ -325,7 +325,7 @@ class HFRollout:
 # ---- vLLM engine ----------------------------------------------------------------------------------
 
 class VLLMRollout:
-    """Sampling with vLLM (geopd.train.vllm_engine.Engine: placement, weight pushes, sleep).
+    """Sampling with vLLM (geopd.engines.vllm_engine.Engine: placement, weight pushes, sleep).
 
     - Log-probs: the engine runs with logprobs_mode="processed_logprobs", so `logprobs=0` returns
       log p of the sampled token after temperature (and top-p), i.e. log_softmax(logits / T)
@@ -345,7 +345,7 @@ class VLLMRollout:
                  colocated: bool = True, follows_trainer: bool = False, load_format: str | None = None,
                  where: str = "rollout.vllm"):
         from geopd.train.checkpoint import load_tokenizer
-        from geopd.train.vllm_engine import Engine
+        from geopd.engines.vllm_engine import Engine
 
         self.model_path = str(model_path)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_path)
@@ -368,7 +368,7 @@ class VLLMRollout:
     @classmethod
     def from_module(cls, model, tokenizer, *, settings: dict | None = None, seed: int = 0) -> "VLLMRollout":
         from geopd.train.checkpoint import write_config
-        from geopd.train.vllm_engine import check_settings, llm_kwargs
+        from geopd.engines.vllm_engine import check_settings, llm_kwargs
 
         name = llm_kwargs(check_settings(settings, "rollout.vllm"))["dtype"]
         dtype = next(model.parameters()).dtype if name == "auto" else getattr(torch, name)
@@ -412,7 +412,7 @@ class VLLMRollout:
 
     def sync_weights(self, model) -> None:
         """Push the trainer's current weights into the engine (every rank calls this)."""
-        from geopd.train.vllm_engine import trainer_weights
+        from geopd.engines.vllm_engine import trainer_weights
 
         self.engine.push_weights(trainer_weights(model, self.engine.dtype))
 

@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from geopd.errors import UserError
-from geopd.train.rollout import Rollouts, sequence_logprobs
+from geopd.engines.rollout import Rollouts, sequence_logprobs
 
 
 class TeacherScorer(Protocol):
@@ -47,7 +47,7 @@ class HFTeacher:
                                  temperature=1.0, batch_size=self.batch_size,
                                  micro_batch_tokens=self.micro_batch_tokens, chunk_tokens=self.chunk_tokens)
 
-    def sleep(self) -> None:  # engine interface (geopd.train.rollout): nothing to free
+    def sleep(self) -> None:  # engine interface (geopd.engines.rollout): nothing to free
         pass
 
     def wake(self) -> None:
@@ -59,14 +59,14 @@ class VLLMTeacher:
     student's exact token ids) is sent as a prompt with prompt_logprobs=0 and max_tokens=1, so
     vLLM returns log p of every prompt token given its prefix, from raw logits (T=1).
 
-    Placement: a colocated engine in every trainer process (geopd.train.vllm_engine), with the
+    Placement: a colocated engine in every trainer process (geopd.engines.vllm_engine), with the
     config's teacher_engine.vllm settings; its tensor_parallel must equal the rollout engine's
     when both are vLLM (one size per process in vLLM 0.32). Under tensor parallelism the ranks
     of a TP group score the union of their sequences and each keeps its own. With `sleep` on
     CUDA it sleeps at level 1 (weights parked in CPU memory) between scoring calls."""
 
     def __init__(self, model_path: str | os.PathLike, *, settings: dict | None = None, seed: int = 0):
-        from geopd.train.vllm_engine import Engine
+        from geopd.engines.vllm_engine import Engine
 
         # processed log-probs: equal to the raw ones at scoring temperature 1.0, and what an
         # off-policy run needs when it samples from this same engine (VLLMRollout.on_engine).

@@ -1,7 +1,7 @@
 """vLLM engines inside geopd: how they are built, placed, fed new weights and put to sleep.
 
-One `Engine` wraps one `vllm.LLM`. The rollout engine (geopd.train.rollout.VLLMRollout), the
-teacher (geopd.train.teacher.VLLMTeacher) and evaluation's code path build theirs here; lm-eval's
+One `Engine` wraps one `vllm.LLM`. The rollout engine (geopd.engines.rollout.VLLMRollout), the
+teacher (geopd.engines.teacher.VLLMTeacher) and evaluation's code path build theirs here; lm-eval's
 vLLM wrapper builds its own (geopd.evaluate.harness) with the same settings.
 
 Placement in training ("colocated", issue 15). Every trainer process hosts its own engines, on
