@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from geopd.config import deep_merge, read_yaml, validate
 from geopd.errors import UserError
+from geopd.paths import FIGURES, TABLES, Layout, summary_file
 
 RULES = ("prepare_data", "pretrain_model", "finetune_model", "train", "diagnose", "similarity",
          "evaluate", "report")
@@ -60,6 +61,7 @@ class Grid:
         self.config = config
         self.sources = [str(s) for s in sources] or ["(config)"]
         self.results = Path(results or config.get("results", "results"))
+        self.layout = Layout(self.results)
         self.models: dict[str, dict] = config["models"]
         self.datasets: dict[str, dict] = config["datasets"]
         self.benchmarks: dict[str, dict] = config["benchmarks"]
@@ -256,23 +258,23 @@ class Grid:
     # ---- paths -------------------------------------------------------------------------
 
     def data_dir(self, name: str) -> str:
-        return str(self.results / "data" / name)
+        return self.layout.data_dir(name)
 
     def built_model_dir(self, name: str) -> str:
-        return str(self.results / "models" / name)
+        return self.layout.built_model_dir(name)
 
     def checkpoints_dir(self, run: str) -> str:
-        return str(self.results / "runs" / run / "checkpoints")
+        return self.layout.checkpoints_dir(run)
 
     def checkpoint(self, run: str, step: int | None = None) -> str:
         step = self.runs[run].final_step if step is None else step
-        return f"{self.checkpoints_dir(run)}/step-{step}"
+        return self.layout.checkpoint(run, step)
 
     def metrics_file(self, run: str) -> str:
-        return str(self.results / "runs" / run / "metrics.jsonl")
+        return self.layout.metrics_file(run)
 
     def state_dir(self, run: str) -> str:
-        return str(self.results / "runs" / run / "state")
+        return self.layout.state_dir(run)
 
     def model_source(self, name: str) -> str:
         """Where a model's weights are read from: a built or local dir, its hub mirror copy, or
@@ -445,7 +447,7 @@ class Grid:
         return list(dict.fromkeys(r for r, _, _ in self.diagnostics_targets()))
 
     def diagnostics_run_dir(self, run: str) -> str:
-        return str(self.results / "diagnostics" / run)
+        return self.layout.diagnostics_run_dir(run)
 
     def diagnose_run_targets(self, run: str) -> list[tuple[int, str]]:
         """(step, matrix set) of every diagnosis of one run."""
@@ -456,24 +458,24 @@ class Grid:
         diagnoses grouped by run, each run's diagnostics folder (its similarity inside); the
         reference pairs' files either way."""
         refs = [self.reference_file(p) for p in self.reference_pairs()]
-        refs += [f.replace(".csv", ".json") for f in refs]
+        refs += [summary_file(f) for f in refs]
         if self.grouping("diagnose") == "run":
             return [self.diagnostics_run_dir(r) for r in self.diagnose_runs()] + refs
         files = [self.diagnostics_file(r, s, m) for r, s, m in self.diagnostics_targets()]
-        return (files + [f.replace(".csv", ".json") for f in files]
+        return (files + [summary_file(f) for f in files]
                 + [self.similarity_file(r) for r in self.similarity_runs()] + refs)
 
     def diagnostics_file(self, run: str, step: int, matrices: str) -> str:
-        return str(self.results / "diagnostics" / run / f"step-{step}.{matrices}.csv")
+        return self.layout.diagnostics_file(run, step, matrices)
 
     def similarity_file(self, run: str) -> str:
-        return str(self.results / "diagnostics" / run / "similarity.csv")
+        return self.layout.similarity_file(run)
 
     def similarity_runs(self) -> list[str]:
         return [r.name for r in self.runs.values() if r.diagnostics == "trajectory"]
 
     def reference_file(self, pair: str) -> str:
-        return str(self.results / "diagnostics" / "reference" / f"{pair}.all.csv")
+        return self.layout.reference_file(pair)
 
     def reference_pairs(self) -> dict[str, dict]:
         return {p["name"]: p for p in self.config.get("reference_pairs", [])}
@@ -509,7 +511,7 @@ class Grid:
         return [r.name for r in self.runs.values() if r.eval]
 
     def eval_run_dir(self, run: str) -> str:
-        return str(self.results / "eval" / run)
+        return self.layout.eval_run_dir(run)
 
     def eval_run_targets(self, run: str) -> list[tuple[int, str]]:
         """(step, benchmark) of every evaluation of one run, checkpoint by checkpoint."""
@@ -525,10 +527,10 @@ class Grid:
                 + [self.model_eval_file(m, b) for m, benches in self.teacher_benchmarks().items() for b in benches])
 
     def eval_file(self, run: str, step: int | str, bench: str) -> str:
-        return str(self.results / "eval" / run / f"step-{step}" / f"{bench}.json")
+        return self.layout.eval_file(run, step, bench)
 
     def model_eval_file(self, model: str, bench: str) -> str:
-        return str(self.results / "eval" / "models" / model / f"{bench}.json")
+        return self.layout.model_eval_file(model, bench)
 
     def eval_files(self) -> list[str]:
         return [self.model_eval_file(s, b) if step == "model" else self.eval_file(s, step, b)
@@ -556,7 +558,7 @@ class Grid:
             }
         # Every per-checkpoint file the report reads, relative to results/, so a report built
         # from what exists can name what is missing (geopd.report.evidence).
-        rel = lambda path: Path(path).relative_to(self.results).as_posix()  # noqa: E731
+        rel = self.layout.relative
         inputs = {
             "diagnostics": [[r, s, m, rel(self.diagnostics_file(r, s, m))] for r, s, m in self.diagnostics_targets()],
             "similarity": {r: rel(self.similarity_file(r)) for r in self.similarity_runs()},
@@ -568,18 +570,17 @@ class Grid:
                 "teachers": self.teacher_benchmarks(), "reference_pairs": self.reference_pairs(),
                 "diagnostics": self.config["diagnostics"], "inputs": inputs}
 
-    TABLES = ("table1_sparsity", "update_masks", "effopd_spectral", "accuracy", "teachers")
-    FIGURES = ("fig2_angles_nss", "fig3_mask_overlap", "fig4_trajectories", "fig5_sim16",
-               "fig6_projection", "fig7_controls", "training_curves", "effopd_accuracy")
+    TABLES = TABLES
+    FIGURES = FIGURES
 
     def table_files(self) -> list[str]:
-        return [str(self.results / "tables" / f"{t}.{ext}") for t in self.TABLES for ext in ("csv", "md")]
+        return self.layout.table_files()
 
     def figure_files(self) -> list[str]:
-        return [str(self.results / "figures" / f"{f}.{ext}") for f in self.FIGURES for ext in ("png", "pdf")]
+        return self.layout.figure_files()
 
     def claims_files(self) -> list[str]:
-        return [str(self.results / "tables" / f"claims.{ext}") for ext in ("csv", "md")]
+        return self.layout.claims_files()
 
     def final_targets(self) -> list[str]:
         return self.table_files() + self.figure_files() + self.claims_files()
@@ -621,7 +622,7 @@ class Grid:
         init = self.runs[name].init
         if init.kind == "run" and init.step is not None:
             out["continues"] = {"run": init.name, "step": init.step,
-                                "state": f"{self.checkpoints_dir(init.name)}/state-{init.step}"}
+                                "state": self.layout.kept_state(init.name, init.step)}
         return out
 
 
