@@ -38,10 +38,10 @@ def parse_commands(text: str) -> list[list[str]]:
 
 
 def run_command(argv: list[str]) -> int:
-    from geopd.cli import COMMANDS
+    from geopd.cli import module_of
 
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(module_of(name))
     parser = argparse.ArgumentParser(prog=f"geopd {name}")
     module.configure(parser)
     return int(module.main(parser.parse_args(rest)) or 0)
