@@ -237,7 +237,7 @@ def test_uneven_shares_on_two_processes_equal_one_process(world, tmp_path):
             samples = 2 * sum(shares[name])
             assert (a["rows"][0]["samples"], a["rows"][0]["updates"]) == (samples, samples // 4)
         wa, wb = torch.load(a["weights"]), torch.load(b["weights"])
-        init = weights(Path(world.run_spec("sft-8b" if name == "sft" else "opd-8b-t32b")["init"]))
+        init = weights(Path(world.run_spec("sft-8b" if name == "sft" else "opd-8b-t32b").init))
         moved = max(float((wa[k] - init[k].float()).abs().max()) for k in init)
         assert moved > 20 * tol, moved  # the updates are far larger than the tolerance
         for k in wa:

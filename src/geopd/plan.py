@@ -20,6 +20,7 @@ from geopd.errors import UserError
 from geopd.grid import Grid
 from geopd.grid.runs import Ref
 from geopd.spec import Benchmark
+from geopd.world.tokenizer import vocabulary
 
 
 @dataclass
@@ -213,9 +214,7 @@ class Shapes:
         return declared
 
     def _vocab(self) -> int:
-        from geopd.world.tokenizer import vocabulary  # the miniature tokenizer: no torch, no hub
-
-        return len(vocabulary())
+        return len(vocabulary())  # the miniature tokenizer's (no torch, no hub)
 
     def model(self, name: str) -> cm.Shape:
         if name not in self._cache:
