@@ -64,12 +64,14 @@ class Spec:
     NESTED: ClassVar[dict[str, type]] = {}         # key -> Spec class of a nested block
     TOP: ClassVar[bool] = False                    # nested blocks are named by their key alone
 
-    _given: tuple[str, ...] | None = field(default=None, repr=False)
+    _given: tuple[str, ...] | None = field(default=None, repr=False, compare=False)  # in the given order
+    _given_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)  # what == compares
 
     def __post_init__(self) -> None:
         if self._given is None:
             given = tuple(f.name for f in self._fields() if getattr(self, f.name) != _default(f))
             object.__setattr__(self, "_given", given)
+        object.__setattr__(self, "_given_set", frozenset(self._given))
         self.check()
 
     def check(self) -> None:
@@ -77,7 +79,7 @@ class Spec:
 
     @classmethod
     def _fields(cls) -> list[dataclasses.Field]:
-        return [f for f in dataclasses.fields(cls) if f.name != "_given"]
+        return [f for f in dataclasses.fields(cls) if f.name not in ("_given", "_given_set")]
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
