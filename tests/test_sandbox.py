@@ -59,7 +59,7 @@ def test_hook_mode_says_it_does_not_isolate(caplog):
     assert "cannot isolate" in caplog.text
     g = grade_tests("print(1)", [{"input": "", "output": "1"}], mode="hook")
     assert g["results"][0]["passed"] and g["isolated"] is False
-    # what evaluation results record (geopd.evaluate.cli writes it as "sandbox")
+    # what evaluation results record (geopd.evaluate.run writes it as "sandbox")
     assert sandbox.summary("hook") == {"mode": "hook", "isolated": False, "why": sandbox.summary("hook")["why"]}
     assert "Landlock ABI" in sandbox.summary("hook")["why"]
     assert sandbox.summary() == {"mode": "bwrap", "isolated": True, "why": None}
