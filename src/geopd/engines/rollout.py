@@ -128,7 +128,7 @@ def pad_id(tokenizer) -> int:
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     if not prompts:
         raise UserError("no prompts to sample from")
-    # add_special_tokens=False as in geopd.train.data.encode_sft: the chat template has them.
+    # add_special_tokens=False as in geopd.engines.chat.encode_sft: the chat template has them.
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     empty = [i for i, x in enumerate(ids) if not x]
     if empty:
