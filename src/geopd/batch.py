@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import time
 
 from geopd.errors import UserError
+from geopd.io.jsonarg import parse_json_arg
 
 # Commands that may run in a batch: those that leave no state behind in the process
 # (their own RNG seeding, thread count set per call, no global configuration).
@@ -24,10 +24,7 @@ BATCHABLE = ("evaluate", "diagnose", "similarity")
 
 
 def parse_commands(text: str) -> list[list[str]]:
-    try:
-        commands = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--commands is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    commands = parse_json_arg(text, "--commands")
     if not isinstance(commands, list) or not all(
             isinstance(c, list) and c and all(isinstance(a, str) for a in c) for c in commands):
         raise UserError('--commands must be a JSON list of argument lists, e.g. [["evaluate", "--model", "m", ...]]')

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from geopd.errors import UserError
 from geopd.grid import Grid
+from geopd.io.jsonarg import parse_json_arg
 from geopd.mirror import download, is_complete, repo_dir
 
 
@@ -18,7 +18,7 @@ def main(args: argparse.Namespace) -> int:
     if bool(args.spec) == bool(args.configfile):
         raise UserError("give either --spec (one repo) or --configfile (every repo of a config)")
     if args.spec:
-        specs = [json.loads(args.spec)]
+        specs = [parse_json_arg(args.spec, "--spec", dict)]
     else:
         grid = Grid.from_files(args.configfile)
         if grid.mirror is None:

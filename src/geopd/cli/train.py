@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geopd.io.jsonarg import parse_json_arg
 from geopd.spec import RunSpec
 from geopd.train.loop import Stop, train
 
@@ -20,8 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    text = open(args.spec[1:]).read() if args.spec.startswith("@") else args.spec
-    spec = RunSpec.from_json(text)
+    spec = RunSpec.from_dict(parse_json_arg(args.spec, "--spec", dict))
     try:
         train(spec, args.out, args.metrics, threads=args.threads, progress=not args.no_progress)
     except Stop:

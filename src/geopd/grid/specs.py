@@ -10,6 +10,7 @@ from typing import Any
 
 from geopd import mirror
 from geopd.config import deep_merge
+from geopd.data.lcb import RELEASE_FILES
 from geopd.grid.runs import Ref, continuation
 from geopd.spec import Benchmark, RunSpec
 
@@ -81,8 +82,6 @@ class Specs:
         if kind == "datasets":
             specs = [d for d in self.datasets.values() if d.get("hub") == repo]
             if specs and all(d["kind"] == "hub-lcb" for d in specs):
-                from geopd.evaluate.lcb import RELEASE_FILES  # floor 4 until the release list moves down
-
                 names = sorted({n for d in specs for n in RELEASE_FILES.get(d.get("release", "release_v5"), [])})
                 spec["allow_patterns"] = ["README.md", *names]
         return spec

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from geopd.errors import UserError
+from geopd.io.jsonarg import parse_json_arg
 
 SUBCOMMANDS = ("grid", "aggregate-diagnostics", "aggregate-eval", "tables", "figures", "claims", "partial")
 
@@ -60,10 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def write_grid(text: str, out: str | Path) -> Path:
     """The grid description (JSON text of Grid.report_spec()), checked, to `out`."""
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--spec is not valid JSON ({exc})") from None
+    spec = parse_json_arg(text, "--spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("runs"), dict):
         raise UserError("--spec: expected an object with a 'runs' mapping (Grid.report_spec())")
     out = Path(out)

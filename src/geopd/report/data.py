@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from geopd.errors import UserError
+from geopd.io.jsonl import numbered_jsonl
 from geopd.report import evidence
 from geopd.report.aggregate import EVAL_COLUMNS, aggregate_diagnostics, aggregate_eval, warn
 
@@ -330,13 +331,7 @@ def _read_optional(path: Path) -> pd.DataFrame:
 def read_metrics(path: Path) -> tuple[pd.DataFrame, list[dict]]:
     """The trainer's per-step log: a frame of the scalar columns, and EffOPD search entries."""
     rows, searches = [], []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: line {i} is not valid JSON ({exc})") from None
+    for i, row in numbered_jsonl(path):
         if not isinstance(row, dict) or "step" not in row:
             raise UserError(f"{path}: line {i} has no 'step'")
         search = row.pop("extrapolation", None)

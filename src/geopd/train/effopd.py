@@ -25,7 +25,8 @@ from typing import Callable
 import torch
 
 from geopd.errors import UserError
-from geopd.train.data import format_prompt, shard
+from geopd.engines.chat import format_prompt
+from geopd.train.data import shard
 
 
 def is_search_step(step: int) -> bool:

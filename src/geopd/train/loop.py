@@ -27,18 +27,21 @@ from pathlib import Path
 
 import torch
 
+from geopd.engines import models
+from geopd.engines.chat import encode_sft, format_prompt
 from geopd.engines.logprobs import dummy_inputs, plan_micro_batches, token_stats
 from geopd.engines.rollout import VLLMRollout, make_rollout_engine, sequence_logprobs
 from geopd.engines.teacher import VLLMTeacher, make_teacher
+from geopd.engines.ranks import on_rank0
 from geopd.engines.vllm_engine import check_colocation
 from geopd.errors import UserError
+from geopd.io.publish import verify_checkpoint
 from geopd.io.tensors import Checkpoint, read_tensor
 from geopd.spec import Optim, RunSpec
-from geopd.train import checkpoint as ckpt
 from geopd.train import objectives as obj
 from geopd.train import resume
 from geopd.train.batching import micro_batch_plan, num_updates, update_of_samples
-from geopd.train.data import JsonlRecords, RecordStream, build_index, encode_sft, format_prompt, shard
+from geopd.train.data import JsonlRecords, RecordStream, build_index, shard
 from geopd.train.distributed import Dist, shard_model
 from geopd.train.effopd import make_extrapolator
 from geopd.train.rewards import reward
@@ -130,7 +133,7 @@ class Trainer:
         if not path.is_file():
             raise UserError(f"data file not found: {path} (run the prepare_data rule first)")
         cache = self.state_dir / "data-index"
-        ckpt._on_rank0(lambda: build_index(path, cache))
+        on_rank0(lambda: build_index(path, cache))
         records = JsonlRecords(path, cache)
         if not len(records):
             raise UserError(f"{path}: the train split is empty")
@@ -154,8 +157,8 @@ class Trainer:
 
     def _load_tokenizer(self):
         init = self.spec.init
-        ckpt.verify_checkpoint(init, allow_foreign=True) if Path(init).exists() else None
-        return ckpt.load_tokenizer(init)
+        verify_checkpoint(init, allow_foreign=True) if Path(init).exists() else None
+        return models.load_tokenizer(init)
 
     def _load_student(self, model):
         """The student, sharded before any engine starts. Under FSDP2 (shard_model) it is sharded
@@ -164,9 +167,9 @@ class Trainer:
         if model is not None:
             return shard_model(model, self.dist, self.engine)
         if self.dist.world > 1 or self.engine.mixed_precision:
-            return ckpt.load_sharded_model(self.spec.init, shard=lambda m: shard_model(m, self.dist, self.engine),
+            return models.load_sharded_model(self.spec.init, shard=lambda m: shard_model(m, self.dist, self.engine),
                                            device=self.dist.device)
-        return shard_model(ckpt.load_model(self.spec.init, dtype=torch.float32, device=self.dist.device),
+        return shard_model(models.load_model(self.spec.init, dtype=torch.float32, device=self.dist.device),
                            self.dist, self.engine)
 
     def _load_teacher(self):
@@ -434,7 +437,7 @@ class Trainer:
         return row
 
     def export(self):
-        ckpt.save_model(self.model, self.tokenizer, self.exports / f"step-{self.step}",
+        models.save_model(self.model, self.tokenizer, self.exports / f"step-{self.step}",
                         dtype=getattr(torch, self.spec.checkpoint_dtype),
                         metadata={"run": self.spec.run, "step": self.step})
 

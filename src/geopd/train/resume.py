@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from geopd.errors import UserError
+from geopd.io.atomic import publish_dir, scratch_name
 from geopd.spec import Continuation, RunSpec
 from geopd.train import checkpoint as ckpt
 from geopd.train.data import Position, RecordStream
@@ -51,9 +52,9 @@ def keep_state(trainer, state: Path) -> None:
     checkpoints are (a scratch name, then a swap), so a kill never loses a kept state."""
     if trainer.dist.main:
         final = trainer.exports / f"state-{trainer.step}"
-        tmp = ckpt._scratch_name(final, "tmp")
+        tmp = scratch_name(final, "tmp")
         shutil.copytree(state, tmp, copy_function=_link_or_copy)
-        ckpt._publish(tmp, final)
+        publish_dir(tmp, final)
     trainer.dist.barrier()
 
 
