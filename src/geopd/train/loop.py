@@ -31,7 +31,7 @@ from geopd.engines import models
 from geopd.engines.chat import encode_sft, format_prompt
 from geopd.engines.logprobs import dummy_inputs, plan_micro_batches, token_stats
 from geopd.engines.rollout import VLLMRollout, make_rollout_engine, sequence_logprobs
-from geopd.engines.teacher import VLLMTeacher, make_teacher
+from geopd.engines import teacher as teachers
 from geopd.engines.ranks import on_rank0
 from geopd.engines.vllm_engine import check_colocation
 from geopd.errors import UserError
@@ -174,7 +174,7 @@ class Trainer:
 
     def _load_teacher(self):
         te = self.spec.teacher_engine
-        return make_teacher(te.backend, self.spec.teacher, self.tokenizer, device=self.dist.device,
+        return teachers.make_teacher(te.backend, self.spec.teacher, self.tokenizer, device=self.dist.device,
                             vllm=te.vllm.to_dict(), seed=self.spec.seed)
 
     def _projection_basis(self) -> dict[str, torch.Tensor]:
@@ -195,7 +195,7 @@ class Trainer:
         if r.off_policy:
             # Off-policy: the teacher samples. A vLLM teacher samples from its own engine (one copy
             # of its weights); otherwise a vLLM rollout engine loads the teacher's checkpoint.
-            if backend == "vllm" and isinstance(self.teacher, VLLMTeacher):
+            if backend == "vllm" and isinstance(self.teacher, teachers.VLLMTeacher):
                 return VLLMRollout.on_engine(self.teacher.engine, self.tokenizer, self.teacher.model_path)
             return make_rollout_engine(backend, model=getattr(self.teacher, "model", None),
                                        model_path=self.spec.teacher if backend == "vllm" else None,
