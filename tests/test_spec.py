@@ -74,6 +74,8 @@ def test_checks_name_the_block():
             "checkpoints": [1], "state_dir": "s", "optim": {"lr": 1.0}}
     with pytest.raises(UserError, match="needs a rollout block"):
         RunSpec.from_dict(spec)
+    with pytest.raises(UserError, match=r"missing keys \['optim'\]"):
+        RunSpec.from_dict({k: v for k, v in spec.items() if k != "optim"})
     with pytest.raises(UserError, match=r"^optim: unknown keys \['lrr'\]"):
         RunSpec.from_dict({**spec, "method": "sft", "optim": {"lr": 1.0, "lrr": 2}})
 

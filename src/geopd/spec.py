@@ -386,7 +386,7 @@ class RunSpec(Settings):
     steps: int
     checkpoints: list[int]
     state_dir: str
-    optim: Optim
+    optim: Optim = field()  # required here (field(): the settings' default None is not inherited)
     family: str | None = None
     device: str = "cpu"                    # cpu | cuda | auto
     start_step: int = 0                    # a run from run@step counts on from that step
