@@ -9,7 +9,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from geopd.config import explain
-from geopd.grid import Grid, spec_json
+from geopd.grid import Grid
+from geopd.spec import spec_json
 from geopd.workflow import snakemake_resources, threads_of
 
 # The miniature default, unless --configfile names another config: Snakemake would otherwise

@@ -76,8 +76,8 @@ def _records(tok, n: int, tokens: int) -> list[dict]:
 
 def largest_micro_batch(engine, rows: int, tokens: int) -> int:
     """Padded tokens of the largest micro-batch of an SFT step of `rows` equal rows of `tokens`
-    (geopd.train.loop: a token budget, else SFT_BUCKETS length buckets)."""
-    from geopd.train.loop import SFT_BUCKETS
+    (geopd.train.batching: a token budget, else SFT_BUCKETS length buckets)."""
+    from geopd.train.batching import SFT_BUCKETS
 
     if engine.micro_batch_tokens:
         return max(1, engine.micro_batch_tokens // tokens) * tokens
@@ -89,12 +89,13 @@ def measure_tensors(case: str) -> dict:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from geopd import costmodel as cm
+    from geopd.spec import Engine
     from geopd.train.loop import Trainer
     from geopd.world.models import init_model, tiny_config
     from geopd.world.tokenizer import build_tokenizer
 
     size, vocab, rows, tokens, block = CASES[case]
-    engine = cm.Engine.from_settings(block)
+    engine = Engine.from_dict(block)
     torch.set_num_threads(1)
     tok = build_tokenizer()
     config = tiny_config("qwen3", vocab_size=vocab, max_position=tokens + 8, pad_token_id=tok.pad_token_id,
@@ -208,9 +209,10 @@ def measure_step(run_spec: dict) -> dict:
 def step_bound(run_spec: dict) -> dict:
     """The cost model's bytes for one step of `run_spec` beyond what is resident before it."""
     from geopd import costmodel as cm
+    from geopd.spec import Engine
 
     shape = cm.Shape.from_hf_config(json.loads((Path(run_spec["init"]) / "config.json").read_text()))
-    engine = cm.Engine.from_settings(run_spec.get("engine"))
+    engine = Engine.from_dict(run_spec.get("engine"))
     if run_spec["method"] == "sft":
         rows, width = run_spec["batch_size"], run_spec["max_length"]
         scored = rows * width
@@ -224,7 +226,7 @@ def step_bound(run_spec: dict) -> dict:
     if run_spec["method"] != "sft":
         # One phase after the other: sampling (HFRollout, fp32), then the HF teacher scoring the
         # whole batch in one micro-batch with default chunks, then the updates.
-        teacher = cm.scoring_pass(shape, cm.Engine(), 1, rows * width, width=width, scored=scored)
+        teacher = cm.scoring_pass(shape, Engine(), 1, rows * width, width=width, scored=scored)
         step = max(step, cm.hf_generation_bytes(shape, rows, width, 4), teacher.total)
     return {"bound": int(step) + FIRST_STEP_RUNTIME, "parts": {k: int(v) for k, v in parts.terms.items()},
             "full_logits": rows * width * shape.vocab * 4}

@@ -38,10 +38,11 @@ def head(sc: dict, dist) -> dict:
 
     from geopd.engines import logprobs as lp
     from geopd.engines.chat import position_ids
-    from geopd.train.loop import EngineSettings, shard_model
+    from geopd.spec import Engine
+    from geopd.train.distributed import shard_model
     from test_checkpoint import make_model
 
-    engine = EngineSettings.from_spec(sc["engine"])
+    engine = Engine.from_dict(sc["engine"])
     model = make_model(seed=21, tie=sc["tie"]).train()
     g = torch.Generator().manual_seed(22)
     ids = torch.randint(3, 64, (5, 10), generator=g)
@@ -52,7 +53,7 @@ def head(sc: dict, dist) -> dict:
     mask[:, 3:] = 1
     mask *= attn
     w = torch.randn(ids.shape, generator=g)
-    reference = copy.deepcopy(model).to(engine.param_dtype)
+    reference = copy.deepcopy(model).to(getattr(torch, engine.param_dtype))
     shard_model(model, dist, engine)
     mine = torch.arange(dist.rank, ids.shape[0], dist.world)
     logp, _ = lp.token_stats(model, ids[mine], attn[mine], mask[mine], temperature=0.9, chunk_tokens=3)
@@ -128,7 +129,7 @@ def train(sc: dict, dist, out_dir: Path) -> dict:
 
 
 def main():
-    from geopd.train.loop import Dist
+    from geopd.train.distributed import Dist
 
     scenarios = json.loads(Path(sys.argv[1]).read_text())
     out = Path(sys.argv[2])

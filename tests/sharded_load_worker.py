@@ -65,9 +65,10 @@ def main():
 
     from geopd.engines import models
     from geopd.engines.chat import position_ids
-    from geopd.train.loop import Dist, EngineSettings, shard_model
+    from geopd.spec import Engine
+    from geopd.train.distributed import Dist, shard_model
 
-    path, engine = sys.argv[1], EngineSettings.from_spec(json.loads(sys.argv[2]))
+    path, engine = sys.argv[1], Engine.from_dict(json.loads(sys.argv[2]))
     d = Dist.setup("cpu", group=True)
     warm_up(path)
     sharded, grew = peak_growth(lambda: models.load_sharded_model(path, shard=lambda m: shard_model(m, d, engine),

@@ -45,15 +45,15 @@ def test_paper_settings_follow_spec(repo):
     g = Grid.from_file(repo / "config/paper.yaml")
     opd, rlvr, sft = g.runs["opd-8b-t32b"], g.runs["rlvr-8b"], g.runs["sft-8b"]
     assert opd.checkpoints == [63, 127, 191, 255, 299]
-    assert opd.settings["rollout"]["prompts_per_step"] == 300 and opd.settings["rollout"]["samples"] == 8
-    assert opd.settings["optim"]["lr"] == 1e-6 and opd.settings["optim"]["betas"] == [0.9, 0.98]
-    assert rlvr.steps == 1023 and rlvr.settings["optim"]["eps"] == 1e-15
-    assert rlvr.settings["objective"]["clip_high"] == 0.28
-    assert sft.steps == 5375 and sft.settings["optim"]["schedule"] == "cosine"
-    assert g.runs["opd-offpolicy"].settings["rollout"]["source"] == "teacher"
-    assert g.runs["opd-offpolicy"].settings["objective"]["clip_low"] == 1.0
-    assert g.runs["opd-mix-0.05"].settings["objective"]["alpha"] == 0.05
-    assert g.runs["opd-sparse-random-0.25"].settings["objective"]["sparsify"] == {"mode": "random", "rho": 0.25}
+    assert opd.settings.rollout.prompts_per_step == 300 and opd.settings.rollout.samples == 8
+    assert opd.settings.optim.lr == 1e-6 and opd.settings.optim.betas == [0.9, 0.98]
+    assert rlvr.steps == 1023 and rlvr.settings.optim.eps == 1e-15
+    assert rlvr.settings.objective.clip_high == 0.28
+    assert sft.steps == 5375 and sft.settings.optim.schedule == "cosine"
+    assert g.runs["opd-offpolicy"].settings.rollout.source == "teacher"
+    assert g.runs["opd-offpolicy"].settings.objective.clip_low == 1.0
+    assert g.runs["opd-mix-0.05"].settings.objective.alpha == 0.05
+    assert g.runs["opd-sparse-random-0.25"].settings.objective.sparsify == {"mode": "random", "rho": 0.25}
     assert g.runs["rank16-opd"].init.name == "opd-8b-t32b" and g.runs["rank16-opd"].init.step == 63
     assert g.runs["opd-8b-t30ba3b"].teacher == "qwen3-30b-a3b"
     assert g.model_source("qwen3-32b") == "results/paper/mirror/models/Qwen/Qwen3-32B"  # hub_mirror
@@ -65,7 +65,7 @@ def test_paper_evaluation_fits_the_context_of_every_model_it_evaluates(repo, pap
     the post-trained teachers. A 2048-token prompt must still fit beside max_new_tokens."""
     import json
 
-    from geopd.grid import Ref
+    from geopd.grid.runs import Ref
 
     g = Grid.from_file(repo / "config/paper.yaml")
 
@@ -151,8 +151,8 @@ def test_schema_accepts_valid_and_lists_all_errors(repo):
 def test_run_spec_paths(repo):
     g = Grid.from_file(repo / "config/config.yaml")
     spec = g.run_spec("rank16-opd")
-    assert spec["init"] == "results/runs/opd-8b-t32b/checkpoints/step-10"
-    assert spec["start_step"] == 10
-    assert spec["projection"] == {"checkpoint": "results/runs/opd-8b-t32b/checkpoints/step-10",
-                                  "origin": "results/runs/sft-8b/checkpoints/step-800", "rank": 16}
-    assert g.run_spec("opd-8b-t32b")["teacher"] == "results/models/qwen3-32b"
+    assert spec.init == "results/runs/opd-8b-t32b/checkpoints/step-10"
+    assert spec.start_step == 10
+    assert spec.projection.to_dict() == {"checkpoint": "results/runs/opd-8b-t32b/checkpoints/step-10",
+                                         "origin": "results/runs/sft-8b/checkpoints/step-800", "rank": 16}
+    assert g.run_spec("opd-8b-t32b").teacher == "results/models/qwen3-32b"

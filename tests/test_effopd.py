@@ -127,12 +127,14 @@ class CopyEngine:
 
 
 def fake_trainer(model, scores):
-    from geopd.train.loop import Dist
+    from geopd.spec import Extrapolation, Rollout
+    from geopd.train.distributed import Dist
 
     scores = iter(scores)
     trainer = SimpleNamespace(
-        spec={"run": "effopd", "seed": 0, "rollout": {"temperature": 1.0, "max_new_tokens": 4},
-              "extrapolation": {"candidates": 5, "factor_step": 2.0, "validation_prompts": 4}},
+        spec=SimpleNamespace(run="effopd", seed=0,
+                             rollout=Rollout(prompts_per_step=4, samples=1, temperature=1.0, max_new_tokens=4),
+                             extrapolation=Extrapolation(candidates=5, factor_step=2.0, validation_prompts=4)),
         records=[{"prompt": str(i)} for i in range(10)], dist=Dist(), tokenizer=None, model=model)
     trainer.rollout = CopyEngine(model)
     trainer._rewards = lambda records, texts: torch.full((len(texts),), next(scores))
@@ -160,6 +162,6 @@ def test_off_policy_rollouts_cannot_score_candidates():
     from geopd.train.effopd import make_extrapolator
 
     trainer = fake_trainer(tiny_model(), [])
-    trainer.spec["rollout"]["source"] = "teacher"
+    trainer.spec.rollout = trainer.spec.rollout.updated(source="teacher")
     with pytest.raises(UserError, match="source: teacher"):
         make_extrapolator(trainer)

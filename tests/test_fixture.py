@@ -151,9 +151,8 @@ def test_grid_resolves_hub_ids_to_the_mirror():
     assert str(grid.mirror) == m
     assert grid.model_source("qwen3-32b") == f"{m}/models/Qwen/Qwen3-32B"
     assert grid.model_inputs("qwen3-32b") == [f"{m}/models/Qwen/Qwen3-32B/{mirror.MARKER}"]
-    spec = grid.run_spec("opd-8b-t32b")
-    assert spec["teacher"] == f"{m}/models/Qwen/Qwen3-32B"
-    assert grid.run_spec("sft-8b")["init"] == f"{m}/models/Qwen/Qwen3-8B-Base"
+    assert grid.run_spec("opd-8b-t32b").teacher == f"{m}/models/Qwen/Qwen3-32B"
+    assert grid.run_spec("sft-8b").init == f"{m}/models/Qwen/Qwen3-8B-Base"
     assert grid.data_spec("aime24")["path"] == f"{m}/datasets/HuggingFaceH4/aime_2024"
     assert grid.data_inputs("aime24") == [f"{m}/datasets/HuggingFaceH4/aime_2024/{mirror.MARKER}"]
     assert f"{m}/models/Kwai-Klear/Klear-Reasoner-8B/{mirror.MARKER}" in grid.model_inputs("klear-reasoner-8b")

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from geopd.errors import UserError
 from geopd.engines import logprobs as lp
-from geopd.train.loop import EngineSettings, num_updates, update_of_samples
+from geopd.spec import Engine
+from geopd.train.batching import num_updates, update_of_samples
 
 from test_checkpoint import make_model
 
@@ -157,30 +158,29 @@ def test_micro_batches_respect_the_budget_and_cover_every_row_once():
 def test_global_batch_counts_samples_as_slime_and_drops_none():
     assert num_updates(300 * 8, 64) == 37 and num_updates(1024 * 8, 512) == 16 and num_updates(5, 64) == 1
     counts = [150] * 16  # 300 prompts x 8 samples on 16 ranks
-    which = torch.cat([update_of_samples(counts, r, 37) for r in range(16)])
+    which = torch.tensor([u for r in range(16) for u in update_of_samples(counts, r, 37)])
     sizes = torch.bincount(which, minlength=37)
     assert sizes.sum() == 2400 and set(sizes.tolist()) == {64, 65}
     for r in range(16):  # every rank takes part in every update, near-equally
-        per = torch.bincount(update_of_samples(counts, r, 37), minlength=37)
+        per = torch.bincount(torch.tensor(update_of_samples(counts, r, 37)), minlength=37)
         assert per.min() >= 4 and per.max() <= 5
     # which samples share an update does not depend on how they fall onto ranks
     uneven = [19 * 8] * 12 + [18 * 8] * 4
-    assert torch.equal(torch.cat([update_of_samples(uneven, r, 37) for r in range(16)]),
-                       update_of_samples([2400], 0, 37))
+    assert [u for r in range(16) for u in update_of_samples(uneven, r, 37)] == update_of_samples([2400], 0, 37)
     with pytest.raises(UserError, match="global_batch_size"):
         num_updates(10, 0)
 
 
 def test_engine_block_is_checked():
-    e = EngineSettings.from_spec({"param_dtype": "bfloat16", "reduce_dtype": "float32", "micro_batch_tokens": 8})
-    assert e.param_dtype == torch.bfloat16 and e.mixed_precision and e.activation_checkpointing is False
-    assert not EngineSettings.from_spec(None).mixed_precision
+    e = Engine.from_dict({"param_dtype": "bfloat16", "reduce_dtype": "float32", "micro_batch_tokens": 8})
+    assert e.param_dtype == "bfloat16" and e.mixed_precision and e.activation_checkpointing is False
+    assert not Engine.from_dict(None).mixed_precision
     with pytest.raises(UserError, match="param_dtype"):
-        EngineSettings.from_spec({"param_dtype": "float16"})
+        Engine.from_dict({"param_dtype": "float16"})
     with pytest.raises(UserError, match="unknown keys"):
-        EngineSettings.from_spec({"micro_batch": 8})
+        Engine.from_dict({"micro_batch": 8})
     with pytest.raises(UserError, match="micro_batch_tokens"):
-        EngineSettings.from_spec({"micro_batch_tokens": 0})
+        Engine.from_dict({"micro_batch_tokens": 0})
 
 
 # ---- under FSDP2 (gloo, 1 and 2 processes) ------------------------------------------------------

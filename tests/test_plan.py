@@ -15,6 +15,8 @@ from geopd.config import read_yaml
 from geopd.errors import UserError
 from geopd.grid import Grid
 from geopd.plan import Shapes, build_jobs, estimate_jobs, evaluation_spec, problems
+from geopd.spec import Benchmark, Engine
+from geopd.train.batching import rollout_split
 
 PAPER = "config/paper.yaml"
 
@@ -76,14 +78,14 @@ def test_memory_terms_known_values(paper):
     assert q8.layer_activation_bytes(2, 1000) == 229624
     # chunked log-probs: 4096 x vocab bf16 logits + 3 fp32 blocks of 2**24 (2 + the upcast), then
     # lm_head's fp32 gradient, one chunk's bf16 product and its fp32 cast (backward)
-    engine = cm.Engine(param_dtype="bfloat16", logprob_chunk_tokens=4096)
+    engine = Engine(param_dtype="bfloat16", logprob_chunk_tokens=4096)
     assert cm.head_chunk_rows(q8, 32768, engine.logprob_chunk_tokens) == 4096
     vh = 151936 * 4096
     step = cm.train_step(q8, engine, 32, 8192, width=8192)
     assert step.terms["log-probs through lm_head (chunks)"] == 4096 * 151936 * 2 + 3 * 4 * 2**24 + 10 * vh
     assert step.terms["unsharded weights: root + 2 layers"] == 2 * (q8.root_params() + 2 * q8.layer_params())
     # with checkpointing the paper's 32,768-token micro-batch peaks in a recomputed layer's backward
-    ac = cm.train_step(q8, cm.Engine(param_dtype="bfloat16", activation_checkpointing=True, logprob_chunk_tokens=4096),
+    ac = cm.train_step(q8, Engine(param_dtype="bfloat16", activation_checkpointing=True, logprob_chunk_tokens=4096),
                        32, 32768, width=18432)
     assert ac.terms["checkpointed layer inputs"] == 36 * 32768 * 4096 * 2
     assert ac.terms["one layer recomputed + its backward"] == 32768 * (q8.layer_activation_bytes(2, 18432)
@@ -91,22 +93,22 @@ def test_memory_terms_known_values(paper):
     # a micro-batch that fits no chunk: never more rows than the scored positions
     assert cm.head_chunk_rows(q8, 100, 4096) == 100
     # no checkpointing: every layer's activations; no FSDP2 on one fp32 process
-    plain = cm.train_step(q8, cm.Engine(), 1, 1000, width=1000)
+    plain = cm.train_step(q8, Engine(), 1, 1000, width=1000)
     assert plain.terms["activations (every layer)"] == 36 * 1000 * q8.layer_activation_bytes(4, 1000)
     assert not any("unsharded" in k for k in plain.terms)
 
 
 def test_updates_per_rollout_step_as_slime():
-    assert cm.updates_per_rollout_step({"prompts_per_step": 300, "samples": 8, "global_batch_size": 64}) == (37, 32)
-    assert cm.updates_per_rollout_step({"prompts_per_step": 1024, "samples": 8, "global_batch_size": 512}) == (16, 0)
+    assert rollout_split(300 * 8, 64) == (37, 32)
+    assert rollout_split(1024 * 8, 512) == (16, 0)
 
 
 def test_evaluation_takes_the_smallest_tensor_parallel_that_fits(paper):
     shapes = Shapes(Grid(paper))
-    bench = {"max_new_tokens": 32768}
+    bench = Benchmark(kind="math", data="aime24", samples=8, temperature=1.0, max_new_tokens=32768)
     assert cm.eval_parallelism(shapes.model("qwen3-8b"), bench, 8, 1, 80e9, 34816) == (1, 8)
     assert cm.eval_parallelism(shapes.model("qwen3-32b"), bench, 8, 1, 80e9, 34816) == (2, 4)
-    assert cm.eval_parallelism(shapes.model("qwen3-32b"), {**bench, "data_parallel": 1}, 8, 1, 80e9, 34816) == (2, 1)
+    assert cm.eval_parallelism(shapes.model("qwen3-32b"), bench.updated(data_parallel=1), 8, 1, 80e9, 34816) == (2, 1)
 
 
 @pytest.mark.parametrize("backend", ["vllm", "auto"])
@@ -118,8 +120,8 @@ def test_evaluate_rules_run_the_parallelism_the_plan_checked(paper, backend):
     estimates = estimate_jobs(grid, build_jobs(grid))
     planned = [e for job_id, e in estimates.items()
                if job_id.startswith("evaluate") and "opd-8b-t32b" in job_id and e.info.get("bench") == "aime24"]
-    assert planned and {(e.info["tp"], e.info["dp"]) for e in planned} == {(spec["tensor_parallel"], spec["data_parallel"])}
-    assert spec["tensor_parallel"] * spec["data_parallel"] == grid.resources("evaluate")["gpus"]
+    assert planned and {(e.info["tp"], e.info["dp"]) for e in planned} == {(spec.tensor_parallel, spec.data_parallel)}
+    assert spec.tensor_parallel * spec.data_parallel == grid.resources("evaluate")["gpus"]
 
 
 # ---- the paper config --------------------------------------------------------------------

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from geopd.data import prepare
 from geopd.errors import UserError
-from geopd.grid import Grid, spec_json
+from geopd.grid import Grid
+from geopd.spec import spec_json
 
 REPO = Path(__file__).resolve().parents[1]
 SLICE = REPO / "tests/configs/slice.yaml"
@@ -51,10 +52,10 @@ def rows(path) -> list[dict]:
 def test_grid_keeps_the_state_other_runs_continue(world):
     from geopd.io.publish import verify_checkpoint
 
-    assert world.run_spec("sft-8b")["keep_state"] == [3]
+    assert world.run_spec("sft-8b").keep_state == [3]
     state = f"{world.checkpoints_dir('sft-8b')}/state-3"
-    assert world.run_spec("rank16-sft")["continues"] == {"run": "sft-8b", "step": 3, "state": state}
-    assert "keep_state" not in world.run_spec("opd-8b-t32b") and "continues" not in world.run_spec("opd-8b-t32b")
+    assert world.run_spec("rank16-sft").continues.to_dict() == {"run": "sft-8b", "step": 3, "state": state}
+    assert not {"keep_state", "continues"} & set(world.run_spec("opd-8b-t32b").to_dict())
     assert sorted(p.name for p in Path(world.checkpoints_dir("sft-8b")).iterdir()) == ["state-3", "step-3", "step-6"]
     assert verify_checkpoint(state, deep=True)["kind"] == "state"
 
@@ -62,7 +63,7 @@ def test_grid_keeps_the_state_other_runs_continue(world):
 def test_continuation_retraces_the_reference_bitwise(world, tmp_path):
     from geopd.train.loop import train
 
-    spec = {**world.run_spec("sft-8b-continued"), "state_dir": str(tmp_path / "state")}
+    spec = {**world.run_spec("sft-8b-continued").to_dict(), "state_dir": str(tmp_path / "state")}
     train(spec, tmp_path / "out", tmp_path / "metrics.jsonl", threads=1, progress=False)
     a = load_file(str(Path(world.checkpoint("sft-8b", 6)) / "model.safetensors"))
     b = load_file(str(tmp_path / "out" / "step-6" / "model.safetensors"))
@@ -78,7 +79,7 @@ def test_rank16_run_continues_lr_and_adam_moments(world, tmp_path):
 
     from geopd.train.loop import Trainer
 
-    spec = {**world.run_spec("rank16-sft"), "state_dir": str(tmp_path / "state")}
+    spec = {**world.run_spec("rank16-sft").to_dict(), "state_dir": str(tmp_path / "state")}
     trainer = Trainer(spec, threads=1, progress=False)
     saved = torch.load(Path(spec["continues"]["state"]) / "optimizer.pt", weights_only=True)
     mine = get_optimizer_state_dict(trainer.model, trainer.optimizer, options=StateDictOptions(full_state_dict=True))
@@ -97,7 +98,7 @@ def test_rank16_run_continues_lr_and_adam_moments(world, tmp_path):
 def test_a_missing_kept_state_is_named(world, tmp_path):
     from geopd.train.loop import Trainer
 
-    spec = {**world.run_spec("rank16-sft"), "state_dir": str(tmp_path / "state")}
+    spec = {**world.run_spec("rank16-sft").to_dict(), "state_dir": str(tmp_path / "state")}
     spec["continues"] = {**spec["continues"], "state": str(tmp_path / "nowhere")}
     with pytest.raises(UserError, match="rerun sft-8b"):
         Trainer(spec, threads=1, progress=False)
@@ -121,7 +122,7 @@ EFFOPD_WORKER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_effopd_resume_restores_each_ranks_base(world, tmp_path):
-    spec = world.run_spec("opd-8b-t32b")
+    spec = world.run_spec("opd-8b-t32b").to_dict()
     spec.update(teacher=world.built_model_dir("qwen3-8b-base"), steps=2, checkpoints=[2],
                 state_dir=str(tmp_path / "state"),
                 extrapolation={"candidates": 2, "factor_step": 2.0, "validation_prompts": 4})

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from geopd.data import prepare
 from geopd.errors import UserError
-from geopd.grid import Grid, spec_json
+from geopd.grid import Grid
+from geopd.spec import spec_json
 
 REPO = Path(__file__).resolve().parents[1]
 SLICE = REPO / "tests/configs/slice.yaml"
@@ -36,7 +37,7 @@ def world(tmp_path_factory):
     return grid
 
 
-def run_cli(spec: dict, out: Path, env_extra=None, check=True):
+def run_cli(spec, out: Path, env_extra=None, check=True):
     env = {**os.environ, **(env_extra or {})}
     proc = subprocess.run([sys.executable, "-m", "geopd.cli", "train", "--spec", spec_json(spec), "--out",
                            str(out), "--metrics", str(out) + ".metrics.jsonl", "--threads", "1",
@@ -51,7 +52,7 @@ def weights(ckpt_dir: Path) -> dict:
 
 
 def respec(grid, run, tmp_path, **changes):
-    spec = grid.run_spec(run)
+    spec = grid.run_spec(run).to_dict()
     spec["state_dir"] = str(tmp_path / f"{run}.state")
     spec.update(changes)
     return spec
@@ -159,7 +160,7 @@ def test_bad_inputs_stop_before_compute(world, tmp_path):
 def test_nan_loss_stops_with_step(world, tmp_path):
     from geopd.train.loop import Trainer
 
-    spec = respec(world, "sft-8b", tmp_path, optim={**world.run_spec("sft-8b")["optim"], "lr": float("inf")})
+    spec = respec(world, "sft-8b", tmp_path, optim={**world.run_spec("sft-8b").to_dict()["optim"], "lr": float("inf")})
     trainer = Trainer(spec, progress=False)
     with pytest.raises(UserError, match="non-finite"):
         trainer.fit()
@@ -205,10 +206,10 @@ def uneven_scenarios(world, tmp_path: Path, procs: int) -> list[dict]:
     optim = {"lr": 1e-2, "schedule": "constant", "weight_decay": 0.0, "betas": [0.9, 0.98], "eps": 1.0}
     small = {"micro_batch_tokens": 96, "logprob_chunk_tokens": 16}
     bf16 = {**small, "param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": True}
-    opd = world.run_spec("opd-8b-t32b")
+    opd = world.run_spec("opd-8b-t32b").to_dict()
     rollout = {**opd["rollout"], "samples": 2, "max_new_tokens": 12, "global_batch_size": 4}
     out = []
-    for name, kind, base, engine, shares in (("sft", "sft", world.run_spec("sft-8b"), small, [9, 6]),
+    for name, kind, base, engine, shares in (("sft", "sft", world.run_spec("sft-8b").to_dict(), small, [9, 6]),
                                               ("opd", "rl", opd, small, [3, 2]),
                                               ("opd-idle-rank", "rl", opd, small, [3, 0]),
                                               ("opd-bf16", "rl", opd, bf16, [3, 2])):
@@ -236,7 +237,7 @@ def test_uneven_shares_on_two_processes_equal_one_process(world, tmp_path):
             samples = 2 * sum(shares[name])
             assert (a["rows"][0]["samples"], a["rows"][0]["updates"]) == (samples, samples // 4)
         wa, wb = torch.load(a["weights"]), torch.load(b["weights"])
-        init = weights(Path(world.run_spec("sft-8b" if name == "sft" else "opd-8b-t32b")["init"]))
+        init = weights(Path(world.run_spec("sft-8b" if name == "sft" else "opd-8b-t32b").init))
         moved = max(float((wa[k] - init[k].float()).abs().max()) for k in init)
         assert moved > 20 * tol, moved  # the updates are far larger than the tolerance
         for k in wa:
@@ -248,7 +249,7 @@ def test_all_zero_rewards_stop_the_run(world, tmp_path, monkeypatch):
     step 3 with a message, also when it was resumed in between; one rewarded step disarms it."""
     from geopd.train.loop import Trainer
 
-    rlvr = world.run_spec("rlvr-8b")
+    rlvr = world.run_spec("rlvr-8b").to_dict()
     spec = respec(world, "rlvr-8b", tmp_path, steps=6, checkpoints=[6],
                   objective={**rlvr["objective"], "zero_reward_patience": 3})
     monkeypatch.setenv("GEOPD_FAULT_SIGTERM_AT_STEP", "2")

@@ -6,7 +6,6 @@ and the tests use `load` directly, without Snakemake.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import re
 from pathlib import Path
@@ -100,16 +99,3 @@ def deep_merge(base: Any, override: Any) -> Any:
         return merged
     return override
 
-
-# ---- `geopd validate` -----------------------------------------------------------------
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--configfile", default="config/config.yaml")
-
-
-def main(args: argparse.Namespace) -> int:
-    from geopd.grid import Grid
-
-    grid = Grid.from_file(args.configfile)
-    print(f"{args.configfile}: valid ({len(grid.runs)} runs, {len(grid.models)} models)")
-    return 0

@@ -34,6 +34,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from geopd.spec import VLLM, Benchmark, Engine, max_model_len
+from geopd.train.batching import largest_micro_batch, rollout_split
+
 GiB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 
@@ -260,36 +263,14 @@ class Breakdown:
         return {k: v / GiB for k, v in self.terms.items()}
 
 
-@dataclass(frozen=True)
-class Engine:
-    """The trainer's precision and memory settings (a run's `engine:` block; the trainer reads
-    the same block as geopd.train.loop.EngineSettings)."""
-    param_dtype: str = "float32"
-    reduce_dtype: str = "float32"
-    activation_checkpointing: bool = False
-    micro_batch_tokens: int | None = None       # None: SFT in 4 length buckets, one micro-batch per RL update
-    logprob_chunk_tokens: int | None = None     # None: ~2**24 logits per lm_head chunk
-
-    @classmethod
-    def from_settings(cls, block: dict | None) -> "Engine":
-        return cls(**(block or {}))
-
-    @property
-    def b(self) -> int:
-        return DTYPE_BYTES[self.param_dtype]
-
-    @property
-    def mixed_precision(self) -> bool:
-        return self.param_dtype != "float32" or self.reduce_dtype != "float32"
-
-    def sharded(self, world: int) -> bool:
-        """FSDP2 (geopd.train.loop.shard_model): more than one process, or mixed precision."""
-        return world > 1 or self.mixed_precision
+def compute_bytes(engine: Engine) -> int:
+    """Bytes per element of the trainer's compute dtype (engine.param_dtype)."""
+    return DTYPE_BYTES[engine.param_dtype]
 
 
 # ---- the trainer's memory ---------------------------------------------------------------------
 #
-# What one training process holds, from the trainer's code paths (geopd.train.loop,
+# What one training process holds, from the trainer's code paths (geopd.train.loop and .distributed,
 # geopd.engines.logprobs); bytes, P parameters, W processes, b bytes of the compute dtype, L
 # layers, H hidden, V vocabulary, a micro-batch of T padded tokens over `width` columns of which
 # n positions are scored, a = Shape.layer_activation_bytes(b, width):
@@ -352,7 +333,7 @@ def unsharded_bytes(shape: Shape, engine: Engine, world: int, *, grads: bool = T
     two decoder layers in the compute dtype; nothing for a plain module."""
     out = Breakdown()
     if engine.sharded(world):
-        units = engine.b * (shape.root_params() + 2 * shape.layer_params())
+        units = compute_bytes(engine) * (shape.root_params() + 2 * shape.layer_params())
         out.add("unsharded weights: root + 2 layers", units)
         if grads:
             out.add("unsharded gradients: root + 2 layers", units)
@@ -381,7 +362,7 @@ def train_step(shape: Shape, engine: Engine, world: int, tokens: int, *, width: 
     """Peak bytes of one process in a training step: forward and backward of its largest
     micro-batch (`tokens` padded tokens, `width` columns, default one row; `scored` positions
     through lm_head, default all; `entropy`: the RL updates log it, SFT does not), then AdamW."""
-    b, h, v, T = engine.b, shape.hidden, shape.vocab, tokens
+    b, h, v, T = compute_bytes(engine), shape.hidden, shape.vocab, tokens
     n = T if scored is None else min(scored, T)
     out = trainer_state(shape, world)
     out.terms.update(unsharded_bytes(shape, engine, world).terms)
@@ -416,7 +397,7 @@ def scoring_pass(shape: Shape, engine: Engine, world: int, tokens: int, *, width
     """Bytes of a no-grad forward over one micro-batch (the trainer's old log-probs, rollout
     log-probs, the HF teacher) beyond what the process holds anyway: FSDP2's gathered weights,
     one layer's working set, the final norm and scored hidden states, one head chunk."""
-    b, T = engine.b, tokens
+    b, T = compute_bytes(engine), tokens
     n = T if scored is None else min(scored, T)
     out = unsharded_bytes(shape, engine, world, grads=False)
     out.add("one layer (no grad)", T * shape.layer_activation_bytes(b, width or T))
@@ -604,12 +585,13 @@ def gpu_memory_bytes(resources: dict) -> float | None:
     return None if gb is None else gb * 1e9  # decimal GB, as GPUs are labelled (80 GB ~ 74.5 GiB)
 
 
-def _vllm(shape: Shape, block: dict, gpu_bytes: float, *, default_util: float, transient: float = 0.0,
+def _vllm(shape: Shape, block: VLLM, gpu_bytes: float, *, default_util: float, transient: float = 0.0,
           a: Assumptions = ASSUMPTIONS) -> VLLMEngine:
-    return VLLMEngine(shape, tp=int(block.get("tensor_parallel", 1)),
-                      utilization=float(block.get("gpu_memory_utilization", default_util)),
-                      dtype_bytes=DTYPE_BYTES[block.get("dtype", "bfloat16")], gpu_bytes=gpu_bytes,
-                      transient=transient, a=a)
+    """A vLLM engine of `block`'s settings; `default_util` where it sets no gpu_memory_utilization
+    (the planner's share for the engine's role)."""
+    util = default_util if block.gpu_memory_utilization is None else block.gpu_memory_utilization
+    return VLLMEngine(shape, tp=int(block.tensor_parallel), utilization=float(util),
+                      dtype_bytes=DTYPE_BYTES[block.gpu_dtype], gpu_bytes=gpu_bytes, transient=transient, a=a)
 
 
 def _engine_parallel_problems(name: str, engine: VLLMEngine, gpus: int, world: int) -> list[str]:
@@ -621,227 +603,317 @@ def _engine_parallel_problems(name: str, engine: VLLMEngine, gpus: int, world: i
     return out
 
 
-def updates_per_rollout_step(rollout: dict) -> tuple[int, int]:
-    """(optimizer updates per rollout step, samples left over): slime's rollout batch
-    (prompts x samples) over `global_batch_size` samples."""
-    samples = rollout["prompts_per_step"] * rollout["samples"]
-    gbs = rollout.get("global_batch_size", samples)
-    return samples // gbs, samples % gbs
+# ---- one training job, phase by phase ---------------------------------------------------------
+#
+# estimate_train calls one function per phase: the start-up load, the training step, the vLLM
+# engines (generation and teacher scoring), the behaviour log-prob recompute, then host memory
+# and time. What they all read is a TrainJob.
+
+@dataclass
+class TrainJob:
+    """One training job on GPUs, as every phase of its estimate sees it."""
+    run: object                  # a geopd.grid.runs.Run
+    student: Shape
+    teacher: Shape | None
+    gpus: int                    # per node
+    world: int                   # GPU processes
+    gpu_bytes: float
+    engine: Engine               # the trainer's precision and memory settings
+    seq: int                     # tokens of the longest sequence
+    micro: int                   # padded tokens of the largest micro-batch
+    width: int                   # columns of that micro-batch
+    extra: Breakdown             # held beside the weights and moments in every phase
+    a: Assumptions
+
+    @property
+    def settings(self):
+        return self.run.settings
+
+    @property
+    def rl(self) -> bool:
+        return self.run.method != "sft"
+
+    @property
+    def hf_teacher(self) -> bool:
+        """geopd.engines.teacher.HFTeacher: fp32 on every GPU for the whole run."""
+        return self.rl and self.teacher is not None and self.settings.teacher_engine.backend != "vllm"
+
+    def slack(self, b: Breakdown) -> Breakdown:
+        return b.add("allocator slack", (self.a.allocator_factor - 1) * b.total)
+
+    def with_extra(self, b: Breakdown) -> Breakdown:
+        b.terms.update(self.extra.terms)
+        return b
+
+    def resident(self) -> Breakdown:
+        """The trainer between steps: sharded weights and moments (gradients freed), extras."""
+        return self.with_extra(trainer_state(self.student, self.world, grads=False))
 
 
-def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, *, device: str,
-                   a: Assumptions = ASSUMPTIONS) -> Estimate:
-    """One training job (`run` is a geopd.grid.Run)."""
-    gpus, nodes = resources.get("gpus", 0), resources.get("nodes", 1)
-    est = Estimate("train", run.name, gpus, nodes, resources["runtime"] / 60)
-    s = run.settings
+@dataclass
+class _Colocated:
+    """A vLLM engine in every trainer process."""
+    name: str                    # "rollout" | "teacher"
+    engine: VLLMEngine
+    block: VLLM
+    level: int                   # its sleep level when alone in its process
+
+
+def updates_info(run) -> dict:
+    """Optimizer updates per step and in all (and samples left over per rollout step)."""
     steps = run.steps - run.start_step
-    rl = run.method != "sft"
-    if rl:
-        updates, left = updates_per_rollout_step(s["rollout"])
-        est.info.update(updates_per_step=updates, leftover_samples=left, updates=steps * updates)
+    r = run.settings.rollout
+    if run.method == "sft":
+        return {"updates_per_step": 1, "leftover_samples": 0, "updates": steps}
+    # slime's count: full batches only. The trainer takes at least one update per step
+    # (geopd.train.batching.num_updates) where this says 0 (global_batch_size > prompts x samples).
+    samples = r.samples_per_step
+    updates, left = rollout_split(samples, samples if r.global_batch_size is None else r.global_batch_size)
+    return {"updates_per_step": updates, "leftover_samples": left, "updates": steps * updates}
+
+
+def train_job(run, student: Shape, teacher: Shape | None, gpus: int, world: int, gpu_bytes: float,
+              a: Assumptions) -> TrainJob:
+    s = run.settings
+    engine = s.engine
+    if run.method != "sft":
+        r = s.rollout
+        seq = a.max_prompt_tokens + r.max_new_tokens
+        # no token budget: one micro-batch per update, of global_batch_size samples over the ranks
+        # (taken as 1 sample where the rollout sets none; the trainer's update then holds them all)
+        rows = 1 if r.global_batch_size is None else r.global_batch_size
     else:
-        est.info.update(updates_per_step=1, leftover_samples=0, updates=steps)
-    if gpus == 0 or device == "cpu":
-        return est  # CPU training (the miniature): not modelled
-    world = gpus * nodes
-    gpu_bytes = gpu_memory_bytes(resources)
-    engine = Engine.from_settings(s.get("engine"))
-    ctx = Breakdown().add("CUDA context", a.cuda_context_gib * GiB)
-    host = Breakdown().add("GPU processes", gpus * a.host_process_gib * GiB)
-    # rank 0 gathers on the host: the fp32 weights and a bf16 copy to export a checkpoint (6P), the
-    # fp32 weights and Adam moments to save the training state (12P; geopd.train.checkpoint)
-    host.add("training state gathered on rank 0 (fp32 + Adam)", 12 * student.params())
-    est.memory_limit = gpu_bytes
-    if gpu_bytes is None:
-        est.problems.append("resources: gpu_memory_gb is not set: GPU memory cannot be checked")
-        gpu_bytes = float("inf")
-
-    def slack(b: Breakdown) -> Breakdown:
-        return b.add("allocator slack", (a.allocator_factor - 1) * b.total)
-
-    if rl:
-        r = s["rollout"]
-        seq = a.max_prompt_tokens + r["max_new_tokens"]
-        # no token budget: one micro-batch per update (global_batch_size samples over the ranks)
-        micro = max(engine.micro_batch_tokens, seq) if engine.micro_batch_tokens else \
-            max(1, math.ceil(r.get("global_batch_size", 1) / world)) * seq
-    else:
-        seq = s["max_length"]
-        micro = max(engine.micro_batch_tokens, seq) if engine.micro_batch_tokens else \
-            math.ceil(s["batch_size"] / world / 4) * seq  # SFT_BUCKETS length buckets per step
-    # A micro-batch of `micro` padded tokens spans at most one longest sequence; every position is
-    # counted as scored (an upper bound: prompts do not reach lm_head).
-    width = min(seq, micro)
-    est.info.update(micro_batch_tokens=micro, world=world)
-
-    te = s.get("teacher_engine", {})
-    # Held by the trainer in every phase beside its weights and moments.
+        seq, rows = s.max_length, s.batch_size
+    micro = largest_micro_batch(engine, run.method, rows, world, seq)
     extra = Breakdown()
     if run.extrapolation:  # EffOPD: theta_base kept, current + direction during a search (fp32 shards)
         extra.add("EffOPD snapshots (base, current, direction)", 12 * student.layers * student.layer_params() / world)
     if run.projection:
         # fp32 right singular vectors (in_features x rank) of every weight matrix, unsharded
         inputs = student.layers * (5 * student.hidden + student.q_dim + student.intermediate) + 2 * student.hidden
-        extra.add("rank-K projection bases", 4 * run.projection["rank"] * inputs)
-    hf_teacher = rl and teacher is not None and te.get("backend", "hf") != "vllm"
-    if hf_teacher:  # geopd.engines.teacher.HFTeacher: fp32 on every GPU for the whole run
+        extra.add("rank-K projection bases", 4 * run.projection.rank * inputs)
+    job = TrainJob(run, student, teacher, gpus, world, gpu_bytes, engine, seq, micro,
+                   # A micro-batch of `micro` padded tokens spans at most one longest sequence; every
+                   # position is counted as scored (an upper bound: prompts do not reach lm_head).
+                   width=min(seq, micro), extra=extra, a=a)
+    if job.hf_teacher:
         extra.add("HF teacher fp32 weights", 4 * teacher.params())
+    return job
 
-    def with_extra(b: Breakdown) -> Breakdown:
-        b.terms.update(extra.terms)
-        return b
 
-    phases = {"load": sharded_load(student, world),
-              "train": slack(with_extra(train_step(student, engine, world, micro, width=width, entropy=rl)))}
-    resident = with_extra(trainer_state(student, world, grads=False))
-    if hf_teacher:  # 64 sequences per micro-batch, lm_head in default chunks
-        score = Breakdown(dict(resident.terms))
-        score.terms.update(scoring_pass(teacher, Engine(), 1, 64 * seq, width=seq).terms)
-        phases["teacher scoring"] = slack(score)
-    rollout_engine = teacher_engine = None
-    levels = {}  # sleep level of each engine when alone in its process (geopd.engines.vllm_engine)
-    if rl:
-        r = s["rollout"]
-        if r.get("backend", "hf") != "vllm":
-            est.problems.append("rollout.backend hf on GPU is not modelled (fp32 replica, whole-batch "
-                                "KV cache): use rollout.backend vllm")
-        elif r.get("source") == "teacher" and te.get("backend") == "vllm":
-            pass  # off-policy: the teacher's own engine samples (Trainer._rollout_engine): no second engine
+def load_phase(job: TrainJob) -> Breakdown:
+    return sharded_load(job.student, job.world)
+
+
+def train_phase(job: TrainJob) -> Breakdown:
+    return job.slack(job.with_extra(train_step(job.student, job.engine, job.world, job.micro, width=job.width,
+                                               entropy=job.rl)))
+
+
+def hf_teacher_scoring_phase(job: TrainJob) -> Breakdown:
+    """The HF teacher scoring 64 sequences per micro-batch, lm_head in default chunks."""
+    score = Breakdown(dict(job.resident().terms))
+    score.terms.update(scoring_pass(job.teacher, Engine(), 1, 64 * job.seq, width=job.seq).terms)
+    return job.slack(score)
+
+
+def colocated_engines(job: TrainJob, est: Estimate) -> list[_Colocated]:
+    """The vLLM engines of each trainer process (their problems and breakdowns into `est`)."""
+    a, s = job.a, job.settings
+    r, te = s.rollout, s.teacher_engine
+    out = []
+    if r.backend != "vllm":
+        est.problems.append("rollout.backend hf on GPU is not modelled (fp32 replica, whole-batch "
+                            "KV cache): use rollout.backend vllm")
+    elif r.off_policy and te.backend == "vllm":
+        pass  # off-policy: the teacher's own engine samples (Trainer._rollout_engine): no second engine
+    else:
+        source = job.teacher if r.off_policy else job.student
+        engine = _vllm(source, r.vllm, job.gpu_bytes, default_util=0.5, a=a)
+        # the student's engine drops its weights asleep (pushed before each use); a checkpoint's keeps them
+        out.append(_Colocated("rollout", engine, r.vllm, 1 if r.off_policy else 2))
+        est.problems += [f"rollout engine: {p}" for p in engine.problems(job.seq)]
+        est.info["rollout engine (awake, per GPU)"] = engine.breakdown()
+        if max_model_len(r.vllm.max_model_len, r.max_new_tokens, a.max_prompt_tokens) < job.seq:
+            est.problems.append(f"rollout.vllm.max_model_len {r.vllm.max_model_len} is shorter than "
+                                f"a prompt ({a.max_prompt_tokens}) + max_new_tokens ({r.max_new_tokens})")
+        est.problems += _engine_parallel_problems("rollout engine", engine, job.gpus, job.world)
+    if job.teacher is not None and not job.hf_teacher:
+        v = te.vllm
+        # one request's prompt tokens per step: logits in the engine dtype + fp32 log-probs
+        batched = a.vllm_max_num_batched_tokens if v.max_num_batched_tokens is None else v.max_num_batched_tokens
+        logprobs = min(batched, job.seq) * job.teacher.vocab * (DTYPE_BYTES[v.gpu_dtype] + 4)
+        engine = _vllm(job.teacher, v, job.gpu_bytes, default_util=0.4, transient=logprobs, a=a)
+        out.append(_Colocated("teacher", engine, v, 1))
+        est.problems += [f"teacher engine: {p}" for p in engine.problems(job.seq)]
+        est.info["teacher engine (awake, per GPU)"] = engine.breakdown()
+        est.problems += _engine_parallel_problems("teacher engine", engine, job.gpus, job.world)
+    return out
+
+
+def sleeping_weights(job: TrainJob, engines: list[_Colocated]) -> Breakdown:
+    """Host memory of the engines' weights parked by a level-1 sleep. The engines of one process
+    sleep and wake together (vLLM 0.32 has one sleep allocator per process;
+    geopd.engines.vllm_engine): while either generates or scores both are awake, and two
+    sleepers both sleep at level 1, which parks their weights in pinned host memory."""
+    out = Breakdown()
+    sleepers = [e.name for e in engines if e.block.sleep]
+    for e in engines:
+        if e.name in sleepers and (len(sleepers) > 1 or e.level == 1):
+            out.add(f"{e.name} engine weights, level-1 sleep (pinned, x {job.gpus} GPUs)", job.gpus * e.engine.weights)
+    return out
+
+
+def held(engines: list[_Colocated], a: Assumptions, b: Breakdown) -> Breakdown:
+    """Each engine while the trainer computes: its residue asleep, else its reservation."""
+    for e in engines:
+        if e.block.sleep:
+            b.add(f"{e.name} engine (asleep)", a.vllm_sleep_residue_gib * GiB)
         else:
-            source = teacher if r.get("source") == "teacher" else student
-            rollout_engine = _vllm(source, r.get("vllm", {}), gpu_bytes, default_util=0.5, a=a)
-            # the student's engine drops its weights asleep (pushed before each use); a checkpoint's keeps them
-            levels["rollout"] = 1 if r.get("source") == "teacher" else 2
-            est.problems += [f"rollout engine: {p}" for p in rollout_engine.problems(seq)]
-            est.info["rollout engine (awake, per GPU)"] = rollout_engine.breakdown()
-            if r.get("vllm", {}).get("max_model_len", seq) < seq:
-                est.problems.append(f"rollout.vllm.max_model_len {r['vllm']['max_model_len']} is shorter than "
-                                    f"a prompt ({a.max_prompt_tokens}) + max_new_tokens ({r['max_new_tokens']})")
-            est.problems += _engine_parallel_problems("rollout engine", rollout_engine, gpus, world)
-        if teacher is not None and not hf_teacher:
-            v = te.get("vllm", {})
-            # one request's prompt tokens per step: logits in the engine dtype + fp32 log-probs
-            batched = v.get("max_num_batched_tokens", a.vllm_max_num_batched_tokens)
-            logprobs = min(batched, seq) * teacher.vocab * (DTYPE_BYTES[v.get("dtype", "bfloat16")] + 4)
-            teacher_engine = _vllm(teacher, v, gpu_bytes, default_util=0.4, transient=logprobs, a=a)
-            levels["teacher"] = 1
-            est.problems += [f"teacher engine: {p}" for p in teacher_engine.problems(seq)]
-            est.info["teacher engine (awake, per GPU)"] = teacher_engine.breakdown()
-            est.problems += _engine_parallel_problems("teacher engine", teacher_engine, gpus, world)
-        r_block, t_block = r.get("vllm", {}), te.get("vllm", {})
-        engines = [(e, block, name) for e, block, name in ((rollout_engine, r_block, "rollout"),
-                                                           (teacher_engine, t_block, "teacher")) if e is not None]
-        # The engines of one process sleep and wake together (vLLM 0.32 has one sleep allocator per
-        # process; geopd.engines.vllm_engine): while either generates or scores both are awake, and
-        # two sleepers both sleep at level 1, which parks their weights in pinned host memory.
-        sleepers = [name for _, block, name in engines if block.get("sleep")]
-        for e, block, name in engines:
-            if name in sleepers and (len(sleepers) > 1 or levels[name] == 1):
-                host.add(f"{name} engine weights, level-1 sleep (pinned, x {gpus} GPUs)", gpus * e.weights)
+            b.add(f"{e.name} engine", e.engine.reserved)
+    return b
 
-        def held(b: Breakdown) -> Breakdown:
-            """Each engine while the trainer computes: its residue asleep, else its reservation."""
-            for e, block, name in engines:
-                if block.get("sleep"):
-                    b.add(f"{name} engine (asleep)", a.vllm_sleep_residue_gib * GiB)
-                else:
-                    b.add(f"{name} engine", e.reserved)
-            return b
 
-        awake = Breakdown(dict(resident.terms))
-        for e, _, name in engines:
-            awake.add(f"{name} engine (awake)", e.reserved)
-        if rollout_engine is not None or teacher_engine is not None and r.get("source") == "teacher":
-            phases["generation"] = Breakdown(dict(awake.terms))
-        if teacher_engine is not None:
-            score = Breakdown(dict(awake.terms))
-            score.add("teacher prompt log-probs (outside vLLM's budget)", teacher_engine.transient)
-            phases["teacher scoring"] = score
-        held(phases["train"])
-        # Recompute of the behaviour log-probs (no grad), one micro-batch at a time.
-        rec = Breakdown(dict(resident.terms))
-        rec.terms.update(scoring_pass(student, engine, world, micro, width=width).terms)
-        phases["recompute"] = held(slack(rec))
+def engine_phases(job: TrainJob, engines: list[_Colocated]) -> dict[str, Breakdown]:
+    """Generation and teacher scoring: the resident trainer beside its awake engines."""
+    awake = job.resident()
+    for e in engines:
+        awake.add(f"{e.name} engine (awake)", e.engine.reserved)
+    names = {e.name: e for e in engines}
+    out = {}
+    if "rollout" in names or "teacher" in names and job.settings.rollout.off_policy:
+        out["generation"] = Breakdown(dict(awake.terms))
+    if "teacher" in names:
+        score = Breakdown(dict(awake.terms))
+        score.add("teacher prompt log-probs (outside vLLM's budget)", names["teacher"].engine.transient)
+        out["teacher scoring"] = score
+    return out
+
+
+def recompute_phase(job: TrainJob, engines: list[_Colocated]) -> Breakdown:
+    """The behaviour log-probs recomputed (no grad), one micro-batch at a time."""
+    rec = job.resident()
+    rec.terms.update(scoring_pass(job.student, job.engine, job.world, job.micro, width=job.width).terms)
+    return held(engines, job.a, job.slack(rec))
+
+
+def host_memory(job: TrainJob, engines: list[_Colocated]) -> Breakdown:
+    """Host memory per node: the GPU processes, rank 0 gathering the training state, and the
+    engines' weights a level-1 sleep parks."""
+    host = Breakdown().add("GPU processes", job.gpus * job.a.host_process_gib * GiB)
+    # rank 0 gathers on the host: the fp32 weights and a bf16 copy to export a checkpoint (6P), the
+    # fp32 weights and Adam moments to save the training state (12P; geopd.train.checkpoint)
+    host.add("training state gathered on rank 0 (fp32 + Adam)", 12 * job.student.params())
+    host.terms.update(sleeping_weights(job, engines).terms)
+    return host
+
+
+def train_seconds(job: TrainJob, est: Estimate, engines: list[_Colocated]) -> None:
+    """Time of each component into est.seconds (token counts into est.info)."""
+    a, run, student, teacher, world = job.a, job.run, job.student, job.teacher, job.world
+    s, sec = job.settings, est.seconds
+    steps = run.steps - run.start_step
+    names = {e.name: e.engine for e in engines}
+    rollout_engine, teacher_engine = names.get("rollout"), names.get("teacher")
+    fs = a.filesystem_gb_s * 1e9
+    sec["start (load, engines)"] = 2 * student.params() / fs + a.engine_start_s * len(engines)
+    sec["checkpoints (export + state)"] = len([c for c in run.checkpoints if c > run.start_step]) * (
+        2 * student.params() + 16 * student.params()) / fs
+    if not job.rl:
+        mean = a.sft_fraction * s.max_length
+        tokens = s.batch_size * mean * steps
+        sec["SFT forward + backward"] = compute_seconds(3 * tokens * student.forward_flops(mean / 2), world, a.train_mfu, a)
+        est.info["train_tokens"] = tokens
+        return
+    r = s.rollout
+    samples = r.samples_per_step
+    mean_new = a.response_fraction * r.max_new_tokens
+    tokens = samples * (a.prompt_tokens + mean_new)
+    context = (a.prompt_tokens + mean_new) / 2
+    est.info.update(rollout_tokens=steps * samples * mean_new, train_tokens=steps * tokens)
+    # off-policy: the teacher's engine samples
+    sampler = rollout_engine if rollout_engine is not None else (teacher_engine if r.off_policy else None)
+    if sampler is not None:
+        replicas = world // sampler.tp
+        sec["rollout generation"] = steps * generation_seconds(
+            sampler, replicas, samples, a.prompt_tokens, r.max_new_tokens, a)
+        est.info["decode_tokens_per_s_per_gpu"] = sampler.decode_tokens_per_s(
+            a.prompt_tokens + mean_new / 2, math.ceil(samples / replicas)) / sampler.tp
+    if rollout_engine is not None and run.extrapolation:
+        ext = run.extrapolation
+        searches = sum(1 for k in range(steps.bit_length() + 1) if run.start_step < 2 ** k <= run.steps)
+        validation = generation_seconds(rollout_engine, replicas, ext.validation_prompts,
+                                        a.prompt_tokens, r.max_new_tokens, a)
+        sec["EffOPD searches (worst case)"] = searches * (ext.candidates + 1) * validation
+    if teacher is not None:
+        est.info["teacher_tokens"] = steps * tokens
+        mfu = a.prefill_mfu if teacher_engine is not None else a.train_mfu
+        sec["teacher scoring"] = steps * compute_seconds(tokens * teacher.forward_flops(context), world, mfu, a)
+    sec["log-prob recompute"] = steps * compute_seconds(tokens * student.forward_flops(context), world, a.train_mfu, a)
+    sec["training forward + backward"] = steps * compute_seconds(
+        3 * tokens * student.forward_flops(context), world, a.train_mfu, a)
+    sec["per-step overhead"] = steps * a.rl_step_overhead_s
+
+
+def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, *, device: str,
+                   a: Assumptions = ASSUMPTIONS) -> Estimate:
+    """One training job (`run` is a geopd.grid.runs.Run): each phase's peak memory per GPU, host
+    memory per node, and time."""
+    gpus, nodes = resources.get("gpus", 0), resources.get("nodes", 1)
+    est = Estimate("train", run.name, gpus, nodes, resources["runtime"] / 60)
+    est.info.update(updates_info(run))
+    if gpus == 0 or device == "cpu":
+        return est  # CPU training (the miniature): not modelled
+    gpu_bytes = gpu_memory_bytes(resources)
+    est.memory_limit = gpu_bytes
+    if gpu_bytes is None:
+        est.problems.append("resources: gpu_memory_gb is not set: GPU memory cannot be checked")
+        gpu_bytes = float("inf")
+    job = train_job(run, student, teacher, gpus, gpus * nodes, gpu_bytes, a)
+    est.info.update(micro_batch_tokens=job.micro, world=job.world)
+
+    phases = {"load": load_phase(job), "train": train_phase(job)}
+    if job.hf_teacher:
+        phases["teacher scoring"] = hf_teacher_scoring_phase(job)
+    engines = colocated_engines(job, est) if job.rl else []
+    if job.rl:
+        phases.update(engine_phases(job, engines))
+        held(engines, a, phases["train"])
+        phases["recompute"] = recompute_phase(job, engines)
+    ctx = Breakdown().add("CUDA context", a.cuda_context_gib * GiB)
     for phase in phases.values():
         phase.terms = {**ctx.terms, **phase.terms}
     est.phases = phases
+
+    host = host_memory(job, engines)
     est.info["host memory (per node)"] = host
     host_limit = resources.get("mem_mb", 0) * 1e6
     if host.total > host_limit:
         est.problems.append(f"host memory: needs {host.total / GiB:.0f} GiB per node "
                             f"({', '.join(f'{k} {v / GiB:.0f}' for k, v in host.terms.items())} GiB) "
                             f"but mem_mb is {resources.get('mem_mb')}")
-
-    # ---- time ----
-    sec = est.seconds
-    fs = a.filesystem_gb_s * 1e9
-    sec["start (load, engines)"] = 2 * student.params() / fs + a.engine_start_s * (
-        (rollout_engine is not None) + (teacher_engine is not None))
-    sec["checkpoints (export + state)"] = len([c for c in run.checkpoints if c > run.start_step]) * (
-        2 * student.params() + 16 * student.params()) / fs
-    if not rl:
-        mean = a.sft_fraction * s["max_length"]
-        tokens = s["batch_size"] * mean * steps
-        sec["SFT forward + backward"] = compute_seconds(3 * tokens * student.forward_flops(mean / 2), world, a.train_mfu, a)
-        est.info["train_tokens"] = tokens
-    else:
-        r = s["rollout"]
-        samples = r["prompts_per_step"] * r["samples"]
-        mean_new = a.response_fraction * r["max_new_tokens"]
-        tokens = samples * (a.prompt_tokens + mean_new)
-        context = (a.prompt_tokens + mean_new) / 2
-        est.info.update(rollout_tokens=steps * samples * mean_new, train_tokens=steps * tokens)
-        sampler = rollout_engine if rollout_engine is not None else (
-            teacher_engine if r.get("source") == "teacher" else None)  # off-policy: the teacher's engine
-        if sampler is not None:
-            engines = world // sampler.tp
-            sec["rollout generation"] = steps * generation_seconds(
-                sampler, engines, samples, a.prompt_tokens, r["max_new_tokens"], a)
-            est.info["decode_tokens_per_s_per_gpu"] = sampler.decode_tokens_per_s(
-                a.prompt_tokens + mean_new / 2, math.ceil(samples / engines)) / sampler.tp
-        if rollout_engine is not None:
-            if run.extrapolation:
-                ext = run.extrapolation
-                searches = sum(1 for k in range(steps.bit_length() + 1)
-                               if run.start_step < 2 ** k <= run.steps)
-                validation = generation_seconds(rollout_engine, engines, ext.get("validation_prompts", 50),
-                                                a.prompt_tokens, r["max_new_tokens"], a)
-                sec["EffOPD searches (worst case)"] = searches * (ext.get("candidates", 5) + 1) * validation
-        if teacher is not None:
-            est.info["teacher_tokens"] = steps * tokens
-            mfu = a.prefill_mfu if teacher_engine is not None else a.train_mfu
-            sec["teacher scoring"] = steps * compute_seconds(tokens * teacher.forward_flops(context), world, mfu, a)
-        sec["log-prob recompute"] = steps * compute_seconds(tokens * student.forward_flops(context), world, a.train_mfu, a)
-        sec["training forward + backward"] = steps * compute_seconds(
-            3 * tokens * student.forward_flops(context), world, a.train_mfu, a)
-        sec["per-step overhead"] = steps * a.rl_step_overhead_s
+    train_seconds(job, est, engines)
     return est.check(a)
 
 
-def eval_parallelism(shape: Shape, bench: dict, gpus: int, nodes: int, gpu_bytes: float, max_model_len: int,
+def eval_parallelism(shape: Shape, bench: Benchmark, gpus: int, nodes: int, gpu_bytes: float, max_model_len: int,
                      a: Assumptions = ASSUMPTIONS) -> tuple[int, int]:
     """(tensor_parallel, data_parallel) of an evaluation: the benchmark's own, else the smallest
     power-of-two tensor-parallel group that holds the model and one longest sequence, and as
     many data-parallel engines as the job's GPUs allow (every GPU it requests is used)."""
-    tp = bench.get("tensor_parallel")
+    tp = bench.tensor_parallel
     if tp is None:
         tp = 1
-        while tp < gpus and _vllm(shape, {"tensor_parallel": tp, **_eval_block(bench)}, gpu_bytes,
-                                  default_util=0.9, a=a).problems(max_model_len):
+        while tp < gpus and _vllm(shape, bench.vllm(tp), gpu_bytes, default_util=0.9, a=a).problems(max_model_len):
             tp *= 2
-    dp = bench.get("data_parallel") or max(1, gpus * nodes // tp)
+    dp = bench.data_parallel or max(1, gpus * nodes // tp)
     return int(tp), int(dp)
 
 
-def _eval_block(bench: dict) -> dict:
-    return {k: bench[k] for k in ("gpu_memory_utilization", "dtype") if k in bench}
-
-
-def estimate_eval(rule: str, subject: str, shape: Shape, bench: dict, problems: int | None, resources: dict, *,
+def estimate_eval(rule: str, subject: str, shape: Shape, bench: Benchmark, problems: int | None, resources: dict, *,
                   device: str, a: Assumptions = ASSUMPTIONS) -> Estimate:
     gpus, nodes = resources.get("gpus", 0), resources.get("nodes", 1)
-    est = Estimate(rule, subject, gpus, nodes, resources["runtime"] / 60, info={"bench": bench["name"]})
+    est = Estimate(rule, subject, gpus, nodes, resources["runtime"] / 60, info={"bench": bench.name})
     if gpus == 0 or device == "cpu":
         return est
     gpu_bytes = gpu_memory_bytes(resources)
@@ -849,12 +921,12 @@ def estimate_eval(rule: str, subject: str, shape: Shape, bench: dict, problems: 
     if gpu_bytes is None:
         est.problems.append("resources: gpu_memory_gb is not set: GPU memory cannot be checked")
         gpu_bytes = float("inf")
-    if bench.get("backend", "auto") == "hf":
-        est.problems.append(f"benchmark {bench['name']}: backend hf on GPU is not modelled: use vllm")
+    if bench.backend == "hf":
+        est.problems.append(f"benchmark {bench.name}: backend hf on GPU is not modelled: use vllm")
         return est.check(a)
-    max_len = bench.get("max_model_len") or a.max_prompt_tokens + bench["max_new_tokens"]
+    max_len = bench.model_len(a.max_prompt_tokens)
     tp, dp = eval_parallelism(shape, bench, gpus, nodes, gpu_bytes, max_len, a)
-    engine = _vllm(shape, {"tensor_parallel": tp, **_eval_block(bench)}, gpu_bytes, default_util=0.9, a=a)
+    engine = _vllm(shape, bench.vllm(tp), gpu_bytes, default_util=0.9, a=a)
     est.info.update(tp=tp, dp=dp)
     est.info["vLLM engine (per GPU)"] = engine.breakdown()
     est.problems += [f"vLLM engine: {p}" for p in engine.problems(max_len)]
@@ -865,13 +937,13 @@ def estimate_eval(rule: str, subject: str, shape: Shape, bench: dict, problems: 
     est.phases = {"generation": Breakdown().add("CUDA context", a.cuda_context_gib * GiB)
                   .add(f"vLLM engine (tp={tp})", engine.reserved)}
     if problems is None:
-        est.problems.append(f"benchmark {bench['name']}: number of problems unknown (prepare its data first)")
+        est.problems.append(f"benchmark {bench.name}: number of problems unknown (prepare its data first)")
         return est.check(a)
-    sequences = problems * bench["samples"]
+    sequences = problems * bench.samples
     est.info.update(problems=problems, sequences=sequences)
     est.seconds["engine start"] = a.engine_start_s
-    est.seconds["generation"] = generation_seconds(engine, dp, sequences, a.prompt_tokens, bench["max_new_tokens"], a)
-    if bench["kind"] in ("code", "lcb"):
+    est.seconds["generation"] = generation_seconds(engine, dp, sequences, a.prompt_tokens, bench.max_new_tokens, a)
+    if bench.kind in ("code", "lcb"):
         est.seconds["sandboxed tests"] = sequences * a.code_tests_per_problem * a.code_test_s / resources.get("cpus", 1)
     return est.check(a)
 

@@ -9,7 +9,6 @@ job does not fit the memory it asks for or asks for far less time than it needs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
@@ -18,7 +17,10 @@ from pathlib import Path
 
 from geopd import costmodel as cm
 from geopd.errors import UserError
-from geopd.grid import Grid, Ref
+from geopd.grid import Grid
+from geopd.grid.runs import Ref
+from geopd.spec import Benchmark
+from geopd.world.tokenizer import vocabulary
 
 
 @dataclass
@@ -78,8 +80,8 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
         if run.teacher:
             deps |= model(run.teacher)
         if run.projection:
-            deps.add(train(run.projection["run"]))
-            deps |= ref(grid.runs[run.projection["run"]].init)
+            deps.add(train(run.projection.run))
+            deps |= ref(grid.runs[run.projection.run].init)
         return add(job_id, "train", run.family, deps, run=name, subject=name)
 
     diagnoses = set()
@@ -212,9 +214,7 @@ class Shapes:
         return declared
 
     def _vocab(self) -> int:
-        from geopd.world.tokenizer import vocabulary  # the miniature tokenizer: no torch, no hub
-
-        return len(vocabulary())
+        return len(vocabulary())  # the miniature tokenizer's (no torch, no hub)
 
     def model(self, name: str) -> cm.Shape:
         if name not in self._cache:
@@ -240,17 +240,19 @@ class Shapes:
 
 def benchmark_problems(grid: Grid, bench: str) -> int | None:
     """Problems of a benchmark: its prepared test file when there, else its published size."""
-    spec = grid.benchmarks[bench]
-    path = Path(grid.data_dir(spec["data"])) / f"{spec.get('split', 'test')}.jsonl"
+    spec = grid.benchmark_spec(bench)
+    path = Path(spec.data_dir) / f"{spec.split}.jsonl"
     if path.is_file():
         with open(path) as fh:
             n = sum(1 for line in fh if line.strip())
     else:
-        n = cm.BENCHMARK_PROBLEMS.get(grid.datasets[spec["data"]].get("hub"))
-    return None if n is None else min(n, spec.get("limit", n))
+        n = cm.BENCHMARK_PROBLEMS.get(grid.datasets[spec.data].get("hub"))
+    if n is None or spec.limit is None:
+        return n
+    return min(n, spec.limit)
 
 
-def evaluation_spec(grid: Grid, bench: str, *, run: str | None = None, model: str | None = None) -> dict:
+def evaluation_spec(grid: Grid, bench: str, *, run: str | None = None, model: str | None = None) -> Benchmark:
     """The benchmark spec one evaluation job runs with: tensor_parallel x data_parallel filled in
     from the cost model (the smallest tensor-parallel group that holds the evaluated model, then
     every GPU the job requests), unless the benchmark fixes them. The evaluate rules and the
@@ -258,20 +260,20 @@ def evaluation_spec(grid: Grid, bench: str, *, run: str | None = None, model: st
     spec = grid.benchmark_spec(bench)
     res = grid.resources("evaluate")
     # "auto" runs vLLM on a GPU node (evaluate.run.resolve_backend), and the cost model plans it so.
-    if spec.get("backend", "auto") == "hf" or res.get("gpus", 0) == 0 or grid.config.get("device", "cpu") == "cpu":
+    if spec.backend == "hf" or res.get("gpus", 0) == 0 or grid.device == "cpu":
         return spec
     shapes = Shapes(grid)
     name = model if model is not None else shapes.root_model(Ref("run", run))
     gpu_bytes = cm.gpu_memory_bytes(res) or float("inf")
-    max_len = spec.get("max_model_len") or cm.ASSUMPTIONS.max_prompt_tokens + spec["max_new_tokens"]
-    tp, dp = cm.eval_parallelism(shapes.model(name), spec, res["gpus"], res.get("nodes", 1), gpu_bytes, max_len)
-    return {**spec, "tensor_parallel": tp, "data_parallel": dp}
+    tp, dp = cm.eval_parallelism(shapes.model(name), spec, res["gpus"], res.get("nodes", 1), gpu_bytes,
+                                 spec.model_len(cm.ASSUMPTIONS.max_prompt_tokens))
+    return spec.updated(tensor_parallel=tp, data_parallel=dp)
 
 
 def estimate_jobs(grid: Grid, jobs: dict[str, Job]) -> dict[str, cm.Estimate]:
     """An estimate for every job the cost model covers (training, evaluation, diagnostics);
     jobs with the same inputs share one."""
-    shapes, device = Shapes(grid), grid.config.get("device", "cpu")
+    shapes, device = Shapes(grid), grid.device
     cache: dict[tuple, cm.Estimate] = {}
     out = {}
     for job_id, job in jobs.items():
@@ -286,13 +288,12 @@ def estimate_jobs(grid: Grid, jobs: dict[str, Job]) -> dict[str, cm.Estimate]:
                 # one estimate per (model, benchmark): every checkpoint of a run has its init's shape
                 model = meta.get("model") or shapes.root_model(Ref("run", meta["subject"]))
                 key = (job.rule, model, meta["bench"], json.dumps(res, sort_keys=True))
-                make = lambda: cm.estimate_eval(job.rule, model, shapes.model(model),
-                                                {**grid.benchmarks[meta["bench"]], "name": meta["bench"]},
+                make = lambda: cm.estimate_eval(job.rule, model, shapes.model(model), grid.benchmark_spec(meta["bench"]),
                                                 benchmark_problems(grid, meta["bench"]), res, device=device)
             elif job.rule in ("diagnose", "diagnose_reference", "similarity"):
                 model = meta.get("model") or shapes.root_model(Ref("run", meta["subject"]))
                 checkpoints = len(grid.runs[meta["subject"]].checkpoints) if job.rule == "similarity" else 1
-                matrices = meta.get("matrices") or grid.config["diagnostics"].get("trajectory_matrices", "attention")
+                matrices = meta.get("matrices") or grid.trajectory_matrices
                 label = f"{model} {matrices}" + (f", {checkpoints} checkpoints" if job.rule == "similarity" else "")
                 key = (job.rule, model, matrices, checkpoints, json.dumps(res, sort_keys=True))
                 make = lambda: cm.estimate_svd_job(job.rule, label, shapes.model(model), matrices, res,
@@ -471,38 +472,11 @@ def render(summary: dict, config_name: str, jobs: dict[str, Job] | None = None,
     return "\n".join(lines)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("targets", nargs="*", metavar="TARGET",
-                        help="rule names, run names or job ids (default: everything)")
-    parser.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
-                        help="one or more config files, merged in order as `snakemake --configfile a b` does")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--detail", action="store_true",
-                        help="print each estimate's memory terms per phase and its time components")
-
-
-def _estimate_json(e: cm.Estimate) -> dict:
+def estimate_json(e: cm.Estimate) -> dict:
+    """One estimate as `geopd plan --json` prints it (GiB, hours)."""
     return {"rule": e.rule, "subject": e.subject, "peak_gib": None if e.peak is None else e.peak / cm.GiB,
             "peak_phase": e.peak_phase, "memory_limit_gib": None if e.memory_limit is None else e.memory_limit / cm.GiB,
             "memory_kind": e.memory_kind, "phases": {k: b.gib() for k, b in e.phases.items()},
             "est_hours": e.hours, "requested_hours": e.requested_hours,
             "seconds": e.seconds, "problems": e.problems,
             "info": {k: (v.gib() if isinstance(v, cm.Breakdown) else v) for k, v in e.info.items()}}
-
-
-def main(args: argparse.Namespace) -> int:
-    grid = Grid.from_files(args.configfile)
-    names = " + ".join(args.configfile)
-    jobs = select(build_jobs(grid), grid, args.targets)
-    estimates = estimate_jobs(grid, jobs)
-    summary = summarize(jobs, estimates)
-    found = problems(jobs, estimates)
-    if args.json:
-        summary["estimates"] = {j: _estimate_json(e) for j, e in estimates.items()}
-        summary["problems"] = found
-        print(json.dumps(summary, indent=2))
-    else:
-        print(render(summary, names, jobs, estimates, args.detail))
-    if found:
-        raise UserError(f"{len(found)} problem(s) in {names}:\n  " + "\n  ".join(found))
-    return 0

@@ -16,7 +16,7 @@ if __name__ == "__main__":
 
     from geopd.engines.models import load_model, load_tokenizer
     from geopd.engines.chat import format_prompt
-    from geopd.train.loop import Dist, shard_model
+    from geopd.train.distributed import Dist, shard_model
     from geopd.engines.rollout import make_rollout_engine, sequence_logprobs
     from geopd.engines.teacher import HFTeacher, make_teacher
 

@@ -21,10 +21,11 @@ def test_activation_checkpointing_with_the_gpu_envs_transformers(base_dir):
     GPU nodes' pin), where the method still has its old name, and a bf16 FSDP2 step runs."""
     from transformers import AutoModelForCausalLM
 
-    from geopd.train.loop import Dist, EngineSettings, shard_model
+    from geopd.spec import Engine
+    from geopd.train.distributed import Dist, shard_model
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    engine = EngineSettings(param_dtype=torch.bfloat16, activation_checkpointing=True)
+    engine = Engine(param_dtype="bfloat16", activation_checkpointing=True)
     model = shard_model(model, Dist.setup("cpu", group=True), engine)
     assert model.is_gradient_checkpointing
     ids = torch.randint(0, 1000, (2, 12))

@@ -1,2 +1,37 @@
 """`geopd plan`: list jobs and GPU-hours before anything runs."""
-from geopd.plan import configure, main  # noqa: F401  (moves here in the layout refactor)
+from __future__ import annotations
+
+import argparse
+import json
+
+from geopd.errors import UserError
+from geopd.grid import Grid
+from geopd.plan import build_jobs, estimate_jobs, estimate_json, problems, render, select, summarize
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", nargs="*", metavar="TARGET",
+                        help="rule names, run names or job ids (default: everything)")
+    parser.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
+                        help="one or more config files, merged in order as `snakemake --configfile a b` does")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--detail", action="store_true",
+                        help="print each estimate's memory terms per phase and its time components")
+
+
+def main(args: argparse.Namespace) -> int:
+    grid = Grid.from_files(args.configfile)
+    names = " + ".join(args.configfile)
+    jobs = select(build_jobs(grid), grid, args.targets)
+    estimates = estimate_jobs(grid, jobs)
+    summary = summarize(jobs, estimates)
+    found = problems(jobs, estimates)
+    if args.json:
+        summary["estimates"] = {j: estimate_json(e) for j, e in estimates.items()}
+        summary["problems"] = found
+        print(json.dumps(summary, indent=2))
+    else:
+        print(render(summary, names, jobs, estimates, args.detail))
+    if found:
+        raise UserError(f"{len(found)} problem(s) in {names}:\n  " + "\n  ".join(found))
+    return 0

@@ -24,6 +24,10 @@ from typing import Callable
 
 import torch
 
+from geopd.errors import UserError
+from geopd.engines.chat import format_prompt
+from geopd.train.data import shard
+
 
 def is_search_step(step: int) -> bool:
     return step >= 1 and step & (step - 1) == 0
@@ -101,28 +105,23 @@ def validation_set(records: list[dict], n: int, seed: int) -> list[dict]:
 
 def make_extrapolator(trainer) -> Extrapolator:
     """Wire the search to a Trainer: its rollout engine, reward and rollout temperature."""
-    from geopd.engines.chat import format_prompt
-    from geopd.train.data import shard
-
     spec = trainer.spec
-    ext, r = spec["extrapolation"], spec["rollout"]
-    if r.get("source") == "teacher":
-        from geopd.errors import UserError
-        raise UserError(f"run {spec.get('run')}: extrapolation scores the student's own samples; "
+    ext, r = spec.extrapolation, spec.rollout
+    if r.off_policy:
+        raise UserError(f"run {spec.run}: extrapolation scores the student's own samples; "
                         "it cannot run with rollout.source: teacher")
-    val = validation_set(trainer.records, ext.get("validation_prompts", 50), spec["seed"])
+    val = validation_set(trainer.records, ext.validation_prompts, spec.seed)
     local = shard(val, trainer.dist.rank, trainer.dist.world)
     prompts = [format_prompt(trainer.tokenizer, rec["prompt"]) for rec in local]
 
     def validate(step: int) -> float:
         # Every rank samples, even one without prompts: a vLLM tensor-parallel group spans ranks.
         # Common random numbers: every candidate of a search is sampled with the same seed.
-        seed = (spec["seed"] * 1_000_003 + step) * 64 + 63 - trainer.dist.rank
-        ro = trainer.rollout.generate(prompts, 1, temperature=r["temperature"], top_p=r.get("top_p", 1.0),
-                                      max_new_tokens=r["max_new_tokens"], seed=seed)
+        seed = (spec.seed * 1_000_003 + step) * 64 + 63 - trainer.dist.rank
+        ro = trainer.rollout.generate(prompts, 1, temperature=r.temperature, top_p=r.top_p,
+                                      max_new_tokens=r.max_new_tokens, seed=seed)
         hits = trainer._rewards([local[i] for i in ro.prompt_index], ro.texts)
         return trainer.dist.all_sum(float(hits.sum())) / trainer.dist.all_sum(float(len(hits)))
 
-    return Extrapolator(trainer.model, validate, candidates=ext.get("candidates", 5),
-                        factor_step=ext.get("factor_step", 2.0),
+    return Extrapolator(trainer.model, validate, candidates=ext.candidates, factor_step=ext.factor_step,
                         sync=lambda: trainer.rollout.sync_weights(trainer.model))

@@ -12,30 +12,22 @@ checkpoints); where slime and verl agree we follow both, where they differ it is
     A_mix    = alpha * A_OPD + (1 - alpha) * A_RLVR                         (raw, no re-normalisation)
     loss     = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A), ratio = pi/pi_old
 
-`advantages()` chooses the objective by name, like TRL's GRPO `loss_type` switch.
+`advantages()` chooses the objective by name from a registry (`register_advantage`), as verl's
+core_algos registers its advantage estimators; the `objective:` block it reads is a
+geopd.spec.Objective, which holds its defaults and checks.
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from geopd.engines.kernels import compute_dtype, token_logprobs
+from geopd.spec import SPARSIFY_MODES, Objective
 
-OBJECTIVES = ("opd", "rlvr", "mix")
-SPARSIFY_MODES = ("topkl", "random")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "sum", "seq-sum")
-# Keys of a run's `objective:` block. The loss-side keys (clip_*, aggregation,
-# filter_zero_variance) are read by the training loop; they are listed so that a typo such as
-# `sparsfy:` fails loudly instead of silently running the dense baseline.
-OBJECTIVE_KEYS = frozenset({"coef", "alpha", "sparsify", "scale_std", "clip_low", "clip_high",
-                            "aggregation", "filter_zero_variance", "zero_reward_patience"})
-# A run with a task reward (rlvr, mix) whose rewards are all zero for this many first steps
-# stops: the answer format or the grader does not fit the data, and training would learn
-# nothing from the reward. 0 turns the check off.
-ZERO_REWARD_PATIENCE = 10
 
 # Log-ratios beyond this are clamped before exp (verl does the same), so one wild token cannot
 # overflow the loss; such tokens are far outside any clip range.
@@ -169,7 +161,19 @@ def sparsify(r: Tensor, mask: Tensor, rho: float, mode: str,
     return m, scale
 
 
-# ---- the switch ------------------------------------------------------------------------------
+# ---- the objectives, by name ------------------------------------------------------------------
+
+# name -> fn(objective block, inputs, generator) -> per-token advantages [B,T]
+ADVANTAGES: dict[str, Callable[..., Tensor]] = {}
+
+
+def register_advantage(name: str):
+    """Register an objective's advantage function under `name` (a run's method)."""
+    def register(fn):
+        ADVANTAGES[name] = fn
+        return fn
+    return register
+
 
 def _need(inputs: Mapping, objective: str, *keys: str):
     missing = [k for k in keys if inputs.get(k) is None]
@@ -178,32 +182,49 @@ def _need(inputs: Mapping, objective: str, *keys: str):
     return [inputs[k] for k in keys]
 
 
-def check_objective_config(objective: str, config: Mapping) -> None:
-    """ValueError for an unknown objective, an unknown key, or a key the objective cannot use."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
-    unknown = sorted(set(config) - OBJECTIVE_KEYS)
-    if unknown:
-        raise ValueError(f"objective: unknown keys {unknown}; known: {sorted(OBJECTIVE_KEYS)}")
-    if "alpha" in config and objective != "mix":
-        raise ValueError(f"objective.alpha is only used by 'mix', not {objective!r}")
-    if objective == "mix" and "alpha" not in config:
-        raise ValueError("objective 'mix' needs alpha")
-    sp = config.get("sparsify")
+def _opd_signal(o: Objective, inputs: Mapping, generator, name: str) -> Tensor:
+    """A_OPD, sparsified when the block says so."""
+    mask, s_logp, t_logp = _need(inputs, name, "mask", "student_logp", "teacher_logp")
+    a_opd = opd_advantages(s_logp, t_logp, mask, coef=o.coef)
+    sp = o.sparsify
     if sp is not None:
-        if objective == "rlvr":
-            raise ValueError("objective.sparsify masks the OPD signal r_t; 'rlvr' has none")
-        if not isinstance(sp, Mapping) or set(sp) != {"mode", "rho"}:
-            raise ValueError(f"objective.sparsify must be {{mode, rho}}, got {sp!r}")
+        r = (s_logp.float() - t_logp.to(s_logp.device).float()).masked_fill(mask == 0, 0.0)
+        _, scale = sparsify(r, mask, float(sp["rho"]), sp["mode"], generator=generator)
+        a_opd = a_opd * scale.to(a_opd.device)
+    return a_opd
 
 
-def advantages(objective: str, config: Mapping | None = None, inputs: Mapping | None = None, *,
+def _rlvr_signal(o: Objective, inputs: Mapping, name: str) -> Tensor:
+    """A_RLVR on every response token."""
+    mask, rewards, group_size = _need(inputs, name, "mask", "rewards", "group_size")
+    seq = grpo_advantages(rewards, int(group_size), scale_std=o.scale_std)
+    return broadcast_sequence_advantage(seq, mask)
+
+
+@register_advantage("opd")
+def opd_objective(o: Objective, inputs: Mapping, generator=None) -> Tensor:
+    return _opd_signal(o, inputs, generator, "opd")
+
+
+@register_advantage("rlvr")
+def rlvr_objective(o: Objective, inputs: Mapping, generator=None) -> Tensor:
+    return _rlvr_signal(o, inputs, "rlvr")
+
+
+@register_advantage("mix")
+def mix_objective(o: Objective, inputs: Mapping, generator=None) -> Tensor:
+    a_opd = _opd_signal(o, inputs, generator, "mix")
+    a_rlvr = _rlvr_signal(o, inputs, "mix")
+    return mix_advantages(a_opd, a_rlvr.to(a_opd.device), float(o.alpha))
+
+
+def advantages(objective: str, config: Objective | Mapping | None = None, inputs: Mapping | None = None, *,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Per-token advantages [B,T] and loss weights [B,T] for objective "opd", "rlvr" or "mix".
 
-    config: the run's `objective:` block (coef, alpha, sparsify: {mode, rho}, scale_std; the
-    loss keys are accepted and ignored here). inputs: mask, student_logp, teacher_logp
-    (opd, mix), rewards [N] and group_size (rlvr, mix).
+    config: the run's `objective:` block (a geopd.spec.Objective, or its mapping: coef, alpha,
+    sparsify: {mode, rho}, scale_std; the loss keys are accepted and ignored here). inputs: mask,
+    student_logp, teacher_logp (opd, mix), rewards [N] and group_size (rlvr, mix).
 
     Sparsification acts on the OPD signal only (paper G.2: the compensated r~_t is what is
     subtracted from the advantage), so in "mix" the RLVR part stays dense.
@@ -214,32 +235,12 @@ def advantages(objective: str, config: Mapping | None = None, inputs: Mapping | 
     only, the signal would be inflated a further 1/rho). Callers multiply `adv * weight` and
     may zero weights further (e.g. DAPO's zero-variance filter for rlvr).
     """
-    config = dict(config or {})
+    o = Objective.from_dict(config)
+    o.check_method(objective)
     inputs = dict(inputs or {})
-    check_objective_config(objective, config)
     (mask,) = _need(inputs, objective, "mask")
     weight = (mask != 0).float()
-
-    a_opd = a_rlvr = None
-    if objective in ("opd", "mix"):
-        s_logp, t_logp = _need(inputs, objective, "student_logp", "teacher_logp")
-        a_opd = opd_advantages(s_logp, t_logp, mask, coef=config.get("coef", 1.0))
-        sp = config.get("sparsify")
-        if sp is not None:
-            r = (s_logp.float() - t_logp.to(s_logp.device).float()).masked_fill(mask == 0, 0.0)
-            _, scale = sparsify(r, mask, float(sp["rho"]), sp["mode"], generator=generator)
-            a_opd = a_opd * scale.to(a_opd.device)
-    if objective in ("rlvr", "mix"):
-        rewards, group_size = _need(inputs, objective, "rewards", "group_size")
-        seq = grpo_advantages(rewards, int(group_size), scale_std=config.get("scale_std", True))
-        a_rlvr = broadcast_sequence_advantage(seq, mask)
-
-    if objective == "opd":
-        adv = a_opd
-    elif objective == "rlvr":
-        adv = a_rlvr
-    else:
-        adv = mix_advantages(a_opd, a_rlvr.to(a_opd.device), float(config["alpha"]))
+    adv = ADVANTAGES[objective](o, inputs, generator)
     return adv, weight.to(adv.device)
 
 

@@ -7,6 +7,8 @@ argument per input line, the JSON of the return value as output), otherwise stdi
 from __future__ import annotations
 
 from geopd.errors import UserError
+from geopd.grading.code import grade_code
+from geopd.grading.math import grade_math
 
 
 def code_tests(record: dict) -> tuple[list[dict], str | None]:
@@ -23,12 +25,8 @@ def code_tests(record: dict) -> tuple[list[dict], str | None]:
 
 def reward(record: dict, response: str) -> float:
     if "answer" in record:
-        from geopd.grading.math import grade_math
-
         return float(grade_math(response, record["answer"], integer_range=record.get("integer_range")))
     if "tests" in record:
-        from geopd.grading.code import grade_code
-
         tests, fn_name = code_tests(record)
         return float(grade_code(response, tests, fn_name=fn_name))
     raise UserError(f"record {record.get('id', '?')} has neither an answer nor tests: no verifiable reward")

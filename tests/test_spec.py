@@ -1,0 +1,103 @@
+"""The typed specs (geopd.spec): JSON round trips that keep exactly the given keys, defaults in
+one place, checks that name the block, and the derived quantities the trainer and the planner
+share (geopd.train.batching)."""
+import json
+
+import pytest
+
+from geopd.errors import UserError
+from geopd.grid import Grid
+from geopd.spec import (Benchmark, Engine, Objective, Rollout, RunSpec, Settings, SpecError, VLLM, max_model_len,
+                        spec_json)
+from geopd.train.batching import (SFT_BUCKETS, largest_micro_batch, micro_batch_plan, num_updates, rollout_split,
+                                  update_of_samples)
+
+
+@pytest.fixture(scope="module", params=["config/config.yaml", "config/paper.yaml"])
+def grid(request, repo):
+    return Grid.from_file(repo / request.param)
+
+
+def test_every_run_spec_round_trips_through_json(grid):
+    for name in grid.runs:
+        spec = grid.run_spec(name)
+        text = spec.to_json()
+        assert text == spec_json(spec) == spec_json(json.loads(text))
+        again = RunSpec.from_json(text)
+        assert again == spec and again.to_json() == text
+        # only what the config says (and the grid adds) is written: an SFT run has no rollout block
+        assert ("rollout" in json.loads(text)) == (grid.runs[name].method != "sft")
+
+
+def test_run_settings_keep_the_config_s_keys(grid):
+    for run in grid.runs.values():
+        merged = run.settings.to_dict()
+        assert Settings.from_dict(merged) == run.settings
+        assert set(merged) <= set(Settings.keys())
+
+
+def test_defaults_live_in_the_fields():
+    r = Rollout.from_dict({"prompts_per_step": 2, "samples": 4, "temperature": 1.0, "max_new_tokens": 8})
+    assert (r.backend, r.source, r.top_p, r.global_batch_size, r.vllm.tensor_parallel) == ("hf", "student", 1.0, None, 1)
+    assert r.samples_per_step == 8 and not r.off_policy
+    assert r.to_dict() == {"prompts_per_step": 2, "samples": 4, "temperature": 1.0, "max_new_tokens": 8}
+    o = Objective()
+    assert (o.coef, o.clip_low, o.clip_high, o.aggregation, o.zero_reward_patience) == (1.0, 0.2, 0.28, "token-mean", 10)
+    assert o.to_dict() == {}
+    assert Settings().rollout_source == "student"
+    assert VLLM().gpu_dtype == "bfloat16" and VLLM(dtype="float32").gpu_dtype == "float32"
+
+
+def test_a_spec_made_in_code_gives_what_differs_from_the_defaults():
+    assert Engine(param_dtype="bfloat16").to_dict() == {"param_dtype": "bfloat16"}
+    assert Engine(param_dtype="bfloat16").mixed_precision and Engine().sharded(2) and not Engine().sharded(1)
+    e = Engine.from_dict({"param_dtype": "float32"})  # given explicitly: written back
+    assert e.to_dict() == {"param_dtype": "float32"} and e.given("param_dtype")
+    assert e.updated(micro_batch_tokens=64).to_dict() == {"param_dtype": "float32", "micro_batch_tokens": 64}
+
+
+def test_checks_name_the_block():
+    base = {"prompts_per_step": 2, "samples": 4, "temperature": 1.0, "max_new_tokens": 8}
+    with pytest.raises(UserError, match=r"rollout\.vllm: unknown keys \['tp'\]"):
+        Rollout.from_dict({**base, "vllm": {"tp": 2}})
+    with pytest.raises(UserError, match=r"rollout: missing keys \['samples'\]"):
+        Rollout.from_dict({k: v for k, v in base.items() if k != "samples"})
+    with pytest.raises(UserError, match=r"engine must be a mapping"):
+        Settings.from_dict({"engine": None})
+    with pytest.raises(ValueError, match="aggregation"):
+        Objective.from_dict({"aggregation": "sum"})
+    with pytest.raises(SpecError, match="needs alpha"):
+        Objective().check_method("mix")
+    with pytest.raises(SpecError, match="only used by 'mix'"):
+        Objective(alpha=0.5).check_method("opd")
+    spec = {"run": "r", "method": "opd", "seed": 0, "init": "m", "data": {"name": "d", "dir": "d"}, "steps": 1,
+            "checkpoints": [1], "state_dir": "s", "optim": {"lr": 1.0}}
+    with pytest.raises(UserError, match="needs a rollout block"):
+        RunSpec.from_dict(spec)
+    with pytest.raises(UserError, match=r"missing keys \['optim'\]"):
+        RunSpec.from_dict({k: v for k, v in spec.items() if k != "optim"})
+    with pytest.raises(UserError, match=r"^optim: unknown keys \['lrr'\]"):
+        RunSpec.from_dict({**spec, "method": "sft", "optim": {"lr": 1.0, "lrr": 2}})
+
+
+def test_max_model_len_is_the_configured_one_or_prompt_plus_response():
+    assert max_model_len(None, 1000, 2048) == 3048 and max_model_len(4096, 1000, 2048) == 4096
+    bench = Benchmark(kind="math", data="x", samples=1, temperature=1.0, max_new_tokens=1000)
+    assert bench.model_len(2048) == 3048 and bench.updated(max_model_len=2000).model_len(2048) == 2000
+
+
+def test_updates_per_step_trainer_and_planner():
+    assert rollout_split(2400, 64) == (37, 32) and num_updates(2400, 64) == 37
+    # The planner prints slime's full batches; the trainer takes at least one update (a rollout
+    # batch smaller than global_batch_size): the two counts differ there, as they did before.
+    assert rollout_split(4, 8) == (0, 4) and num_updates(4, 8) == 1
+    assert update_of_samples([3, 2], 1, 2) == [1, 0]
+
+
+def test_micro_batches_trainer_and_planner():
+    assert micro_batch_plan(Engine(), "sft") == (None, SFT_BUCKETS)
+    assert micro_batch_plan(Engine(), "opd") == (None, None)
+    assert micro_batch_plan(Engine(micro_batch_tokens=512), "sft") == (512, None)
+    assert largest_micro_batch(Engine(), "sft", 64, 2, 100) == 8 * 100   # 32 rows per rank in 4 buckets
+    assert largest_micro_batch(Engine(), "rlvr", 64, 16, 100) == 4 * 100  # one micro-batch per update
+    assert largest_micro_batch(Engine(micro_batch_tokens=50), "sft", 64, 2, 100) == 100  # one sequence at least
