@@ -111,7 +111,8 @@ rule diagnose_reference:
 
 rule aggregate_diagnostics:
     input:
-        G.diagnostics_inputs(),
+        per_checkpoint=G.diagnostics_inputs(),
+        grid=f"{R}/grid.json",
     output:
         summary=f"{R}/diagnostics/summary.csv",
         matrices=f"{R}/diagnostics/matrices.csv",
@@ -121,5 +122,5 @@ rule aggregate_diagnostics:
     resources:
         **res("report"),
     shell:
-        "geopd report aggregate-diagnostics --results {R} --out-summary {output.summary} "
+        "geopd report aggregate-diagnostics --results {R} --grid {input.grid} --out-summary {output.summary} "
         "--out-matrices {output.matrices} --out-similarity {output.similarity} 2> {log}"

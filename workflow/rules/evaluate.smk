@@ -80,7 +80,8 @@ rule evaluate_model:
 
 rule aggregate_eval:
     input:
-        G.eval_inputs(),
+        per_checkpoint=G.eval_inputs(),
+        grid=f"{R}/grid.json",
     output:
         f"{R}/eval/accuracy.csv",
     log:
@@ -88,4 +89,4 @@ rule aggregate_eval:
     resources:
         **res("report"),
     shell:
-        "geopd report aggregate-eval --results {R} --out {output} 2> {log}"
+        "geopd report aggregate-eval --results {R} --grid {input.grid} --out {output} 2> {log}"

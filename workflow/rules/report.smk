@@ -15,7 +15,7 @@ rule grid_spec:
     run:
         # Written here rather than passed on a command line: the paper grid's list of expected
         # inputs is tens of kilobytes, near the kernel's limit for one argument.
-        from geopd.report.cli import write_grid
+        from geopd.report.gridfile import write_grid
 
         write_grid(params.spec, output[0])
 
@@ -87,7 +87,7 @@ rule claims:
 
 
 def present_report_inputs(wildcards):
-    from geopd.report.evidence import input_files
+    from geopd.report.gridfile import input_files
 
     return [p for p in (os.path.join(R, f) for f in input_files(G.report_spec())) if os.path.exists(p)]
 
