@@ -2,37 +2,7 @@
 # job_grouping.diagnose: "checkpoint" (default) runs one job per diagnosis and one similarity job
 # per trajectory run; "run" makes every diagnosis of a run, and its similarity, one job
 # (`geopd batch`), writing the same files into results/diagnostics/<run>/.
-
-import json
-import shlex
-
-
-def diagnose_args(base, tuned, out, matrices, threads):
-    """`geopd diagnose`'s arguments for one checkpoint pair (every grouping, and reference pairs)."""
-    d = config["diagnostics"]
-    return ["diagnose", "--base", base, "--tuned", tuned, "--out", out, "--summary", out[:-len(".csv")] + ".json",
-            "--matrices", matrices, "--k", str(d["k"]), "--r", str(d["r"]), "--alpha", str(d["alpha"]),
-            "--eta", str(d["eta"]), "--workers", str(threads), "--cache-dir", f"{R}/cache/svd"]
-
-
-def checkpoint_diagnosis(run, step, matrices, threads):
-    return diagnose_args(G.ref_source(G.runs[run].w0), G.checkpoint(run, step), G.diagnostics_file(run, step, matrices),
-                         matrices, threads)
-
-
-def similarity_args(run, threads):
-    d = config["diagnostics"]
-    return ["similarity", "--init", G.ref_source(G.runs[run].w0),
-            "--checkpoints", *[G.checkpoint(run, s) for s in G.runs[run].checkpoints], "--out", G.similarity_file(run),
-            "--k", str(d["sim_k"]), "--matrices", d.get("trajectory_matrices", "attention"), "--workers", str(threads)]
-
-
-def run_diagnoses(run, threads):
-    commands = [checkpoint_diagnosis(run, step, matrices, threads) for step, matrices in G.diagnose_run_targets(run)]
-    if run in G.similarity_runs():
-        commands.append(similarity_args(run, threads))
-    return commands
-
+# The commands' arguments are built in common.smk (diagnose_args and the functions using it).
 
 if G.grouping("diagnose") == "run":
 
@@ -49,6 +19,8 @@ if G.grouping("diagnose") == "run":
             f"{R}/logs/diagnose/{{run}}.log",
         resources:
             **res("diagnose_run"),
+        conda:
+            "../envs/geopd.yaml"
         shell:
             "geopd batch --commands {params.commands:q} 2> {log}"
 
@@ -69,6 +41,8 @@ else:
             f"{R}/logs/diagnose/{{run}}.step-{{step}}.{{matrices}}.log",
         resources:
             **res("diagnose"),
+        conda:
+            "../envs/geopd.yaml"
         shell:
             "geopd {params.args} 2> {log}"
 
@@ -85,26 +59,27 @@ else:
             f"{R}/logs/similarity/{{run}}.log",
         resources:
             **res("similarity"),
+        conda:
+            "../envs/geopd.yaml"
         shell:
             "geopd {params.args} 2> {log}"
 
 
 rule diagnose_reference:
     input:
-        lambda wc: G.model_inputs(G.reference_pairs()[wc.pair]["base"])
-        + G.model_inputs(G.reference_pairs()[wc.pair]["tuned"]),
+        reference_inputs,
     output:
         table=f"{R}/diagnostics/reference/{{pair}}.all.csv",
         summary=f"{R}/diagnostics/reference/{{pair}}.all.json",
     params:
-        args=lambda wc, output, threads: shlex.join(diagnose_args(
-            G.model_source(G.reference_pairs()[wc.pair]["base"]), G.model_source(G.reference_pairs()[wc.pair]["tuned"]),
-            output.table, "all", threads)),
+        args=lambda wc, output, threads: shlex.join(reference_diagnosis(wc.pair, output.table, threads)),
     threads: threads("diagnose")
     log:
         f"{R}/logs/diagnose/reference.{{pair}}.log",
     resources:
         **res("diagnose"),
+    conda:
+        "../envs/geopd.yaml"
     shell:
         "geopd {params.args} 2> {log}"
 
@@ -117,10 +92,15 @@ rule aggregate_diagnostics:
         summary=f"{R}/diagnostics/summary.csv",
         matrices=f"{R}/diagnostics/matrices.csv",
         similarity=f"{R}/diagnostics/similarity.csv",
+    params:
+        results=results_root,
     log:
         f"{R}/logs/aggregate_diagnostics.log",
     resources:
         **res("report"),
+    conda:
+        "../envs/geopd.yaml"
     shell:
-        "geopd report aggregate-diagnostics --results {R} --grid {input.grid} --out-summary {output.summary} "
-        "--out-matrices {output.matrices} --out-similarity {output.similarity} 2> {log}"
+        "geopd report aggregate-diagnostics --results {params.results} --grid {input.grid} "
+        "--out-summary {output.summary} --out-matrices {output.matrices} "
+        "--out-similarity {output.similarity} 2> {log}"

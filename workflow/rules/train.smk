@@ -16,6 +16,8 @@ rule train:
         f"{R}/logs/train/{{run}}.log",
     resources:
         **res("train"),
+    conda:
+        "../envs/geopd.yaml"
     shell:
         "geopd launch --nodes {resources.nodes} --tasks {resources.tasks} --gpus-per-node {resources.gpus} -- "
         "geopd train --spec {params.spec:q} --out {output.checkpoints} "
