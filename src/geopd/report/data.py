@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from geopd.errors import UserError
-from geopd.io.jsonl import iter_jsonl
+from geopd.io.jsonl import numbered_jsonl
 from geopd.report import gridfile
 from geopd.report.aggregate import EVAL_COLUMNS, aggregate_diagnostics, aggregate_eval, warn
 from geopd.report.gridfile import EMPTY_GRID, read_grid
@@ -349,9 +349,9 @@ def _read_optional(path: Path) -> pd.DataFrame:
 def read_metrics(path: Path) -> tuple[pd.DataFrame, list[dict]]:
     """The trainer's per-step log: a frame of the scalar columns, and EffOPD search entries."""
     rows, searches = [], []
-    for i, row in enumerate(iter_jsonl(path), 1):
+    for i, row in numbered_jsonl(path):
         if not isinstance(row, dict) or "step" not in row:
-            raise UserError(f"{path}: record {i} has no 'step'")
+            raise UserError(f"{path}: line {i} has no 'step'")
         search = row.pop("extrapolation", None)
         if isinstance(search, dict):
             searches.append({"step": row["step"], **search})
