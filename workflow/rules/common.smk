@@ -14,6 +14,7 @@ from snakemake.utils import validate
 
 from geopd.config import explain
 from geopd.grid import Grid, spec_json
+from geopd.paths import Layout, samples_file, summary_file
 from geopd.plan import evaluation_spec
 from geopd.report.gridfile import input_files, write_grid
 from geopd.workflow import snakemake_resources, threads_of
@@ -31,6 +32,9 @@ os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.envi
 
 G = Grid(config, workflow.configfiles)
 R = str(G.results)
+# Every path under R, for the rules' patterns too: L.checkpoints_dir("{run}") is the pattern
+# results/runs/{run}/checkpoints (geopd.paths, which the grid and the report use).
+L = Layout(G.results)
 
 if G.mirror is not None:
     # Every compute job reads hub models and data sets from the mirror, never from the network
@@ -68,7 +72,7 @@ def built_models(stage):
 def diagnose_args(base, tuned, out, matrices, threads):
     """`geopd diagnose`'s arguments for one checkpoint pair (every grouping, and reference pairs)."""
     d = config["diagnostics"]
-    return ["diagnose", "--base", base, "--tuned", tuned, "--out", out, "--summary", out[:-len(".csv")] + ".json",
+    return ["diagnose", "--base", base, "--tuned", tuned, "--out", out, "--summary", summary_file(out),
             "--matrices", matrices, "--k", str(d["k"]), "--r", str(d["r"]), "--alpha", str(d["alpha"]),
             "--eta", str(d["eta"]), "--workers", str(threads), "--cache-dir", f"{R}/cache/svd"]
 
@@ -108,7 +112,7 @@ def run_diagnoses(run, threads):
 def evaluate_args(model, spec, out, threads):
     """`geopd evaluate`'s arguments for one model on one benchmark (both groupings)."""
     return ["evaluate", "--model", str(model), "--benchmark", spec_json(spec), "--seed", str(config["seed"]),
-            "--out", out, "--samples", out[:-len(".json")] + ".samples.jsonl", "--threads", str(threads)]
+            "--out", out, "--samples", samples_file(out), "--threads", str(threads)]
 
 
 def run_evaluations(run, threads):

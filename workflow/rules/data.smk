@@ -12,7 +12,7 @@ if G.mirror is not None:
         params:
             spec=lambda wc: spec_json(G.prefetch_spec(wc.kind, f"{wc.owner}/{wc.repo}")),
         log:
-            f"{R}/logs/prefetch/{{kind}}.{{owner}}.{{repo}}.log",
+            L.log("prefetch", "{kind}.{owner}.{repo}.log"),
         conda:
             "../envs/geopd.yaml"
         # Runs where Snakemake runs (the login node has the network); gated repos need HF_TOKEN.
@@ -25,11 +25,11 @@ rule prepare_data:
     input:
         lambda wc: G.data_inputs(wc.dataset),
     output:
-        directory(f"{R}/data/{{dataset}}"),
+        directory(L.data_dir("{dataset}")),
     params:
         spec=lambda wc: spec_json(G.data_spec(wc.dataset)),
     log:
-        f"{R}/logs/prepare_data/{{dataset}}.log",
+        L.log("prepare_data", "{dataset}.log"),
     resources:
         **res("prepare_data"),
     conda:
@@ -42,14 +42,14 @@ rule pretrain_model:
     input:
         lambda wc: G.model_build_inputs(wc.model),
     output:
-        directory(f"{R}/models/{{model}}"),
+        directory(L.built_model_dir("{model}")),
     wildcard_constraints:
         model=built_models("pretrain"),
     params:
         spec=lambda wc: spec_json(G.model_spec(wc.model)),
     threads: threads("pretrain_model")
     log:
-        f"{R}/logs/models/{{model}}.log",
+        L.log("models", "{model}.log"),
     resources:
         **res("pretrain_model"),
     conda:

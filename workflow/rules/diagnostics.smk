@@ -8,15 +8,15 @@ if G.grouping("diagnose") == "run":
 
     rule diagnose_run:
         input:
-            tuned=f"{R}/runs/{{run}}/checkpoints",
+            tuned=L.checkpoints_dir("{run}"),
             base=lambda wc: G.ref_inputs(G.runs[wc.run].w0),
         output:
-            directory(f"{R}/diagnostics/{{run}}"),
+            directory(L.diagnostics_run_dir("{run}")),
         params:
             commands=lambda wc, threads: json.dumps(run_diagnoses(wc.run, threads)),
         threads: threads("diagnose_run")
         log:
-            f"{R}/logs/diagnose/{{run}}.log",
+            L.log("diagnose", "{run}.log"),
         resources:
             **res("diagnose_run"),
         conda:
@@ -29,16 +29,16 @@ else:
 
     rule diagnose:
         input:
-            tuned=f"{R}/runs/{{run}}/checkpoints",
+            tuned=L.checkpoints_dir("{run}"),
             base=lambda wc: G.ref_inputs(G.runs[wc.run].w0),
         output:
-            table=f"{R}/diagnostics/{{run}}/step-{{step}}.{{matrices}}.csv",
-            summary=f"{R}/diagnostics/{{run}}/step-{{step}}.{{matrices}}.json",
+            table=L.diagnostics_file("{run}", "{step}", "{matrices}"),
+            summary=summary_file(L.diagnostics_file("{run}", "{step}", "{matrices}")),
         params:
             args=lambda wc, threads: shlex.join(checkpoint_diagnosis(wc.run, int(wc.step), wc.matrices, threads)),
         threads: threads("diagnose")
         log:
-            f"{R}/logs/diagnose/{{run}}.step-{{step}}.{{matrices}}.log",
+            L.log("diagnose", "{run}.step-{step}.{matrices}.log"),
         resources:
             **res("diagnose"),
         conda:
@@ -48,15 +48,15 @@ else:
 
     rule similarity:
         input:
-            tuned=f"{R}/runs/{{run}}/checkpoints",
+            tuned=L.checkpoints_dir("{run}"),
             base=lambda wc: G.ref_inputs(G.runs[wc.run].w0),
         output:
-            f"{R}/diagnostics/{{run}}/similarity.csv",
+            L.similarity_file("{run}"),
         params:
             args=lambda wc, threads: shlex.join(similarity_args(wc.run, threads)),
         threads: threads("similarity")
         log:
-            f"{R}/logs/similarity/{{run}}.log",
+            L.log("similarity", "{run}.log"),
         resources:
             **res("similarity"),
         conda:
@@ -69,13 +69,13 @@ rule diagnose_reference:
     input:
         reference_inputs,
     output:
-        table=f"{R}/diagnostics/reference/{{pair}}.all.csv",
-        summary=f"{R}/diagnostics/reference/{{pair}}.all.json",
+        table=L.reference_file("{pair}"),
+        summary=summary_file(L.reference_file("{pair}")),
     params:
         args=lambda wc, output, threads: shlex.join(reference_diagnosis(wc.pair, output.table, threads)),
     threads: threads("diagnose")
     log:
-        f"{R}/logs/diagnose/reference.{{pair}}.log",
+        L.log("diagnose", "reference.{pair}.log"),
     resources:
         **res("diagnose"),
     conda:
@@ -87,15 +87,15 @@ rule diagnose_reference:
 rule aggregate_diagnostics:
     input:
         per_checkpoint=G.diagnostics_inputs(),
-        grid=f"{R}/grid.json",
+        grid=L.grid_file(),
     output:
-        summary=f"{R}/diagnostics/summary.csv",
-        matrices=f"{R}/diagnostics/matrices.csv",
-        similarity=f"{R}/diagnostics/similarity.csv",
+        summary=L.diagnostics_summary(),
+        matrices=L.diagnostics_matrices(),
+        similarity=L.similarity_summary(),
     params:
         results=results_root,
     log:
-        f"{R}/logs/aggregate_diagnostics.log",
+        L.log("aggregate_diagnostics.log"),
     resources:
         **res("report"),
     conda:

@@ -8,15 +8,15 @@ if G.grouping("evaluate") == "run":
 
     rule evaluate_run:
         input:
-            checkpoints=f"{R}/runs/{{run}}/checkpoints",
+            checkpoints=L.checkpoints_dir("{run}"),
             data=lambda wc: sorted({benchmark_data(b) for b in G.runs[wc.run].eval}),
         output:
-            directory(f"{R}/eval/{{run}}"),
+            directory(L.eval_run_dir("{run}")),
         params:
             commands=lambda wc, threads: json.dumps(run_evaluations(wc.run, threads)),
         threads: threads("evaluate_run")
         log:
-            f"{R}/logs/evaluate/{{run}}.log",
+            L.log("evaluate", "{run}.log"),
         resources:
             **res("evaluate_run"),
         conda:
@@ -28,17 +28,17 @@ else:
 
     rule evaluate:
         input:
-            checkpoints=f"{R}/runs/{{run}}/checkpoints",
+            checkpoints=L.checkpoints_dir("{run}"),
             data=lambda wc: benchmark_data(wc.bench),
         output:
-            result=f"{R}/eval/{{run}}/step-{{step}}/{{bench}}.json",
-            samples=f"{R}/eval/{{run}}/step-{{step}}/{{bench}}.samples.jsonl",
+            result=L.eval_file("{run}", "{step}", "{bench}"),
+            samples=samples_file(L.eval_file("{run}", "{step}", "{bench}")),
         params:
             args=lambda wc, output, threads: shlex.join(evaluate_args(
                 G.checkpoint(wc.run, int(wc.step)), evaluation_spec(G, wc.bench, run=wc.run), output.result, threads)),
         threads: threads("evaluate")
         log:
-            f"{R}/logs/evaluate/{{run}}.step-{{step}}.{{bench}}.log",
+            L.log("evaluate", "{run}.step-{step}.{bench}.log"),
         resources:
             **res("evaluate"),
         conda:
@@ -52,14 +52,14 @@ rule evaluate_model:
         model=lambda wc: G.model_inputs(wc.model),
         data=lambda wc: benchmark_data(wc.bench),
     output:
-        result=f"{R}/eval/models/{{model}}/{{bench}}.json",
-        samples=f"{R}/eval/models/{{model}}/{{bench}}.samples.jsonl",
+        result=L.model_eval_file("{model}", "{bench}"),
+        samples=samples_file(L.model_eval_file("{model}", "{bench}")),
     params:
         args=lambda wc, output, threads: shlex.join(evaluate_args(
             G.model_source(wc.model), evaluation_spec(G, wc.bench, model=wc.model), output.result, threads)),
     threads: threads("evaluate")
     log:
-        f"{R}/logs/evaluate/model.{{model}}.{{bench}}.log",
+        L.log("evaluate", "model.{model}.{bench}.log"),
     resources:
         **res("evaluate"),
     conda:
@@ -71,13 +71,13 @@ rule evaluate_model:
 rule aggregate_eval:
     input:
         per_checkpoint=G.eval_inputs(),
-        grid=f"{R}/grid.json",
+        grid=L.grid_file(),
     output:
-        f"{R}/eval/accuracy.csv",
+        L.accuracy_file(),
     params:
         results=results_root,
     log:
-        f"{R}/logs/aggregate_eval.log",
+        L.log("aggregate_eval.log"),
     resources:
         **res("report"),
     conda:

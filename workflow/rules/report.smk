@@ -8,11 +8,11 @@
 
 rule grid_spec:
     output:
-        f"{R}/grid.json",
+        L.grid_file(),
     params:
         spec=lambda wc: spec_json(G.report_spec()),
     log:
-        f"{R}/logs/grid_spec.log",
+        L.log("grid_spec.log"),
     localrule: True
     run:
         grid_file(params.spec, output[0], log[0])
@@ -20,17 +20,17 @@ rule grid_spec:
 
 rule tables:
     input:
-        diagnostics=f"{R}/diagnostics/summary.csv",
-        matrices=f"{R}/diagnostics/matrices.csv",
-        accuracy=f"{R}/eval/accuracy.csv",
-        metrics=[G.metrics_file(r) for r in G.runs],
-        grid=f"{R}/grid.json",
+        diagnostics=L.diagnostics_summary(),
+        matrices=L.diagnostics_matrices(),
+        accuracy=L.accuracy_file(),
+        metrics=[L.metrics_file(r) for r in G.runs],
+        grid=L.grid_file(),
     output:
-        captioned(G.table_files(), "tables"),
+        captioned(L.table_files(), "tables"),
     params:
         results=results_root,
     log:
-        f"{R}/logs/tables.log",
+        L.log("tables.log"),
     resources:
         **res("report"),
     conda:
@@ -41,18 +41,18 @@ rule tables:
 
 rule figures:
     input:
-        diagnostics=f"{R}/diagnostics/summary.csv",
-        matrices=f"{R}/diagnostics/matrices.csv",
-        similarity=f"{R}/diagnostics/similarity.csv",
-        accuracy=f"{R}/eval/accuracy.csv",
-        metrics=[G.metrics_file(r) for r in G.runs],
-        grid=f"{R}/grid.json",
+        diagnostics=L.diagnostics_summary(),
+        matrices=L.diagnostics_matrices(),
+        similarity=L.similarity_summary(),
+        accuracy=L.accuracy_file(),
+        metrics=[L.metrics_file(r) for r in G.runs],
+        grid=L.grid_file(),
     output:
-        captioned(G.figure_files(), "figures"),
+        captioned(L.figure_files(), "figures"),
     params:
         results=results_root,
     log:
-        f"{R}/logs/figures.log",
+        L.log("figures.log"),
     resources:
         **res("report"),
     conda:
@@ -63,17 +63,17 @@ rule figures:
 
 rule claims:
     input:
-        diagnostics=f"{R}/diagnostics/summary.csv",
-        similarity=f"{R}/diagnostics/similarity.csv",
-        accuracy=f"{R}/eval/accuracy.csv",
-        metrics=[G.metrics_file(r) for r in G.runs],
-        grid=f"{R}/grid.json",
+        diagnostics=L.diagnostics_summary(),
+        similarity=L.similarity_summary(),
+        accuracy=L.accuracy_file(),
+        metrics=[L.metrics_file(r) for r in G.runs],
+        grid=L.grid_file(),
     output:
-        captioned(G.claims_files() + [f"{R}/tables/missing.{ext}" for ext in ("csv", "md")], "claims"),
+        captioned(L.claims_files() + [f"{R}/tables/missing.{ext}" for ext in ("csv", "md")], "claims"),
     params:
         results=results_root,
     log:
-        f"{R}/logs/claims.log",
+        L.log("claims.log"),
     resources:
         **res("report"),
     conda:
@@ -95,13 +95,13 @@ rule claims:
 rule report_partial:
     input:
         present=present_report_inputs,
-        grid=f"{R}/grid.json",
+        grid=L.grid_file(),
     output:
         directory(f"{R}/partial"),
     params:
         results=results_root,
     log:
-        f"{R}/logs/report_partial.log",
+        L.log("report_partial.log"),
     resources:
         **res("report"),
     conda:

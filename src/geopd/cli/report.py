@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from geopd.paths import Layout
 from geopd.report import aggregate
 from geopd.report.claims import write_claims
 from geopd.report.data import ReportData
@@ -66,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _expected(args) -> list:
-    return expected_inputs(read_grid(Path(args.grid) if args.grid else Path(args.results) / "grid.json"))
+    return expected_inputs(read_grid(Path(args.grid or Layout(args.results).grid_file())))
 
 
 def _aggregate_diagnostics(args) -> int:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from geopd.errors import UserError
 from geopd.io.jsonl import numbered_jsonl
+from geopd.paths import Layout
 from geopd.report import gridfile
 from geopd.report.aggregate import EVAL_COLUMNS, aggregate_diagnostics, aggregate_eval, warn
 from geopd.report.gridfile import EMPTY_GRID, read_grid
@@ -40,6 +41,9 @@ class Origin:
     def __str__(self) -> str:
         return self.name if self.kind == "model" else f"{self.name}@{self.step}"
 
+
+# Paths relative to the results root, as grid.json records the inputs (for a grid.json without them).
+RELATIVE = Layout(".")
 
 # Columns every consumer may index; an empty or partial table gets them (empty).
 FRAME_COLUMNS = {
@@ -84,14 +88,14 @@ class ReportData:
 
     @classmethod
     def load(cls, results: str | Path, grid: str | Path | None = None) -> "ReportData":
-        results = Path(results)
-        spec = read_grid(Path(grid) if grid else results / "grid.json")
+        results, layout = Path(results), Layout(results)
+        spec = read_grid(Path(grid or layout.grid_file()))
         data = cls(
             grid=spec,
-            summary=_read_optional(results / "diagnostics" / "summary.csv"),
-            matrices=_read_optional(results / "diagnostics" / "matrices.csv"),
-            similarity=_read_optional(results / "diagnostics" / "similarity.csv"),
-            accuracy=_read_optional(results / "eval" / "accuracy.csv"),
+            summary=_read_optional(Path(layout.diagnostics_summary())),
+            matrices=_read_optional(Path(layout.diagnostics_matrices())),
+            similarity=_read_optional(Path(layout.similarity_summary())),
+            accuracy=_read_optional(Path(layout.accuracy_file())),
             missing=gridfile.find_missing(spec, results),
             results=results,
         )
@@ -103,7 +107,7 @@ class ReportData:
         """Aggregated in memory from whichever expected per-checkpoint files exist under `results`
         (the partial report): an unreadable file is skipped and listed, never fatal."""
         results = Path(results)
-        spec = read_grid(Path(grid) if grid else results / "grid.json")
+        spec = read_grid(Path(grid or Layout(results).grid_file()))
         expected = gridfile.expected_inputs(spec)
         errors: list[tuple[Path, str]] = []
         summary, matrices, similarity = aggregate_diagnostics(results, expected, errors)
@@ -124,7 +128,7 @@ class ReportData:
     def _read_logs(self, read) -> None:
         files = {e.subject: e.file for e in self.expected if e.kind == "metrics"}
         for run in self.runs:
-            path = self.results / files.get(run, f"runs/{run}/metrics.jsonl")
+            path = self.results / files.get(run, RELATIVE.metrics_file(run))
             got = read(path) if path.exists() else None
             if got is not None:
                 self.metrics[run], self.searches[run] = got
@@ -300,7 +304,7 @@ class ReportData:
         files = {(e.kind, e.step, e.detail): e.file for e in self.expected if e.subject == run}
         out = []
         log = self.metrics.get(run)
-        log_name = files.get(("metrics", None, None), f"runs/{run}/metrics.jsonl")
+        log_name = files.get(("metrics", None, None), RELATIVE.metrics_file(run))
         if log is not None:
             if log.empty:
                 out.append(f"{log_name} logs no training step")
