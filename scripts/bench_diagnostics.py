@@ -30,11 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from geopd.diagnostics.columns import METRICS
+
 HIDDEN, INTER, HEADS, KV, HEAD_DIM, VOCAB = 1024, 3072, 16, 8, 128, 151936
-METRICS = ("bf16_sparsity", "update_density", "nss", "princ_overlap", "low_overlap", "frobenius",
-           "stable_rank", "hill_alpha", "spectral_norm", "spectral_frobenius_ratio", "effective_rank",
-           "top1pct_norm_ratio", "angle_u_mean_deg", "angle_v_mean_deg", "angle_u_max_deg",
-           "angle_v_max_deg")
 
 
 # ---- the checkpoint pair ---------------------------------------------------------------------

@@ -144,7 +144,7 @@ def world(root: Path, *, vocab: int, hidden: int, layers: int, response_chars: i
     """Student and teacher checkpoints and a data folder under `root`; returns their paths."""
     import torch
 
-    from geopd.train.checkpoint import save_model
+    from geopd.engines.models import save_model
     from geopd.world.models import init_model, tiny_config
     from geopd.world.tasks import math_problems
     from geopd.world.tokenizer import build_tokenizer

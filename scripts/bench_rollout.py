@@ -25,7 +25,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 def build(hidden: int, layers: int, folder, tokenizer):
     import torch
 
-    from geopd.train.checkpoint import save_model
+    from geopd.engines.models import save_model
     from geopd.world.models import init_model, tiny_config
     from geopd.world.tokenizer import vocabulary
 
@@ -59,7 +59,7 @@ def main() -> None:
 
     import torch
 
-    from geopd.train.data import format_prompt
+    from geopd.engines.chat import format_prompt
     from geopd.engines.rollout import HFRollout, VLLMRollout
     from geopd.world.tasks import math_problems
     from geopd.world.tokenizer import build_tokenizer

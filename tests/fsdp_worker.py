@@ -37,7 +37,7 @@ def head(sc: dict, dist) -> dict:
     import torch.nn.functional as F
 
     from geopd.engines import logprobs as lp
-    from geopd.train.data import position_ids
+    from geopd.engines.chat import position_ids
     from geopd.train.loop import EngineSettings, shard_model
     from test_checkpoint import make_model
 
@@ -93,8 +93,8 @@ def select(ro, prompts: list[int]):
 
 
 def train(sc: dict, dist, out_dir: Path) -> dict:
-    from geopd.train.checkpoint import full_state_dict, load_model
-    from geopd.train.data import format_prompt
+    from geopd.engines.models import full_state_dict, load_model
+    from geopd.engines.chat import format_prompt
     from geopd.train.loop import Trainer
     from geopd.engines.rollout import HFRollout
 

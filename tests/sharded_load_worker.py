@@ -63,16 +63,16 @@ def warm_up(path: str) -> None:
 def main():
     import torch.distributed as dist
 
-    from geopd.train import checkpoint as ckpt
-    from geopd.train.data import position_ids
+    from geopd.engines import models
+    from geopd.engines.chat import position_ids
     from geopd.train.loop import Dist, EngineSettings, shard_model
 
     path, engine = sys.argv[1], EngineSettings.from_spec(json.loads(sys.argv[2]))
     d = Dist.setup("cpu", group=True)
     warm_up(path)
-    sharded, grew = peak_growth(lambda: ckpt.load_sharded_model(path, shard=lambda m: shard_model(m, d, engine),
+    sharded, grew = peak_growth(lambda: models.load_sharded_model(path, shard=lambda m: shard_model(m, d, engine),
                                                                 device="cpu"))
-    full = ckpt.full_state_dict(sharded)  # collective: rank 0 gets the full state
+    full = models.full_state_dict(sharded)  # collective: rank 0 gets the full state
     buffers = {n: b.clone() for n, b in sharded.named_buffers()}
     ids = torch.randint(3, 200, (3, 12), generator=torch.Generator().manual_seed(0))
     attn = torch.ones_like(ids)
@@ -80,12 +80,12 @@ def main():
     with torch.no_grad():
         logits = sharded(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn)).logits.float()
     del sharded
-    plain, plain_grew = peak_growth(lambda: ckpt.load_model(path))
+    plain, plain_grew = peak_growth(lambda: models.load_model(path))
     out = {"rank": d.rank, "sharded_peak": grew, "plain_peak": plain_grew,
            "sharded_grads": engine.mixed_precision}
     if d.main:
         ref = plain.state_dict()
-        out["missing"] = sorted(set(ckpt._export_tensors(plain, ref, torch.float32)) - set(full))
+        out["missing"] = sorted(set(models._export_tensors(plain, ref, torch.float32)) - set(full))
         out["weights_max_diff"] = max(float((full[k].float() - ref[k].float()).abs().max()) for k in full)
         out["dtypes"] = sorted({str(v.dtype) for v in full.values()})
         out["buffers_equal"] = all(torch.equal(buffers[n], b) for n, b in plain.named_buffers())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from geopd.errors import UserError
-from geopd.train.data import (conversation, encode_conversation, encode_sft, end_of_turn_id, format_prompt)
+from geopd.engines.chat import conversation, encode_conversation, encode_sft, end_of_turn_id, format_prompt
 from geopd.engines.rollout import assemble, eos_ids
 
 QWEN3_TEMPLATE = (Path(__file__).parent / "fixtures" / "qwen3_chat_template.jinja").read_text().rstrip("\n")

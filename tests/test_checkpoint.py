@@ -12,7 +12,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from geopd.engines import models
 from geopd.errors import UserError
+from geopd.io import atomic, publish
+from geopd.io.tensors import INDEX, SINGLE, read_header
 from geopd.train import checkpoint as ck
 
 torch.set_num_threads(1)
@@ -62,7 +65,7 @@ def flip_byte(path: Path, offset_from_end: int = 3):
 @pytest.fixture
 def saved(tmp_path):
     model = make_model()
-    out = ck.save_model(model, make_tokenizer(), tmp_path / "ckpt", metadata={"step": 7, "run": "t"})
+    out = models.save_model(model, make_tokenizer(), tmp_path / "ckpt", metadata={"step": 7, "run": "t"})
     return model, out
 
 
@@ -71,10 +74,10 @@ def saved(tmp_path):
 @pytest.mark.parametrize("tie", [True, False])
 def test_round_trip_gives_bf16_logits(tmp_path, tie):
     model = make_model(tie=tie)
-    out = ck.save_model(model, make_tokenizer(), tmp_path / "ckpt", metadata={"step": 7})
+    out = models.save_model(model, make_tokenizer(), tmp_path / "ckpt", metadata={"step": 7})
     names = sorted(p.name for p in out.iterdir())
     assert {"config.json", "model.safetensors", "manifest.json", "tokenizer.json"} <= set(names)
-    manifest = ck.verify_checkpoint(out, deep=True)
+    manifest = publish.verify_checkpoint(out, deep=True)
     assert manifest["dtype"] == "bfloat16" and manifest["step"] == 7 and manifest["kind"] == "model"
     assert set(manifest["files"]) == set(names) - {"manifest.json"}
     with safe_open(str(out / "model.safetensors"), "pt") as f:
@@ -83,28 +86,28 @@ def test_round_trip_gives_bf16_logits(tmp_path, tie):
     assert ("lm_head.weight" in keys) == (not tie)  # a tied head is stored once, as in HF
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
 
-    loaded = ck.load_model(out)
+    loaded = models.load_model(out)
     assert loaded.dtype == torch.float32
     assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tie
     with torch.no_grad():
         assert torch.equal(loaded(TOKENS).logits, bf16_copy(model)(TOKENS).logits)
-    tok = ck.load_tokenizer(out)
+    tok = models.load_tokenizer(out)
     assert tok.get_vocab() == make_tokenizer().get_vocab() and tok.padding_side == "left"
 
 
 def test_fp32_export_is_exact_and_sharded_export_loads(tmp_path):
     model = make_model(tie=False)
-    out = ck.save_model(model, make_tokenizer(), tmp_path / "fp32", dtype=torch.float32, max_shard_bytes=8000)
-    index = json.loads((out / ck.SAFE_INDEX).read_text())
+    out = models.save_model(model, make_tokenizer(), tmp_path / "fp32", dtype=torch.float32, max_shard_bytes=8000)
+    index = json.loads((out / INDEX).read_text())
     shards = sorted(set(index["weight_map"].values()))
-    assert len(shards) > 2 and not (out / ck.SAFE_SINGLE).exists()
-    assert set(shards) <= set(ck.verify_checkpoint(out, deep=True)["files"])
-    loaded = ck.load_model(out)
+    assert len(shards) > 2 and not (out / SINGLE).exists()
+    assert set(shards) <= set(publish.verify_checkpoint(out, deep=True)["files"])
+    loaded = models.load_model(out)
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     (out / shards[1]).unlink()
     with pytest.raises(UserError, match=shards[1]):
-        ck.verify_checkpoint(out)
+        publish.verify_checkpoint(out)
 
 
 def test_truncated_file_is_detected(saved):
@@ -113,64 +116,64 @@ def test_truncated_file_is_detected(saved):
     data = st.read_bytes()
     st.write_bytes(data[:-100])
     with pytest.raises(UserError, match=r"model\.safetensors.*truncated"):
-        ck.verify_checkpoint(out)
+        publish.verify_checkpoint(out)
     with pytest.raises(UserError, match="model.safetensors"):
-        ck.load_model(out)
+        models.load_model(out)
     st.write_bytes(data[:20])  # cut inside the header: same size check fires first ...
     with pytest.raises(UserError, match="model.safetensors"):
-        ck.verify_checkpoint(out)
+        publish.verify_checkpoint(out)
     with pytest.raises(UserError, match="unreadable safetensors header"):  # ... and the header parse itself
-        ck.read_safetensors_header(st)
+        read_header(st)
 
 
 def test_flipped_byte_is_found_by_deep_verify_only(saved):
     _, out = saved
     flip_byte(out / "model.safetensors")
-    ck.verify_checkpoint(out)  # same sizes, readable header: the cheap check cannot see it
+    publish.verify_checkpoint(out)  # same sizes, readable header: the cheap check cannot see it
     with pytest.raises(UserError, match=r"model\.safetensors is corrupt"):
-        ck.verify_checkpoint(out, deep=True)
+        publish.verify_checkpoint(out, deep=True)
 
 
 def test_missing_manifest_means_incomplete_unless_foreign(saved, tmp_path):
     model, out = saved
     (out / "manifest.json").unlink()
     with pytest.raises(UserError, match="incomplete"):
-        ck.verify_checkpoint(out)
-    assert ck.verify_checkpoint(out, allow_foreign=True) == {}
+        publish.verify_checkpoint(out)
+    assert publish.verify_checkpoint(out, allow_foreign=True) == {}
     # a plain save_pretrained folder (no manifest) loads, and its headers are still checked
     plain = tmp_path / "plain"
     model.save_pretrained(plain)
     make_tokenizer().save_pretrained(plain)
     with pytest.raises(UserError, match="incomplete"):
-        ck.load_model(plain, allow_foreign=False)
+        models.load_model(plain, allow_foreign=False)
     with torch.no_grad():
-        assert torch.equal(ck.load_model(plain)(TOKENS).logits, model.eval()(TOKENS).logits)
+        assert torch.equal(models.load_model(plain)(TOKENS).logits, model.eval()(TOKENS).logits)
     st = plain / "model.safetensors"
     st.write_bytes(st.read_bytes()[:-8])
     with pytest.raises(UserError, match="truncated"):
-        ck.verify_checkpoint(plain, allow_foreign=True)
+        publish.verify_checkpoint(plain, allow_foreign=True)
 
 
 def test_missing_sources_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not found"):
-        ck.load_model(tmp_path / "nope")
+        models.load_model(tmp_path / "nope")
     with pytest.raises(UserError, match="not found"):
-        ck.verify_checkpoint(tmp_path / "nope")
+        publish.verify_checkpoint(tmp_path / "nope")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="geopd-test/no-such-model not found locally and the hub is unreachable"):
-        ck.load_model("geopd-test/no-such-model")
+        models.load_model("geopd-test/no-such-model")
     with pytest.raises(UserError, match="not found locally"):
-        ck.load_tokenizer("geopd-test/no-such-model")
+        models.load_tokenizer("geopd-test/no-such-model")
 
 
 def test_tokenizer_mismatch_names_both():
-    ck.check_same_tokenizer(make_tokenizer(), make_tokenizer(), "student", "teacher")
+    models.check_same_tokenizer(make_tokenizer(), make_tokenizer(), "student", "teacher")
     with pytest.raises(UserError, match=r"student and teacher have different vocabularies.*<extra>"):
-        ck.check_same_tokenizer(make_tokenizer(), make_tokenizer(["<extra>"]), "student", "teacher")
+        models.check_same_tokenizer(make_tokenizer(), make_tokenizer(["<extra>"]), "student", "teacher")
     other = make_tokenizer()
     other.add_special_tokens({"pad_token": "?"})  # same vocabulary, "?" now a special token
     with pytest.raises(UserError, match=r"student and teacher differ in their added/special tokens.*'\?'"):
-        ck.check_same_tokenizer(make_tokenizer(), other, "student", "teacher")
+        models.check_same_tokenizer(make_tokenizer(), other, "student", "teacher")
 
 
 def test_tokenizers_differing_only_in_eos_are_compatible():
@@ -179,7 +182,7 @@ def test_tokenizers_differing_only_in_eos_are_compatible():
     other = make_tokenizer()
     other.eos_token = "<pad>"
     assert other.eos_token_id != make_tokenizer().eos_token_id
-    ck.check_same_tokenizer(make_tokenizer(), other, "student", "teacher")
+    models.check_same_tokenizer(make_tokenizer(), other, "student", "teacher")
 
 
 # ---- atomicity ------------------------------------------------------------------------------------------
@@ -192,30 +195,31 @@ def test_failed_overwrite_keeps_the_old_checkpoint(saved, monkeypatch):
         (tmp / "model.safetensors").write_bytes(b"\0" * 100)  # half-written, then the crash
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ck, "_write_safetensors", broken)
+    monkeypatch.setattr(models, "_write_safetensors", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        ck.save_model(make_model(seed=5), make_tokenizer(), out, metadata={"step": 8})
+        models.save_model(make_model(seed=5), make_tokenizer(), out, metadata={"step": 8})
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert ck.verify_checkpoint(out, deep=True)["step"] == 7
+    assert publish.verify_checkpoint(out, deep=True)["step"] == 7
     assert [p.name for p in out.parent.iterdir()] == ["ckpt"]  # no temp folder left behind
     monkeypatch.undo()
     new = make_model(seed=5)
-    ck.save_model(new, make_tokenizer(), out, metadata={"step": 8})
-    assert ck.verify_checkpoint(out, deep=True)["step"] == 8
+    models.save_model(new, make_tokenizer(), out, metadata={"step": 8})
+    assert publish.verify_checkpoint(out, deep=True)["step"] == 8
     assert [p.name for p in out.parent.iterdir()] == ["ckpt"]
     with torch.no_grad():
-        assert torch.equal(ck.load_model(out)(TOKENS).logits, bf16_copy(new)(TOKENS).logits)
+        assert torch.equal(models.load_model(out)(TOKENS).logits, bf16_copy(new)(TOKENS).logits)
 
 
 KILLED_WRITER = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
     from test_checkpoint import make_model, make_tokenizer
-    from geopd.train import checkpoint as ck
-    def die(tmp, fields):  # killed after the weights, before the manifest
+    from geopd.engines import models
+    from geopd.io import publish
+    def die(*args):  # killed after the weights, before the manifest
         os._exit(9)
-    ck._write_manifest = die
-    ck.save_model(make_model(seed=3), make_tokenizer(), {target!r}, metadata={{"step": 9}})
+    publish._write_manifest = die
+    models.save_model(make_model(seed=3), make_tokenizer(), {target!r}, metadata={{"step": 9}})
 """)
 
 
@@ -229,9 +233,9 @@ def test_killed_writer_leaves_only_an_incomplete_temp_folder(saved):
     assert len(temps) == 1 and temps[0].name.startswith(".ckpt.geopd-tmp-")
     assert (temps[0] / "model.safetensors").exists() and not (temps[0] / "manifest.json").exists()
     with pytest.raises(UserError, match="incomplete"):
-        ck.verify_checkpoint(temps[0], allow_foreign=True)
+        publish.verify_checkpoint(temps[0], allow_foreign=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old one is untouched
-    ck.save_model(make_model(seed=4), make_tokenizer(), out.parent / "other", metadata={"step": 1})
+    models.save_model(make_model(seed=4), make_tokenizer(), out.parent / "other", metadata={"step": 1})
     assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt", "other"]  # cleaned by the next save
 
 
@@ -239,7 +243,7 @@ def test_interrupted_nonatomic_replace_is_rolled_back(saved, monkeypatch):
     """Where RENAME_EXCHANGE is unavailable the old folder is moved aside first; a crash between
     the two renames is repaired by the next save into the same parent."""
     _, out = saved
-    monkeypatch.setattr(ck, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     real_rename = os.rename
 
     def crash_on_second(src, dst):
@@ -247,18 +251,18 @@ def test_interrupted_nonatomic_replace_is_rolled_back(saved, monkeypatch):
             raise KeyboardInterrupt  # killed between "final -> old" and "tmp -> final"
         real_rename(src, dst)
 
-    monkeypatch.setattr(ck.os, "rename", crash_on_second)
+    monkeypatch.setattr(atomic.os, "rename", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        ck.save_model(make_model(seed=6), make_tokenizer(), out, metadata={"step": 8})
-    monkeypatch.setattr(ck.os, "rename", real_rename)
+        models.save_model(make_model(seed=6), make_tokenizer(), out, metadata={"step": 8})
+    monkeypatch.setattr(atomic.os, "rename", real_rename)
     assert not out.exists()
     aside = [p for p in out.parent.iterdir() if ".geopd-old-" in p.name]
     assert len(aside) == 1
     # as if the dead writer had another pid
     dead = aside[0].with_name(aside[0].name.replace(f"-{os.getpid()}-", "-999999999-"))
     os.rename(aside[0], dead)
-    ck.clean_stale(out.parent)
-    assert ck.verify_checkpoint(out, deep=True)["step"] == 7
+    publish.clean_stale(out.parent)
+    assert publish.verify_checkpoint(out, deep=True)["step"] == 7
 
 
 # ---- training state -------------------------------------------------------------------------------------
@@ -354,6 +358,7 @@ FSDP_WORKER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
     from test_checkpoint import make_model, make_tokenizer, _optim, _train_steps
+    from geopd.engines import models
     from geopd.train import checkpoint as ck
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -373,18 +378,18 @@ FSDP_WORKER = textwrap.dedent("""
     model = sharded(1)
     opt, sched = _optim("adamw", model)
     _train_steps(model, opt, sched, 2)
-    ck.save_model(model, make_tokenizer(), out + "/export", metadata={{"step": 2}})
+    models.save_model(model, make_tokenizer(), out + "/export", metadata={{"step": 2}})
     ck.save_state(out + "/state-00000002", model=model, optimizer=opt, scheduler=sched, step=2,
                   rng=ck.capture_rng(), data_position={{}}, extra={{}})
     _train_steps(model, opt, sched, 2)
-    ref = ck.full_state_dict(model)
+    ref = models.full_state_dict(model)
 
     fresh = sharded(2)
     opt2, sched2 = _optim("adamw", fresh)
     st = ck.load_state(ck.latest_state(out), fresh, opt2, sched2)
     ck.restore_rng(st["rng"])
     _train_steps(fresh, opt2, sched2, 2)
-    got = ck.full_state_dict(fresh)
+    got = models.full_state_dict(fresh)
     if dist.get_rank() == 0:
         assert ref.keys() == got.keys()
         bad = [k for k in ref if not torch.equal(ref[k], got[k])]
@@ -402,7 +407,7 @@ def test_fsdp2_two_processes_save_and_resume(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "MISMATCH []" in proc.stdout, proc.stdout[-2000:]
     # rank 0 wrote one export, readable without any process group
-    ck.verify_checkpoint(tmp_path / "export", deep=True)
-    assert ck.load_model(tmp_path / "export").lm_head.weight.shape == (64, 32)
+    publish.verify_checkpoint(tmp_path / "export", deep=True)
+    assert models.load_model(tmp_path / "export").lm_head.weight.shape == (64, 32)
     assert sorted(p.name for p in (tmp_path / "state-00000002").iterdir() if p.name.startswith("rng")) == \
         ["rng-00000.pt", "rng-00001.pt"]

@@ -205,7 +205,7 @@ def test_sft_keeps_conversations_and_samples_n_train(fixture_grid, tmp_path):
 
 
 def test_lcb_reads_release_files_from_the_mirror(fixture_grid, tmp_path):
-    from geopd.evaluate.lcb import load_problems
+    from geopd.data.lcb import load_problems
 
     spec = fixture_grid.data_spec("lcb-v5")
     assert [p["id"] for p in load_problems(spec)] == ["abc301_a", "3500", "abc390_b"]  # in the v5 window only

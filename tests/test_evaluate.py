@@ -213,7 +213,7 @@ def test_perfect_model_through_lm_eval(math_data, tiny_model):
     from transformers import AutoTokenizer
 
     from geopd.evaluate import harness
-    from geopd.train.data import format_prompt
+    from geopd.engines.chat import format_prompt
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     lm = CannedLM(tok, CANNED)
@@ -250,7 +250,7 @@ def test_shipped_tasks_smoke(tmp_path, tiny_model, task, kind, gold, response, e
     assert res.task == task and res.n == 1
     assert res.metrics == {"avg@2": want, "pass@2": want, "maj@2": want}
     # The answer instruction comes with the prepared data (geopd.data), once: tasks add nothing.
-    from geopd.train.data import format_prompt
+    from geopd.engines.chat import format_prompt
 
     assert res.samples[0]["prompt"] == format_prompt(tok, "Q?")
 
@@ -293,7 +293,7 @@ def _run_cli(model, spec, out_dir, seed=0):
 def test_cli_hf_end_to_end_offline(tmp_path, math_data, tiny_model, monkeypatch):
     from transformers import AutoTokenizer
 
-    from geopd.train.data import format_prompt
+    from geopd.engines.chat import format_prompt
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -434,18 +434,18 @@ def test_cli_code_kind(tmp_path, tiny_model, monkeypatch):
 
 
 def test_cli_lcb_kind(tmp_path, tiny_model, monkeypatch):
-    from geopd.evaluate import lcb
+    from geopd.data import lcb as lcb_data
 
     problem = {"id": "q1", "question_id": "q1", "question_content": "Read a and b; print a+b.", "starter_code": "",
                "metadata": {}, "public_test_cases": [{"input": "2 3\n", "output": "5\n", "testtype": "stdin"}],
                "private_test_cases": [{"input": "1 1\n", "output": "2\n", "testtype": "stdin"}], "task": "lcb"}
     _write_jsonl(tmp_path / "lcb" / "test.jsonl", [problem])
     seen = []
-    _fake_generations(monkeypatch, {lcb.format_prompt(problem): [SUM_OK, SUM_BAD, SUM_OK, SUM_OK]}, seen)
+    _fake_generations(monkeypatch, {lcb_data.format_prompt(problem): [SUM_OK, SUM_BAD, SUM_OK, SUM_OK]}, seen)
     spec = {"name": "lcb-v5", "kind": "lcb", "data_dir": str(tmp_path / "lcb"), "split": "test",
             "samples": 4, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 64}
     assert _run_cli(tiny_model, spec, tmp_path) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["metrics"] == {"avg@4": 0.75, "pass@4": 1.0, "pass@1": 0.75}
     first = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[0])
-    assert lcb.SYSTEM_MESSAGE.split("\n")[0] in first["prompt"]  # the generic prompt's system turn
+    assert lcb_data.SYSTEM_MESSAGE.split("\n")[0] in first["prompt"]  # the generic prompt's system turn

@@ -94,7 +94,7 @@ def test_qwen3_chat_template(paper_mirror):
 
 
 def test_base_student_and_post_trained_teacher_share_a_vocabulary(paper_mirror):
-    from geopd.train.checkpoint import check_same_tokenizer, load_tokenizer
+    from geopd.engines.models import check_same_tokenizer, load_tokenizer
 
     base = mirror.repo_dir(paper_mirror, "models", "Qwen/Qwen3-8B-Base")
     teacher = mirror.repo_dir(paper_mirror, "models", "Qwen/Qwen3-32B")

@@ -14,8 +14,10 @@ import zlib
 import pytest
 
 from geopd.errors import UserError
+from geopd.data import lcb as lcb_data
 from geopd.evaluate import lcb
-from geopd.grading.code import check_functional, extract_last_code_block, grade_code, grade_tests, stdin_verdict
+from geopd.grading.code import (check_functional, check_stdin, extract_last_code_block, grade_code, grade_tests,
+                                stdin_verdict)
 
 
 def _blob(value, protocol=pickle.DEFAULT_PROTOCOL) -> str:
@@ -31,9 +33,9 @@ TESTS = [{"input": "1 2\n", "output": "3\n", "testtype": "stdin"},
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])
 def test_private_tests_decode_from_the_released_encoding(protocol):
     # The release pickles a JSON string; plain pickled lists decode too.
-    assert lcb.decode_private_tests(_blob(json.dumps(TESTS), protocol)) == TESTS
-    assert lcb.decode_private_tests(_blob(TESTS, protocol)) == TESTS
-    assert lcb.decode_private_tests(json.dumps(TESTS)) == TESTS  # some rows are plain JSON
+    assert lcb_data.decode_private_tests(_blob(json.dumps(TESTS), protocol)) == TESTS
+    assert lcb_data.decode_private_tests(_blob(TESTS, protocol)) == TESTS
+    assert lcb_data.decode_private_tests(json.dumps(TESTS)) == TESTS  # some rows are plain JSON
 
 
 class _Evil:
@@ -48,23 +50,23 @@ def test_restricted_unpickler_refuses_globals(tmp_path):
     marker = tmp_path / "pwned"
     for payload in (_Evil(marker), [{"input": "1", "output": _Evil(marker)}]):
         with pytest.raises(pickle.UnpicklingError, match="refusing to load global"):
-            lcb.decode_private_tests(_blob(payload))
+            lcb_data.decode_private_tests(_blob(payload))
     assert not marker.exists()
     # The refusal comes before any lookup: even harmless-looking globals are refused.
     with pytest.raises(pickle.UnpicklingError, match="json.loads"):
-        lcb.decode_private_tests(_blob(json.loads))
+        lcb_data.decode_private_tests(_blob(json.loads))
     row = {"question_id": "q1", "question_content": "x", "contest_date": "2024-09-01T00:00:00",
            "public_test_cases": "[]", "private_test_cases": _blob(_Evil(marker)), "metadata": "{}"}
     with pytest.raises(UserError, match="q1"):
-        lcb.normalise_problem(row)
+        lcb_data.normalise_problem(row)
     assert not marker.exists()
 
 
 def test_malformed_private_tests_are_named():
     with pytest.raises(ValueError, match="neither JSON nor base64"):
-        lcb.decode_private_tests("%%% not base64 %%%")
+        lcb_data.decode_private_tests("%%% not base64 %%%")
     with pytest.raises(ValueError, match="malformed test case"):
-        lcb.decode_private_tests(_blob(json.dumps([{"input": 1}])))
+        lcb_data.decode_private_tests(_blob(json.dumps([{"input": 1}])))
 
 
 # ---- problems, window, loading -------------------------------------------------------------
@@ -81,23 +83,23 @@ def _row(qid, date, *, func_name=None, starter="", tests=TESTS):
 
 def test_normalise_problem_decodes_everything():
     row = _row("abc001_a", "2024-09-14T00:00:00", func_name="solve")
-    p = lcb.normalise_problem(row)
+    p = lcb_data.normalise_problem(row)
     assert p["metadata"] == {"func_name": "solve"}
     assert p["public_test_cases"] == [dict(TESTS[0], testtype="functional")]
     assert p["private_test_cases"] == row["private_test_cases"]  # kept compact, checked
-    assert lcb.tests_of(p)[1:] == [dict(TESTS[1], testtype="functional")]
-    plain = lcb.normalise_problem(dict(row, private_test_cases=json.dumps(TESTS[1:])))
+    assert lcb_data.tests_of(p)[1:] == [dict(TESTS[1], testtype="functional")]
+    plain = lcb_data.normalise_problem(dict(row, private_test_cases=json.dumps(TESTS[1:])))
     assert plain["private_test_cases"] == TESTS[1:]
     assert p["id"] == p["question_id"] == "abc001_a"
-    assert lcb.tests_of(p) == [dict(t, testtype="functional") for t in TESTS]
+    assert lcb_data.tests_of(p) == [dict(t, testtype="functional") for t in TESTS]
     json.dumps(p)  # a plain record: the data rule writes it as JSONL
 
 
 def test_window_is_half_open():
     inside = ["2024-08-01T00:00:00", "2024-12-31T23:59:59", "2025-01-31T12:00:00"]
     outside = ["2024-07-31T23:59:59", "2025-02-01T00:00:00", "2023-05-01T00:00:00"]
-    assert all(lcb.in_window({"contest_date": d}) for d in inside)
-    assert not any(lcb.in_window({"contest_date": d}) for d in outside)
+    assert all(lcb_data.in_window({"contest_date": d}) for d in inside)
+    assert not any(lcb_data.in_window({"contest_date": d}) for d in outside)
 
 
 def test_load_problems_reads_the_release_files_and_filters(tmp_path):
@@ -109,20 +111,20 @@ def test_load_problems_reads_the_release_files_and_filters(tmp_path):
     (tmp_path / "test6.jsonl").write_text(json.dumps(_row("q6", "2024-09-01T00:00:00")) + "\n")  # v6 only
     spec = {"name": "lcb-v5", "kind": "hub-lcb", "release": "release_v5", "path": str(tmp_path),
             "date_from": "2024-08-01", "date_to": "2025-02-01"}
-    assert [p["question_id"] for p in lcb.load_problems(spec)] == ["q1", "q2", "q3"]
-    assert lcb.RELEASE_FILES["release_v5"] == ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl",
-                                               "test5.jsonl"]
+    assert [p["question_id"] for p in lcb_data.load_problems(spec)] == ["q1", "q2", "q3"]
+    assert lcb_data.RELEASE_FILES["release_v5"] == ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl",
+                                                    "test5.jsonl"]
     (tmp_path / "test3.jsonl").unlink()
     with pytest.raises(UserError, match="test3.jsonl"):
-        lcb.load_problems(spec)
+        lcb_data.load_problems(spec)
     with pytest.raises(UserError, match="release_v9"):
-        lcb.load_problems(dict(spec, release="release_v9"))
+        lcb_data.load_problems(dict(spec, release="release_v9"))
 
 
 # ---- prompt and extraction -------------------------------------------------------------------
 
 def test_generic_prompt_wording():
-    stdin = lcb.format_prompt({"question_content": "Add two numbers.", "starter_code": ""})
+    stdin = lcb_data.format_prompt({"question_content": "Add two numbers.", "starter_code": ""})
     assert stdin == (
         "### Question:\nAdd two numbers.\n\n"
         "### Format: Read the inputs from stdin solve the problem and write the answer to stdout (do not "
@@ -131,16 +133,16 @@ def test_generic_prompt_wording():
         "```python\n# YOUR CODE HERE\n```\n\n"
         "### Answer: (use the provided format with backticks)\n\n")
     starter = "class Solution:\n    def add(self, a: int, b: int) -> int:\n        "
-    func = lcb.format_prompt({"question_content": "Add.", "starter_code": starter})
+    func = lcb_data.format_prompt({"question_content": "Add.", "starter_code": starter})
     assert func == (
         "### Question:\nAdd.\n\n"
         "### Format: You will use the following starter code to write the solution to the problem and "
         "enclose your code within delimiters.\n"
         f"```python\n{starter}\n```\n\n"
         "### Answer: (use the provided format with backticks)\n\n")
-    messages = lcb.format_messages({"question_content": "Add.", "starter_code": starter})
-    assert messages[0] == {"role": "system", "content": lcb.SYSTEM_MESSAGE}
-    assert lcb.SYSTEM_MESSAGE.startswith("You are an expert Python programmer.")
+    messages = lcb_data.format_messages({"question_content": "Add.", "starter_code": starter})
+    assert messages[0] == {"role": "system", "content": lcb_data.SYSTEM_MESSAGE}
+    assert lcb_data.SYSTEM_MESSAGE.startswith("You are an expert Python programmer.")
 
 
 def test_last_code_block_extraction():
@@ -174,17 +176,17 @@ def test_last_code_block_extraction():
     ("nan", "NaN", False),                       # but Decimal NaN never equals itself
 ])
 def test_stdin_comparison_rules(output, expected, same):
-    assert lcb.check_stdin(output, expected) is same
+    assert check_stdin(output, expected) is same
 
 
 def test_functional_comparison_rules():
-    assert lcb.check_functional("[1, 2]", "[1,2]")
-    assert lcb.check_functional("2.0", "2")
-    assert lcb.check_functional("true", "1")
-    assert not lcb.check_functional("[1, 2]", "[2, 1]")
-    assert not lcb.check_functional("not json", "1")
+    assert check_functional("[1, 2]", "[1,2]")
+    assert check_functional("2.0", "2")
+    assert check_functional("true", "1")
+    assert not check_functional("[1, 2]", "[2, 1]")
+    assert not check_functional("not json", "1")
     big = "1" + "0" * 6000  # past Python's default int digit limit
-    assert lcb.check_functional(big, big)
+    assert check_functional(big, big)
 
 
 # ---- grading against the official runner, case by case -----------------------------------------
@@ -256,7 +258,7 @@ def test_grading_bounds_the_graders_memory():
 
 def _problem(func_name=None, tests=TESTS):
     row = _row("p", "2024-09-01T00:00:00", func_name=func_name, tests=tests)
-    return lcb.normalise_problem(row)
+    return lcb_data.normalise_problem(row)
 
 
 def test_grade_problem_stops_at_the_first_failure():

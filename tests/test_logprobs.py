@@ -111,7 +111,7 @@ def test_token_stats_equals_the_models_full_logits(tie, checkpointing):
     (logp * w).sum().backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    from geopd.train.data import position_ids
+    from geopd.engines.chat import position_ids
 
     logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn)).logits.float() / T
     ref = torch.log_softmax(logits[:, :-1], -1)

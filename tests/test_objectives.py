@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from geopd.engines import kernels
 from geopd.train import objectives as obj
 
 torch.set_num_threads(1)
@@ -23,7 +24,7 @@ def test_token_logprobs_matches_log_softmax_values_and_grad():
     tokens = torch.randint(0, 11, (3, 5), generator=g)
     # A non-contiguous slice, as the trainer passes logits[:, :-1]; chunks of 2 rows.
     x = full.clone().requires_grad_()
-    got = obj.token_logprobs(x[:, :-1], tokens, chunk_size=2)
+    got = kernels.token_logprobs(x[:, :-1], tokens, chunk_size=2)
     y = full.clone().requires_grad_()
     ref = torch.log_softmax(y[:, :-1], -1).gather(-1, tokens[..., None]).squeeze(-1)
     assert got.dtype == torch.float64 and close(got, ref, 1e-12)
@@ -31,26 +32,26 @@ def test_token_logprobs_matches_log_softmax_values_and_grad():
     (got * w).sum().backward()
     (ref * w).sum().backward()
     assert close(x.grad, y.grad, 1e-12)
-    assert torch.autograd.gradcheck(lambda z: obj.token_logprobs(z, tokens, chunk_size=3), (x[:, :-1].detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda z: kernels.token_logprobs(z, tokens, chunk_size=3), (x[:, :-1].detach().requires_grad_(),))
 
 
 def test_token_logprobs_bf16_in_fp32_out_and_shape_errors():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, 9, generator=g).bfloat16().requires_grad_()
     t = torch.randint(0, 9, (2, 4), generator=g)
-    lp = obj.token_logprobs(x, t)
+    lp = kernels.token_logprobs(x, t)
     ref = torch.log_softmax(x.float(), -1).gather(-1, t[..., None]).squeeze(-1)
     assert lp.dtype == torch.float32 and close(lp, ref, 1e-5)
     lp.sum().backward()
     assert x.grad.dtype == torch.bfloat16
-    assert close(obj.token_logprobs(x[0].detach(), t[0]), ref[0], 1e-5)  # [T,V] input
+    assert close(kernels.token_logprobs(x[0].detach(), t[0]), ref[0], 1e-5)  # [T,V] input
     with pytest.raises(ValueError, match="do not match"):
-        obj.token_logprobs(x, t[:, :3])
+        kernels.token_logprobs(x, t[:, :3])
 
 
 def test_entropy_matches_reference_and_ignores_masked_vocab():
     x = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, -math.inf]]])
-    h = obj.entropy(x, chunk_size=1)
+    h = kernels.entropy(x, chunk_size=1)
     assert close(h[0, 0], math.log(4))
     p = torch.softmax(torch.tensor([1.0, 2.0, 3.0]), -1)
     assert close(h[0, 1], -(p * p.log()).sum(), 1e-6)

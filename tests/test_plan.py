@@ -112,7 +112,7 @@ def test_evaluation_takes_the_smallest_tensor_parallel_that_fits(paper):
 @pytest.mark.parametrize("backend", ["vllm", "auto"])
 def test_evaluate_rules_run_the_parallelism_the_plan_checked(paper, backend):
     # "auto" resolves to vLLM on a GPU node, so its job must get the plan's tensor x data
-    # parallel too (with tp = dp = 1 on 2 GPUs, evaluate.cli refuses the job at run time).
+    # parallel too (with tp = dp = 1 on 2 GPUs, evaluate.run refuses the job at run time).
     grid = Grid(changed(paper, "benchmarks", "aime24", "backend", backend))
     spec = evaluation_spec(grid, "aime24", run="opd-8b-t32b")
     estimates = estimate_jobs(grid, build_jobs(grid))

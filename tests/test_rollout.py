@@ -8,7 +8,7 @@ import torch
 from transformers import GenerationConfig
 
 from geopd.errors import UserError
-from geopd.train import checkpoint as ck
+from geopd.engines import models
 from geopd.engines.rollout import HFRollout, Rollouts, make_rollout_engine
 from geopd.engines.teacher import HFTeacher, make_teacher
 
@@ -185,18 +185,18 @@ def test_hf_teacher_scores_are_log_softmax_gathered(model, tok):
 
 def test_make_teacher_checks_tokenizer_first(tmp_path, tok, model, monkeypatch):
     teacher = make_model(seed=13)
-    good = ck.save_model(teacher, tok, tmp_path / "teacher", dtype=torch.float32)
+    good = models.save_model(teacher, tok, tmp_path / "teacher", dtype=torch.float32)
     scorer = make_teacher("hf", good, tok)
     ro = HFRollout(model, tok).generate(PROMPTS, 2, temperature=1.0, top_p=1.0, max_new_tokens=5, seed=0)
     torch.testing.assert_close(scorer.score(ro), reference_logprobs(teacher.eval(), ro, 1.0), rtol=0, atol=1e-5)
 
     bad = tmp_path / "bad-teacher"
-    ck.save_model(teacher, make_tokenizer(["<think>"]), bad)
+    models.save_model(teacher, make_tokenizer(["<think>"]), bad)
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights loaded before the tokenizer check")
 
-    monkeypatch.setattr(ck, "load_model", no_weights)
+    monkeypatch.setattr(models, "load_model", no_weights)
     with pytest.raises(UserError, match=r"the student and the teacher .*bad-teacher have different vocabularies"):
         make_teacher("hf", bad, tok)
     with pytest.raises(UserError, match="unknown teacher backend"):

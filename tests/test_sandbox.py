@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from geopd import sandbox
-from geopd.sandbox import run_batch, run_program
+from geopd.sandbox import machine, process, programs, run_batch, run_program
 from geopd.grading.code import grade_tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,29 +52,29 @@ def test_this_machine_isolates():
 
 
 def test_hook_mode_says_it_does_not_isolate(caplog):
-    sandbox._warn_unisolated.cache_clear()
+    machine._warn_unisolated.cache_clear()
     with caplog.at_level(logging.WARNING, logger="geopd.sandbox"):
         r = run_program("print('ok')", mode="hook")
     assert r.stdout == "ok\n" and not r.isolated
     assert "cannot isolate" in caplog.text
     g = grade_tests("print(1)", [{"input": "", "output": "1"}], mode="hook")
     assert g["results"][0]["passed"] and g["isolated"] is False
-    # what evaluation results record (geopd.evaluate.cli writes it as "sandbox")
+    # what evaluation results record (geopd.evaluate.run writes it as "sandbox")
     assert sandbox.summary("hook") == {"mode": "hook", "isolated": False, "why": sandbox.summary("hook")["why"]}
     assert "Landlock ABI" in sandbox.summary("hook")["why"]
     assert sandbox.summary() == {"mode": "bwrap", "isolated": True, "why": None}
 
 
 def test_missing_bubblewrap_is_named(monkeypatch):
-    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
-    sandbox._bwrap_works.cache_clear()
+    monkeypatch.setattr(machine.shutil, "which", lambda name: None)
+    machine._bwrap_works.cache_clear()
     try:
         with pytest.raises(sandbox.SandboxUnavailable, match="install-sandbox-deps"):
             run_program("print(1)", mode="bwrap")
-        assert sandbox._resolve_mode("auto") == "landlock"  # the next strongest
+        assert machine._resolve_mode("auto") == "landlock"  # the next strongest
     finally:
         monkeypatch.undo()
-        sandbox._bwrap_works.cache_clear()
+        machine._bwrap_works.cache_clear()
 
 
 # ---- the battery: escape, resource, grader-crash, parity; root and unprivileged ----------------
@@ -83,7 +83,7 @@ def _unprivileged(argv: list[str]) -> list[str]:
     """`argv` as uid 65534, in a mount namespace where the interpreter, the repository and
     PYTHONPATH are visible to it even if they live under a private home (as /root here)."""
     needed = [sys.base_prefix, sys.prefix, str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
-    needed = sandbox._outermost(os.path.realpath(p) for p in needed if os.path.exists(p))
+    needed = process._outermost(os.path.realpath(p) for p in needed if os.path.exists(p))
     hidden = set()
     for p in needed:
         parts = Path(p).parts
@@ -92,7 +92,7 @@ def _unprivileged(argv: list[str]) -> list[str]:
             if not os.stat(d).st_mode & 0o001:
                 hidden.add(d)
                 break
-    hidden = sandbox._outermost(hidden)
+    hidden = process._outermost(hidden)
     args = [shutil.which("bwrap"), "--dev-bind", "/", "/", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     made = set()
     for h in hidden:
@@ -382,7 +382,7 @@ def test_guard_reads_no_globals():
     """The hook and its helpers use only closure cells, so a program that rebinds builtins
     or os.path cannot change what the hook decides."""
     namespace: dict = {}
-    exec(sandbox._GUARD, namespace)
+    exec(programs.GUARD, namespace)
     found = []
 
     def walk(code):

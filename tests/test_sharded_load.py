@@ -1,5 +1,5 @@
 """Loading at paper scale: under FSDP2 the trainer's model is sharded before its weights exist
-and each rank reads only its shards (geopd.train.checkpoint.load_sharded_model). Two gloo
+and each rank reads only its shards (geopd.engines.models.load_sharded_model). Two gloo
 processes: the result equals a plain load (weights, buffers such as RoPE's inv_freq, a forward
 pass), no rank's memory grows by the full fp32 model while loading, and the student is sharded
 before the teacher's engine starts."""
@@ -18,7 +18,7 @@ MiB = 2**20
 
 
 def checkpoint(path: Path, *, vocab: int, hidden: int, tie: bool, dtype: torch.dtype, layers: int = 2) -> Path:
-    from geopd.train.checkpoint import save_model
+    from geopd.engines.models import save_model
     from geopd.world.models import init_model, tiny_config
     from geopd.world.tokenizer import build_tokenizer
 
@@ -79,7 +79,7 @@ def test_student_is_sharded_before_the_teacher_starts(tmp_path, monkeypatch):
     teacher engine profiles the GPU with the trainer's shards already in place."""
     import importlib.util
 
-    from geopd.train import checkpoint as ckpt
+    from geopd.engines import models
     from geopd.engines import teacher
     from geopd.train.loop import Trainer
 
@@ -88,8 +88,8 @@ def test_student_is_sharded_before_the_teacher_starts(tmp_path, monkeypatch):
     found.loader.exec_module(bench)
     paths = bench.world(tmp_path, vocab=512, hidden=32, layers=1, response_chars=16, records=8)
     calls = []
-    load, make = ckpt.load_model, teacher.make_teacher
-    monkeypatch.setattr(ckpt, "load_model", lambda *a, **k: calls.append(str(a[0])) or load(*a, **k))
+    load, make = models.load_model, teacher.make_teacher
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: calls.append(str(a[0])) or load(*a, **k))
     monkeypatch.setattr(teacher, "make_teacher", lambda *a, **k: calls.append("make_teacher") or make(*a, **k))
     Trainer(bench.spec(paths, "opd", tmp_path / "state", batch=2, length=32), threads=1, progress=False)
     assert calls == [paths["student"], "make_teacher", paths["teacher"]]

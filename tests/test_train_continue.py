@@ -49,7 +49,7 @@ def rows(path) -> list[dict]:
 
 
 def test_grid_keeps_the_state_other_runs_continue(world):
-    from geopd.train.checkpoint import verify_checkpoint
+    from geopd.io.publish import verify_checkpoint
 
     assert world.run_spec("sft-8b")["keep_state"] == [3]
     state = f"{world.checkpoints_dir('sft-8b')}/state-3"

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from geopd import costmodel as cm
-from geopd.train import objectives as obj
+from geopd.engines import kernels
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_no_op_returns_full_logits(large_vocab, method):
     op = max(rec.largest, key=rec.largest.get)
     # Logit blocks: the trainer's chunks (64 x V), the rollout's and teacher's default chunks
     # (<= 2**24 logits); nothing near a whole batch's logits.
-    assert largest <= obj._CHUNK_ELEMENTS, (op, largest)
+    assert largest <= kernels.CHUNK_ELEMENTS, (op, largest)
     assert largest * 2 < full, (op, largest, full)
     assert rec.largest.get("aten.mm.default", 0) >= 64 * VOCAB  # the head did run in chunks of 64 rows
 
@@ -88,7 +88,7 @@ def test_the_cost_model_uses_the_trainers_logit_blocks():
     """geopd.costmodel (no torch) restates the trainer's fp32 block size and default chunk."""
     from geopd.engines.logprobs import default_chunk_tokens
 
-    assert cm.LOGIT_BLOCK_ELEMENTS == obj._CHUNK_ELEMENTS
+    assert cm.LOGIT_BLOCK_ELEMENTS == kernels.CHUNK_ELEMENTS
     shape = cm.Shape.from_entry({"hidden": 64, "layers": 1, "heads": 4, "kv_heads": 2, "intermediate": 128,
                                  "vocab": VOCAB})
     assert cm.head_chunk_rows(shape, 10**9, None) == default_chunk_tokens(VOCAB) == 256
@@ -99,7 +99,7 @@ def test_the_cost_model_uses_the_trainers_logit_blocks():
 def test_layer_activations_are_what_autograd_saves(dtype):
     """Shape.layer_activation_bytes against the bytes saved_tensors_hooks sees in the decoder of
     transformers' Qwen3 (3 layers minus 1 layer, the weights left out) on a padded batch."""
-    from geopd.train.data import position_ids
+    from geopd.engines.chat import position_ids
     from geopd.world.models import init_model, tiny_config
 
     rows, width = 4, 48

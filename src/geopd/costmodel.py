@@ -320,7 +320,7 @@ class Engine:
 # (`hf_generation_bytes`). Checked against exact tensor accounting and peak RSS of the trainer's
 # steps on CPU (scripts/bench_memory_model.py; tests/test_plan.py, tests/test_train_memory.py).
 
-# Logits per fp32 block of the log-softmax pieces: geopd.train.objectives._CHUNK_ELEMENTS (a
+# Logits per fp32 block of the log-softmax pieces: geopd.engines.kernels.CHUNK_ELEMENTS (a
 # test holds the two equal; this module does not import torch).
 LOGIT_BLOCK_ELEMENTS = 1 << 24
 
@@ -360,7 +360,7 @@ def unsharded_bytes(shape: Shape, engine: Engine, world: int, *, grads: bool = T
 
 
 def sharded_load(shape: Shape, world: int, file_bytes: int = 2) -> Breakdown:
-    """The start-up peak of one of `world` processes (geopd.train.checkpoint.load_sharded_model,
+    """The start-up peak of one of `world` processes (geopd.engines.models.load_sharded_model,
     before any engine starts): the model is built on the meta device and sharded, its fp32 shards
     allocated, and each rank reads only its slices of the checkpoint's tensors (`file_bytes` per
     element: bf16 on the hub), one at a time -- never the whole model, as a plain load would

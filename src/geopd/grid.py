@@ -327,7 +327,7 @@ class Grid:
         if kind == "datasets":
             specs = [d for d in self.datasets.values() if d.get("hub") == repo]
             if specs and all(d["kind"] == "hub-lcb" for d in specs):
-                from geopd.evaluate.lcb import RELEASE_FILES
+                from geopd.data.lcb import RELEASE_FILES
 
                 names = sorted({n for d in specs for n in RELEASE_FILES.get(d.get("release", "release_v5"), [])})
                 spec["allow_patterns"] = ["README.md", *names]

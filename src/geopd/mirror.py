@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 from geopd.errors import UserError
+from geopd.io.atomic import write_text
+from geopd.io.jsonarg import parse_json_arg
 
 MARKER = ".geopd-prefetch.json"
 KINDS = ("models", "datasets")
@@ -64,12 +66,10 @@ def require(directory: str | os.PathLike, what: str) -> Path:
 def write_marker(directory: Path, info: dict) -> Path:
     """The completion marker, written atomically after everything else."""
     path = directory / MARKER
-    tmp = directory / f".{MARKER}.tmp-{os.getpid()}"
     files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts))
-    tmp.write_text(json.dumps({**info, "files": files,
-                               "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
-    os.replace(tmp, path)
+    write_text(path, json.dumps({**info, "files": files,
+                                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     return path
 
 
@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     if bool(args.spec) == bool(args.configfile):
         raise UserError("give either --spec (one repo) or --configfile (every repo of a config)")
     if args.spec:
-        specs = [json.loads(args.spec)]
+        specs = [parse_json_arg(args.spec, "--spec", dict)]
     else:
         from geopd.grid import Grid
 

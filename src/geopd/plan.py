@@ -257,7 +257,7 @@ def evaluation_spec(grid: Grid, bench: str, *, run: str | None = None, model: st
     planner use this one choice, so what `geopd plan` checked is what runs."""
     spec = grid.benchmark_spec(bench)
     res = grid.resources("evaluate")
-    # "auto" runs vLLM on a GPU node (evaluate.cli.resolve_backend), and the cost model plans it so.
+    # "auto" runs vLLM on a GPU node (evaluate.run.resolve_backend), and the cost model plans it so.
     if spec.get("backend", "auto") == "hf" or res.get("gpus", 0) == 0 or grid.config.get("device", "cpu") == "cpu":
         return spec
     shapes = Shapes(grid)

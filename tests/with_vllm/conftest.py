@@ -45,7 +45,7 @@ def make_model(hidden: int, *, seed: int, tie: bool):
 def world(tmp_path_factory) -> World:
     import torch
 
-    from geopd.train.checkpoint import save_model
+    from geopd.engines.models import save_model
     from geopd.world.tasks import math_problems
     from geopd.world.tokenizer import build_tokenizer
 
@@ -63,6 +63,6 @@ def world(tmp_path_factory) -> World:
 
 @pytest.fixture(scope="session")
 def prompts(world):
-    from geopd.train.data import format_prompt
+    from geopd.engines.chat import format_prompt
 
     return [format_prompt(world.tokenizer, q) for q in QUESTIONS]

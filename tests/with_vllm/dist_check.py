@@ -14,8 +14,8 @@ if __name__ == "__main__":
     import torch
     import torch.distributed as dist
 
-    from geopd.train.checkpoint import load_model, load_tokenizer
-    from geopd.train.data import format_prompt
+    from geopd.engines.models import load_model, load_tokenizer
+    from geopd.engines.chat import format_prompt
     from geopd.train.loop import Dist, shard_model
     from geopd.engines.rollout import make_rollout_engine, sequence_logprobs
     from geopd.engines.teacher import HFTeacher, make_teacher

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import SETTINGS
 from geopd.errors import UserError
-from geopd.evaluate.cli import check_gpus, evaluate, resolve_backend
+from geopd.evaluate.run import check_gpus, evaluate, resolve_backend
 from geopd.engines.vllm_engine import vllm_version
 
 

@@ -64,9 +64,9 @@ def test_evaluation_stops_at_the_end_of_turn_of_a_base_derived_student(base_dir,
     """A Base-derived student answers "7<|im_end|>xxxx...": its tokenizer's eos is <|endoftext|>,
     yet its response must end at <|im_end|>, as the trainer's rollouts do (eos_ids), through
     lm-eval on HF and on vLLM alike."""
-    from geopd.evaluate.cli import evaluate
-    from geopd.train.checkpoint import load_tokenizer
-    from geopd.train.data import end_of_turn_id, format_prompt
+    from geopd.evaluate.run import evaluate
+    from geopd.engines.models import load_tokenizer
+    from geopd.engines.chat import end_of_turn_id, format_prompt
     from geopd.engines.rollout import eos_ids
 
     tok = load_tokenizer(base_dir)

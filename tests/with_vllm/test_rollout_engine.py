@@ -12,7 +12,7 @@ import torch
 
 from conftest import SETTINGS
 from geopd.errors import UserError
-from geopd.train.checkpoint import load_model
+from geopd.engines.models import load_model
 from geopd.engines.rollout import VLLMRollout, make_rollout_engine, sequence_logprobs
 
 FP32_ATOL = 1e-5

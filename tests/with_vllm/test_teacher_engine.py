@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import SETTINGS
-from geopd.train.checkpoint import load_model
+from geopd.engines.models import load_model
 from geopd.engines.rollout import HFRollout
 from geopd.engines.teacher import HFTeacher, make_teacher
 

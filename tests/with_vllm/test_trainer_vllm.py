@@ -70,7 +70,7 @@ def test_colocated_engines_need_one_tensor_parallel_size(world, tmp_path):
 def test_off_policy_rollouts_come_from_the_teacher_checkpoint(world, tmp_path):
     """rollout.source teacher: the vLLM rollout engine samples from the teacher's checkpoint, and
     its log-probs (the behaviour policy of the ratio) are the teacher's."""
-    from geopd.train.checkpoint import load_model
+    from geopd.engines.models import load_model
     from geopd.train.loop import Trainer
     from geopd.engines.teacher import HFTeacher
 

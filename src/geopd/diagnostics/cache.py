@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from geopd.diagnostics.metrics import svd
+from geopd.io.atomic import replacing
 
 VERSION = 1
 
@@ -83,12 +83,5 @@ class SvdCache:
         if self.directory is None:
             return
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, s=svd.s.numpy(), U=svd.U.numpy(), Vh=svd.Vh.numpy())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(path, "wb") as f:
+            np.savez(f, s=svd.s.numpy(), U=svd.U.numpy(), Vh=svd.Vh.numpy())

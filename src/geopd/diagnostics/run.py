@@ -33,20 +33,14 @@ import torch
 
 from geopd.diagnostics import metrics as M
 from geopd.diagnostics.cache import SvdCache, compute_svd, content_key
-from geopd.io.tensors import (Checkpoint, TensorInfo, check_finite, check_same_layout,
-                                      read_raw, to_tensor)
+from geopd.diagnostics.columns import ATTENTION, METRICS, MODULES
 from geopd.errors import UserError
+from geopd.io.tensors import Checkpoint, TensorInfo, check_finite, check_same_layout, read_raw, to_tensor
 
 PROJ = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
         "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
 FUSED = ("qkv_proj", "gate_up_proj")
-MODULES = ("q", "k", "v", "o", "gate", "up", "down")
-ATTENTION = frozenset({"q", "k", "v", "o"})
 GROUPS = ("embedding", "attention", "mlp", "other")
-METRICS = ("bf16_sparsity", "update_density", "nss", "princ_overlap", "low_overlap", "frobenius",
-           "stable_rank", "hill_alpha", "spectral_norm", "spectral_frobenius_ratio", "effective_rank",
-           "top1pct_norm_ratio", "angle_u_mean_deg", "angle_v_mean_deg", "angle_u_max_deg",
-           "angle_v_max_deg")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _CHUNK_BYTES = 16 * 2**20  # stored bytes per block; float64 copies are up to 4x that
 

@@ -1,4 +1,4 @@
-"""`geopd similarity`: Sim_K of each checkpoint's update to the final one's (geometry paper Fig. 5).
+"""Sim_K of each checkpoint's update to the final one's (geometry paper Fig. 5; `geopd similarity`).
 
 Sim_K(t) = ||V_K(t)^T V_K(t_end)||_F^2 / K, with V_K(t) the top-K right singular vectors of
 dW_t = W_t - W_init (exact float64 SVD) and t_end the last checkpoint given. K is clamped to
@@ -10,9 +10,7 @@ Output: tidy rows (checkpoint, step, name, layer, module, k, sim); step comes fr
 """
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,10 +19,9 @@ import pandas as pd
 import torch
 
 from geopd.diagnostics import metrics as M
-from geopd.diagnostics.cli import _positive_int, check_table_path, default_workers, write_json, write_table
-from geopd.io.tensors import Checkpoint, TensorInfo, check_same_layout, read_tensor
 from geopd.diagnostics.run import MatrixJob, cost, parallel_map, plan
 from geopd.errors import UserError
+from geopd.io.tensors import Checkpoint, TensorInfo, check_same_layout, read_tensor
 
 _STEP = re.compile(r"step[-_]?(\d+)$")
 
@@ -95,36 +92,3 @@ def similarity_series(init: str, checkpoints: list[str], k: int = 16, matrices: 
                   n_defined=("sim", "count"))
              .reset_index())
     return table, means
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.splitlines()[0]
-    parser.add_argument("--init", required=True, help="W_init: folder, .safetensors file or hub id")
-    parser.add_argument("--checkpoints", required=True, nargs="+",
-                        help="checkpoint folders in training order; the last one is t_end")
-    parser.add_argument("--out", required=True, help="tidy table (.parquet or .csv)")
-    parser.add_argument("--summary", help="mean Sim_K per checkpoint (.json or .csv)")
-    parser.add_argument("--k", type=_positive_int, default=16)
-    parser.add_argument("--matrices", choices=["all", "attention"], default="attention")
-    parser.add_argument("--workers", type=_positive_int, default=default_workers(),
-                        help="processes, one thread each (default: usable CPUs)")
-
-
-def main(args: argparse.Namespace) -> int:
-    check_table_path(args.out)
-    if args.summary and not args.summary.endswith(".json"):
-        check_table_path(args.summary)
-    torch.set_num_threads(1)
-    table, means = similarity_series(args.init, args.checkpoints, args.k, args.matrices, args.workers)
-    write_table(table, args.out)
-    if args.summary:
-        if args.summary.endswith(".json"):
-            write_json({"k": args.k, "matrices": args.matrices,
-                        "checkpoints": [{**r, "step": None if pd.isna(r["step"]) else int(r["step"])}
-                                        for r in means.to_dict("records")]}, args.summary)
-        else:
-            write_table(means, args.summary)
-    for r in means.itertuples():
-        print(f"{r.checkpoint}: mean Sim_{args.k} = {r.mean_sim:.4f} over {r.n_defined}/{r.n_matrices} matrices",
-              file=sys.stderr)
-    return 0

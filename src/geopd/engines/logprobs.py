@@ -34,15 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from geopd.train import objectives as obj
-from geopd.train.data import position_ids
+from geopd.engines.chat import position_ids
+from geopd.engines.kernels import CHUNK_ELEMENTS, logprob_grad_, logsumexp_entropy, picked_logprob
 
 METHOD = "geopd_token_stats"
 
 
 def default_chunk_tokens(vocab_size: int) -> int:
     """Rows of lm_head output per chunk when the run sets none: ~2**24 logits (64 MiB in fp32)."""
-    return max(1, obj._CHUNK_ELEMENTS // max(1, vocab_size))
+    return max(1, CHUNK_ELEMENTS // max(1, vocab_size))
 
 
 # ---- the head in chunks ---------------------------------------------------------------------
@@ -66,9 +66,9 @@ class _HeadLogProb(torch.autograd.Function):
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             logits = F.linear(hidden[s:e], weight, bias).unsqueeze(0)
-            c_lse, c_ent = obj._reduce(logits, None, temperature, with_entropy)
+            c_lse, c_ent = logsumexp_entropy(logits, None, temperature, with_entropy)
             lse[s:e] = c_lse[0]
-            logp[s:e] = obj._picked(logits, tokens[None, s:e], c_lse, temperature)[0]
+            logp[s:e] = picked_logprob(logits, tokens[None, s:e], c_lse, temperature)[0]
             if ent is not None:
                 ent[s:e] = c_ent[0]
             del logits
@@ -89,7 +89,7 @@ class _HeadLogProb(torch.autograd.Function):
         for s in range(0, hidden.shape[0], ctx.chunk):
             e = min(hidden.shape[0], s + ctx.chunk)
             logits = F.linear(hidden[s:e], weight, bias).unsqueeze(0)
-            g = obj._logprob_grad_(logits, logits, tokens[None, s:e], lse[None, s:e], grad_logp[None, s:e],
+            g = logprob_grad_(logits, logits, tokens[None, s:e], lse[None, s:e], grad_logp[None, s:e],
                                    None, ctx.temperature)[0]  # the logits' buffer now holds d/dlogits
             if need_h:
                 grad_h[s:e] = g @ weight

@@ -35,8 +35,11 @@ from typing import Protocol
 
 import torch
 
+from geopd.engines.chat import end_of_turn_id
+from geopd.engines.logprobs import dummy_inputs, plan_micro_batches, token_stats
+from geopd.engines.models import load_tokenizer, write_config
+from geopd.engines.vllm_engine import Engine, check_settings, llm_kwargs, trainer_weights
 from geopd.errors import UserError
-from geopd.train.data import position_ids
 
 
 @dataclass
@@ -103,8 +106,6 @@ def eos_ids(tokenizer, model=None) -> list[int]:
     """Tokens that end a response: the tokenizer's and the model's eos, and the chat template's
     end-of-turn token, so a student made from a Qwen3-*-Base model (eos <|endoftext|>) stops at
     <|im_end|> as its post-trained teacher does, and as SFT taught it."""
-    from geopd.train.data import end_of_turn_id
-
     ids = set()
     end = end_of_turn_id(tokenizer)
     if end is not None:
@@ -127,7 +128,7 @@ def pad_id(tokenizer) -> int:
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     if not prompts:
         raise UserError("no prompts to sample from")
-    # add_special_tokens=False as in geopd.train.data.encode_sft: the chat template has them.
+    # add_special_tokens=False as in geopd.engines.chat.encode_sft: the chat template has them.
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     empty = [i for i, x in enumerate(ids) if not x]
     if empty:
@@ -190,8 +191,6 @@ def sequence_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tens
 
     pad_to(count) -> count: under FSDP, the number of micro-batches every rank runs (this rank
     runs zero-weight dummies for the difference)."""
-    from geopd.engines.logprobs import dummy_inputs, plan_micro_batches, token_stats
-
     device = next(model.parameters()).device
     out = torch.zeros(sequences.shape, dtype=torch.float32)
     plans = plan_micro_batches(attention_mask, token_budget=micro_batch_tokens, max_rows=batch_size)
@@ -344,9 +343,6 @@ class VLLMRollout:
     def __init__(self, model_path: str | os.PathLike, *, tokenizer=None, settings: dict | None = None, seed: int = 0,
                  colocated: bool = True, follows_trainer: bool = False, load_format: str | None = None,
                  where: str = "rollout.vllm"):
-        from geopd.train.checkpoint import load_tokenizer
-        from geopd.engines.vllm_engine import Engine
-
         self.model_path = str(model_path)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_path)
         # An engine whose weights are pushed before each use can drop them while asleep.
@@ -367,9 +363,6 @@ class VLLMRollout:
 
     @classmethod
     def from_module(cls, model, tokenizer, *, settings: dict | None = None, seed: int = 0) -> "VLLMRollout":
-        from geopd.train.checkpoint import write_config
-        from geopd.engines.vllm_engine import check_settings, llm_kwargs
-
         name = llm_kwargs(check_settings(settings, "rollout.vllm"))["dtype"]
         dtype = next(model.parameters()).dtype if name == "auto" else getattr(torch, name)
         with tempfile.TemporaryDirectory(prefix="geopd-vllm-config-") as folder:
@@ -412,8 +405,6 @@ class VLLMRollout:
 
     def sync_weights(self, model) -> None:
         """Push the trainer's current weights into the engine (every rank calls this)."""
-        from geopd.engines.vllm_engine import trainer_weights
-
         self.engine.push_weights(trainer_weights(model, self.engine.dtype))
 
     def sleep(self) -> None:

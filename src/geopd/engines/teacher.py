@@ -15,8 +15,10 @@ from typing import Protocol
 
 import torch
 
-from geopd.errors import UserError
+from geopd.engines import models
 from geopd.engines.rollout import Rollouts, sequence_logprobs
+from geopd.engines.vllm_engine import Engine
+from geopd.errors import UserError
 
 
 class TeacherScorer(Protocol):
@@ -66,8 +68,6 @@ class VLLMTeacher:
     CUDA it sleeps at level 1 (weights parked in CPU memory) between scoring calls."""
 
     def __init__(self, model_path: str | os.PathLike, *, settings: dict | None = None, seed: int = 0):
-        from geopd.engines.vllm_engine import Engine
-
         # processed log-probs: equal to the raw ones at scoring temperature 1.0, and what an
         # off-policy run needs when it samples from this same engine (VLLMRollout.on_engine).
         self.engine = Engine(model_path, settings, role="teacher", seed=seed, sleep_level=1,
@@ -107,13 +107,11 @@ def make_teacher(backend: str, source: str | os.PathLike, student_tokenizer, *, 
                  **kwargs) -> TeacherScorer:
     """Check that the teacher at `source` tokenizes like the student, then load it. `dtype` is the
     teacher's compute dtype for both backends (a `dtype` in the vLLM settings `vllm` wins)."""
-    from geopd.train.checkpoint import check_same_tokenizer, load_model, load_tokenizer
-
     if backend not in ("hf", "vllm"):
         raise UserError(f"unknown teacher backend {backend!r}: choose 'hf' or 'vllm'")
-    teacher_tokenizer = load_tokenizer(source)
-    check_same_tokenizer(student_tokenizer, teacher_tokenizer, "the student", f"the teacher {source}")
+    teacher_tokenizer = models.load_tokenizer(source)
+    models.check_same_tokenizer(student_tokenizer, teacher_tokenizer, "the student", f"the teacher {source}")
     if backend == "hf":
-        return HFTeacher(load_model(source, dtype=dtype, device=device), **kwargs)
+        return HFTeacher(models.load_model(source, dtype=dtype, device=device), **kwargs)
     settings = {"dtype": str(dtype).removeprefix("torch."), **(vllm or {})}
     return VLLMTeacher(source, settings=settings, seed=seed)

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from geopd.engines.chat import format_prompt
+from geopd.engines.models import load_model, load_tokenizer
+from geopd.engines.rollout import HFRollout, VLLMRollout
+from geopd.evaluate.harness import vllm_settings
+
 
 @dataclass
 class Generations:
@@ -20,8 +27,6 @@ class Generations:
 def chat_prompt(tokenizer, prompt: str | list[dict]) -> str:
     """A user turn through the trainer's format_prompt; a message list (e.g. LiveCodeBench's
     system + user turns) through the same chat template."""
-    from geopd.train.data import format_prompt
-
     if isinstance(prompt, str):
         return format_prompt(tokenizer, prompt)
     return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
@@ -30,20 +35,13 @@ def chat_prompt(tokenizer, prompt: str | list[dict]) -> str:
 def sample_responses(model: str, prompts: list[str | list[dict]], *, n: int, temperature: float, top_p: float,
                      max_new_tokens: int, seed: int, backend: str, device: str = "cpu",
                      batch_size: int | None = None, spec: dict | None = None, tokenizer=None) -> Generations:
-    from geopd.train.checkpoint import load_model, load_tokenizer
-    from geopd.engines.rollout import HFRollout, VLLMRollout
-
     spec = spec or {}
     tok = tokenizer if tokenizer is not None else load_tokenizer(model)
     formatted = [chat_prompt(tok, p) for p in prompts]
     if backend == "hf":
-        import torch
-
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
         engine = HFRollout(load_model(model, dtype=dtype, device=device), tok, batch_size=batch_size)
     else:
-        from geopd.evaluate.harness import vllm_settings
-
         settings = {"gpu_memory_utilization": 0.9, **vllm_settings(spec)}
         engine = VLLMRollout(model, tokenizer=tok, settings=settings, seed=seed, colocated=False,
                              where=f"benchmark {spec.get('name')}")

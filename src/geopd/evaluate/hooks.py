@@ -16,6 +16,7 @@ import re
 from functools import partial
 
 from geopd.evaluate.metrics import problem_scores
+from geopd.grading.math import grade_math, integer_answer, last_boxed
 
 AIME_RANGE = (0, 999)
 
@@ -36,14 +37,10 @@ def _metrics(graded: list[dict], same, *, key=None, grade=None) -> dict:
 
 def same_math_answer(a: str, b: str) -> bool:
     """Two extracted answers are the same vote when math-verify finds them equivalent."""
-    from geopd.grading.math import grade_math
-
     return a == b or grade_math("\\boxed{" + b + "}", a)
 
 
 def grade_math_samples(responses: list[str], gold: str, *, integer_range=None) -> list[dict]:
-    from geopd.grading.math import grade_math, last_boxed
-
     rng = tuple(integer_range) if integer_range is not None else None
     return [{"extracted": last_boxed(r), "correct": bool(grade_math(r, str(gold), integer_range=rng))}
             for r in responses]
@@ -52,8 +49,6 @@ def grade_math_samples(responses: list[str], gold: str, *, integer_range=None) -
 def integer_vote(integer_range):
     """An answer's maj@k vote under the integer rule: its integer value in the range, else
     no vote (it could never be graded correct)."""
-    from geopd.grading.math import integer_answer
-
     lo, hi = integer_range
 
     def key(answer: str) -> str | None:
@@ -63,8 +58,6 @@ def integer_vote(integer_range):
 
 
 def process_math(doc: dict, results, *, integer_range=None) -> dict:
-    from geopd.grading.math import grade_math
-
     rng = tuple(integer_range) if integer_range is not None else None
     gold = str(doc["answer"])
     graded = grade_math_samples(_responses(results), gold, integer_range=rng)
@@ -103,8 +96,6 @@ def mcq_letter(text: str | None) -> str | None:
 
 
 def grade_mcq_samples(responses: list[str], gold: str) -> list[dict]:
-    from geopd.grading.math import last_boxed
-
     want = mcq_letter(str(gold))
     out = []
     for r in responses:

@@ -5,7 +5,7 @@ One sandboxed interpreter runs all tests of one program (as the official runner 
 one process): the grader sends test inputs one at a time and times each itself; the
 expected outputs never enter the sandbox. This module is the one implementation used by
 the miniature code reward and evaluation, DeepCoder-style records and LiveCodeBench
-(geopd.evaluate.lcb adds LiveCodeBench's data and prompt on top).
+(LiveCodeBench's data and prompt are geopd.data.lcb's; geopd.evaluate.lcb grades with this).
 
 Tests are {"input": str, "output": str}. With `fn_name` they are call-based (LeetCode
 style, LiveCodeBench's functional convention): the input is one JSON value per line, the

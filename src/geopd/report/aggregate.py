@@ -31,19 +31,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geopd.diagnostics.columns import ATTENTION, METRICS, MODULES
 from geopd.errors import UserError
 from geopd.report.gridfile import Expected
 
 # Columns of `geopd diagnose`'s per-matrix table that the report reads.
 ID_COLUMNS = ("name", "layer", "module", "numel", "bf16_sparsity")
-METRICS = ("bf16_sparsity", "update_density", "nss", "princ_overlap", "low_overlap", "frobenius",
-           "stable_rank", "hill_alpha", "spectral_norm", "spectral_frobenius_ratio", "effective_rank",
-           "top1pct_norm_ratio", "angle_u_mean_deg", "angle_v_mean_deg", "angle_u_max_deg",
-           "angle_v_max_deg")
 WEIGHTED = ("bf16_sparsity", "update_density")
 MEANS = tuple(m for m in METRICS if m not in WEIGHTED) + ("angle_mean_deg", "angle_max_deg")
-MODULES = ("q", "k", "v", "o", "gate", "up", "down")
-ATTENTION = frozenset({"q", "k", "v", "o"})
 KEYS = ("kind", "run", "step", "matrices")
 SIMILARITY_COLUMNS = ("step", "name", "sim")
 NORM_GROUPS = ("embedding", "attention", "mlp", "other", "total")

@@ -5,8 +5,9 @@ Under torchrun (WORLD_SIZE > 1) every process runs this same command; FSDP2 shar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from geopd.io.jsonarg import parse_json_arg
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from geopd.train.loop import Stop, train
 
-    text = open(args.spec[1:]).read() if args.spec.startswith("@") else args.spec
-    spec = json.loads(text)
+    spec = parse_json_arg(args.spec, "--spec", dict)
     try:
         train(spec, args.out, args.metrics, threads=args.threads, progress=not args.no_progress)
     except Stop:

@@ -101,7 +101,8 @@ def validation_set(records: list[dict], n: int, seed: int) -> list[dict]:
 
 def make_extrapolator(trainer) -> Extrapolator:
     """Wire the search to a Trainer: its rollout engine, reward and rollout temperature."""
-    from geopd.train.data import format_prompt, shard
+    from geopd.engines.chat import format_prompt
+    from geopd.train.data import shard
 
     spec = trainer.spec
     ext, r = spec["extrapolation"], spec["rollout"]

@@ -24,11 +24,15 @@ from pathlib import Path
 
 import torch
 
+from geopd.engines.chat import encode_sft, format_prompt
+from geopd.engines import models
+from geopd.engines.ranks import on_rank0
 from geopd.errors import UserError
+from geopd.io.atomic import publish_dir, scratch_name
+from geopd.io.publish import verify_checkpoint
 from geopd.train import checkpoint as ckpt
 from geopd.train import objectives as obj
-from geopd.train.data import (JsonlRecords, Position, RecordStream, build_index, encode_sft, format_prompt,
-                              position_ids, shard)
+from geopd.train.data import JsonlRecords, Position, RecordStream, build_index, shard
 
 
 # ---- distributed ---------------------------------------------------------------------------
@@ -257,8 +261,8 @@ class Trainer:
 
         self.records = self._load_data()  # before any model is loaded: fail fast on bad data
         if model is None:
-            ckpt.verify_checkpoint(spec["init"], allow_foreign=True) if Path(spec["init"]).exists() else None
-            tokenizer = ckpt.load_tokenizer(spec["init"])
+            verify_checkpoint(spec["init"], allow_foreign=True) if Path(spec["init"]).exists() else None
+            tokenizer = models.load_tokenizer(spec["init"])
         self.tokenizer = tokenizer
         self.teacher = None
         if spec.get("teacher"):
@@ -270,10 +274,10 @@ class Trainer:
         if model is not None:
             self.model = shard_model(model, self.dist, self.engine)
         elif self.dist.world > 1 or self.engine.mixed_precision:
-            self.model = ckpt.load_sharded_model(spec["init"], shard=lambda m: shard_model(m, self.dist, self.engine),
+            self.model = models.load_sharded_model(spec["init"], shard=lambda m: shard_model(m, self.dist, self.engine),
                                                  device=self.dist.device)
         else:
-            self.model = shard_model(ckpt.load_model(spec["init"], dtype=torch.float32, device=self.dist.device),
+            self.model = shard_model(models.load_model(spec["init"], dtype=torch.float32, device=self.dist.device),
                                      self.dist, self.engine)
         if spec.get("teacher"):
             from geopd.engines.teacher import make_teacher
@@ -302,7 +306,7 @@ class Trainer:
         if not path.is_file():
             raise UserError(f"data file not found: {path} (run the prepare_data rule first)")
         cache = self.state_dir / "data-index"
-        ckpt._on_rank0(lambda: build_index(path, cache))
+        on_rank0(lambda: build_index(path, cache))
         records = JsonlRecords(path, cache)
         if not len(records):
             raise UserError(f"{path}: the train split is empty")
@@ -660,9 +664,9 @@ class Trainer:
         checkpoints are (a scratch name, then a swap), so a kill never loses a kept state."""
         if self.dist.main:
             final = self.exports / f"state-{self.step}"
-            tmp = ckpt._scratch_name(final, "tmp")
+            tmp = scratch_name(final, "tmp")
             shutil.copytree(state, tmp, copy_function=_link_or_copy)
-            ckpt._publish(tmp, final)
+            publish_dir(tmp, final)
         self.dist.barrier()
 
     def _extra_state(self) -> dict:
@@ -675,7 +679,7 @@ class Trainer:
         return {"extrapolator": self.extrapolator.state_dict()}
 
     def export(self):
-        ckpt.save_model(self.model, self.tokenizer, self.exports / f"step-{self.step}",
+        models.save_model(self.model, self.tokenizer, self.exports / f"step-{self.step}",
                         dtype=getattr(torch, self.spec.get("checkpoint_dtype", "bfloat16")),
                         metadata={"run": self.spec["run"], "step": self.step})
 

@@ -1,4 +1,4 @@
-"""`geopd make-model`: the miniature models, made by the same trainer as every run.
+"""The miniature models (`geopd make-model`), made by the same trainer as every run.
 
 stage "pretrain": a fresh tiny Qwen3 (or Qwen3-MoE) model and the local tokenizer, trained as a
 language model on the world corpus (loss on every token);
@@ -6,11 +6,15 @@ stage "finetune": SFT of an existing model on clean demonstrations (how teachers
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import shutil
 from pathlib import Path
+
+import torch
+
+from geopd.io.atomic import publish_dir
+from geopd.train.loop import train
+from geopd.world.models import init_model, tiny_config
+from geopd.world.tokenizer import build_tokenizer
 
 
 def trainer_spec(spec: dict, out: Path) -> dict:
@@ -36,17 +40,10 @@ def trainer_spec(spec: dict, out: Path) -> dict:
 
 
 def make_model(spec: dict, out: str | Path, threads: int | None = None) -> None:
-    import torch
-
-    from geopd.train.loop import train
-
     out = Path(out)
     tspec = trainer_spec(spec, out)
     model = tokenizer = None
     if spec["stage"] == "pretrain":
-        from geopd.world.models import init_model, tiny_config
-        from geopd.world.tokenizer import build_tokenizer
-
         tokenizer = build_tokenizer()
         size = dict(spec["size"])
         arch = size.pop("arch")
@@ -59,18 +56,5 @@ def make_model(spec: dict, out: str | Path, threads: int | None = None) -> None:
     train(tspec, staging, staging.with_suffix(".metrics.jsonl"), threads=threads, model=model, tokenizer=tokenizer)
     final = staging / f"step-{tspec['steps']}"
     shutil.move(str(staging.with_suffix(".metrics.jsonl")), final / "train_metrics.jsonl")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(final, out)
+    publish_dir(final, out)
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--threads", type=int, default=None)
-
-
-def main(args: argparse.Namespace) -> int:
-    make_model(json.loads(args.spec), args.out, threads=args.threads)
-    return 0

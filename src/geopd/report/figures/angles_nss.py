@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopd.report.aggregate import MODULES
+from geopd.diagnostics.columns import MODULES
 from geopd.report.data import ReportData
 from geopd.report.figures.common import (log_if_positive, no_data, role_color, role_label, roles_present, save,
                                          setting, style, subplots, used_per_matrix)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from geopd.report import paper
-from geopd.report.aggregate import MODULES
+from geopd.diagnostics.columns import MODULES
 from geopd.report.data import ROLES, ReportData
 from geopd.report.figures.common import (no_data, role_color, role_label, roles_present, save, setting, style,
                                          subplots, used_per_matrix)

@@ -1,4 +1,4 @@
-"""`geopd data`: prepare one data set as local JSONL files (train.jsonl, test.jsonl).
+"""Data sets prepared once as local JSONL files (train.jsonl, test.jsonl), by `geopd data`.
 
 Every later stage reads only these files, so training and evaluation never touch the
 network. Records are normalised to one schema per kind:
@@ -11,7 +11,7 @@ network. Records are normalised to one schema per kind:
   code    {"id", "prompt", "tests", "fn_name"?, "task": "code", "source"?}
                                                     tests [{"input", "output"}]: stdin/stdout,
                                                     or call-based with fn_name (see code_tests)
-  lcb     LiveCodeBench problems (geopd.evaluate.lcb)
+  lcb     LiveCodeBench problems (geopd.data.lcb)
   mcq     {"id", "prompt", "answer", "task": "mcq"}  multiple choice, answer is a letter
 
 Miniature kinds are generated from a seed (geopd.world.tasks). Hub kinds are read with
@@ -21,10 +21,8 @@ and normalised here; info.json records what was dropped or deduplicated.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -32,37 +30,19 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from geopd.data import lcb
 from geopd.errors import UserError
-
-
-def write_jsonl(path: Path, records: Iterable[dict]) -> int:
-    n = 0
-    with open(path, "w") as fh:
-        for record in records:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-            n += 1
-    return n
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path} (run the prepare_data rule first)")
-    records = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: corrupt JSONL line ({exc.msg})") from None
-    return records
+from geopd.grading.math import last_boxed
+from geopd.io.atomic import publish_dir
+from geopd.io.jsonl import read_jsonl, write_jsonl
+from geopd.world import tasks
 
 
 def load_split(data_dir: str | Path, split: str, *, required_keys: Iterable[str] = ()) -> list[dict]:
     """Records of one split, checked non-empty and carrying the keys the caller needs."""
     path = Path(data_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise UserError(f"data file not found: {path} (run the prepare_data rule first)")
     records = read_jsonl(path)
     if not records:
         raise UserError(f"{path}: the {split} split is empty")
@@ -75,8 +55,6 @@ def load_split(data_dir: str | Path, split: str, *, required_keys: Iterable[str]
 # ---- miniature ---------------------------------------------------------------------------
 
 def synthetic(spec: dict) -> dict[str, list[dict]]:
-    from geopd.world import tasks
-
     kind, seed = spec["kind"], spec["seed"]
     n_train, n_test = spec.get("n_train", 0), spec.get("n_test", 0)
     digits = spec.get("max_digits", tasks.MAX_DIGITS)  # operands of the math task
@@ -225,7 +203,6 @@ def normalise_math(row: dict, index: int, stats: dict | None = None) -> dict:
     if answer is None and isinstance(row.get("reward_model"), dict):
         answer = row["reward_model"].get("ground_truth")
     if answer is None and "solution" in row:
-        from geopd.grading.math import last_boxed
         answer = last_boxed(row["solution"])
     if not raw or answer is None:
         raise UserError(f"math record {index} has no problem/answer fields (keys: {sorted(row)})")
@@ -389,11 +366,9 @@ def code_tests(tests, metadata=None) -> tuple[list[dict], str | None] | None:
 def code_prompt(problem: str, starter_code: str | None, fn_name: str | None) -> str:
     """LiveCodeBench's user turn (the format the code benchmark asks for), so training and
     evaluation prompts ask for code the same way."""
-    from geopd.evaluate.lcb import format_prompt
-
     if not starter_code and fn_name:
         starter_code = f"def {fn_name}(*args):\n    "
-    return format_prompt({"question_content": problem, "starter_code": starter_code or ""})
+    return lcb.format_prompt({"question_content": problem, "starter_code": starter_code or ""})
 
 
 def normalise_code(row: dict, index: int, source: str = "") -> dict | None:
@@ -454,7 +429,6 @@ def hub(spec: dict) -> tuple[dict[str, Iterable[dict]], dict]:
     kind, stats = spec["kind"], {}
     split = spec.get("as_split", "train")
     if kind == "hub-lcb":
-        from geopd.evaluate import lcb
         records: Iterable[dict] = lcb.load_problems(spec)
     elif kind == "hub-math":
         records = math_records(spec, stats)
@@ -485,22 +459,8 @@ def prepare(spec: dict, out: str | Path) -> dict[str, int]:
         counts = {split: write_jsonl(tmp / f"{split}.jsonl", records) for split, records in splits.items()}
         info = {"spec": spec, "counts": counts, **({"stats": stats} if stats else {})}
         (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+        publish_dir(tmp, out)  # a killed job never leaves a half-written data set
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.rename(tmp, out)  # atomic: a killed job never leaves a half-written data set
     return counts
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="JSON data-set spec (from the grid)")
-    parser.add_argument("--out", required=True)
-
-
-def main(args: argparse.Namespace) -> int:
-    spec = json.loads(args.spec)
-    counts = prepare(spec, args.out)
-    print(f"{spec['name']}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return 0

