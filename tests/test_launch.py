@@ -1,6 +1,9 @@
 """How the train rule's command is launched: 1 process, torchrun, srun + torchrun per node."""
+import shlex
+import subprocess
 import sys
 
+from geopd.cli import main
 from geopd.launch import INSIDE, plan, rendezvous_port
 
 CMD = ["geopd", "train", "--spec", "{}"]
@@ -49,3 +52,16 @@ def test_inside_srun_task_builds_rendezvous_from_allocation():
     assert "--nnodes=3" in line and "--node-rank=2" in line and "--nproc-per-node=8" in line
     assert "--master-addr=gpu-node-a" in line and f"--master-port={rendezvous_port('1234')}" in line
     assert rendezvous_port("1234") != rendezvous_port("1235")
+
+
+def test_launch_command_line_prints_the_plan(capsys):
+    assert main(["launch", "--dry-run", "--nodes", "1", "--gpus-per-node", "2", "--", *CMD]) == 0
+    assert shlex.split(capsys.readouterr().out) == plan(CMD, 1, 2, {})
+
+
+def test_python_m_geopd_cli_runs_a_command():
+    """What torchrun and srun start (`python -m geopd.cli ...`): the same command line."""
+    proc = subprocess.run([sys.executable, "-m", "geopd.cli", "launch", "--dry-run", "--", *CMD],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert shlex.split(proc.stdout) == CMD

@@ -17,6 +17,7 @@ from geopd.grid import Grid
 from geopd.report import aggregate, claims, tables
 from geopd.report.data import ReportData
 from geopd.report.figures import FIGURES
+from geopd.report.gridfile import Expected, expected_inputs
 from geopd.report.markdown import render
 
 MODULES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -151,9 +152,10 @@ def mini_grid(repo):
 
 
 def aggregated(root: Path) -> ReportData:
-    summary, matrices, similarity = aggregate.aggregate_diagnostics(root)
-    return ReportData(grid=json.loads((root / "grid.json").read_text()), summary=summary, matrices=matrices,
-                      similarity=similarity, accuracy=aggregate.aggregate_eval(root))
+    grid = json.loads((root / "grid.json").read_text())
+    summary, matrices, similarity = aggregate.aggregate_diagnostics(root, expected_inputs(grid))
+    return ReportData(grid=grid, summary=summary, matrices=matrices,
+                      similarity=similarity, accuracy=aggregate.aggregate_eval(root, expected_inputs(grid)))
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +210,12 @@ def test_summary_is_weighted_for_sparsity_and_finite_mean_otherwise():
     assert math.isnan(s["princ_overlap_pooled"])          # no count columns: not invented
 
 
+DIAGNOSES = [Expected("diagnostics", "opd", 20, "attention", "diagnostics/opd/step-20.attention.csv"),
+             Expected("diagnostics", "opd", 40, "all", "diagnostics/opd/step-40.all.csv"),
+             Expected("reference", "pair-a", None, "all", "diagnostics/reference/pair-a.all.csv"),
+             Expected("similarity", "opd", None, None, "diagnostics/opd/similarity.csv")]
+
+
 def test_aggregate_diagnostics_tree(tmp_path):
     d = tmp_path / "diagnostics"
     _matrix_csv(d / "opd" / "step-20.attention.csv", [_row("q0", "q", 100, 0.5), _row("k0", "k", 100, 0.7)])
@@ -220,7 +228,10 @@ def test_aggregate_diagnostics_tree(tmp_path):
                   "layer": [0, 0], "module": ["q", "q"], "k": [16, 16], "sim": [0.8, 1.0]}
                  ).to_csv(d / "opd" / "similarity.csv", index=False)
     (d / "summary.csv").write_text("stale aggregate output, must be ignored\n")
-    summary, matrices, sim = aggregate.aggregate_diagnostics(tmp_path)
+    # A run no longer in the grid: its files are not inputs, so they never reach a table.
+    _matrix_csv(d / "gone" / "step-20.all.csv", [_row("q0", "q", 100, 0.1)])
+    pd.DataFrame({"step": [20], "name": ["q0"], "sim": [0.5]}).to_csv(d / "gone" / "similarity.csv", index=False)
+    summary, matrices, sim = aggregate.aggregate_diagnostics(tmp_path, DIAGNOSES)
     all_ = summary[summary["scope"] == "all"].set_index(["kind", "run", "matrices"])
     assert all_.loc[("run", "opd", "attention"), "bf16_sparsity"] == pytest.approx(0.6)
     assert all_.loc[("run", "opd", "all"), "bf16_sparsity"] == pytest.approx(0.7)
@@ -230,17 +241,27 @@ def test_aggregate_diagnostics_tree(tmp_path):
     assert set(summary.loc[summary["run"] == "opd", "scope"]) >= {"all", "attention", "mlp", "q", "k", "up"}
     assert list(matrices.columns[:4]) == ["kind", "run", "step", "matrices"] and len(matrices) == 5
     assert list(sim["run"]) == ["opd", "opd"] and list(sim["sim"]) == [0.8, 1.0]
+    assert "gone" not in set(summary["run"]) | set(sim["run"])
 
 
 def test_aggregate_diagnostics_names_the_file_and_column(tmp_path):
     path = tmp_path / "diagnostics" / "opd" / "step-20.all.csv"
     _matrix_csv(path, [{"name": "q0", "layer": 0, "module": "q", "bf16_sparsity": 0.5}])
     with pytest.raises(UserError, match=r"step-20\.all\.csv: missing column\(s\) numel"):
-        aggregate.aggregate_diagnostics(tmp_path)
+        aggregate.aggregate_diagnostics(tmp_path, [Expected("diagnostics", "opd", 20, "all",
+                                                            "diagnostics/opd/step-20.all.csv")])
 
 
-def test_aggregate_diagnostics_empty_tree_gives_empty_tables(tmp_path):
-    summary, matrices, sim = aggregate.aggregate_diagnostics(tmp_path)
+def test_aggregate_stops_on_a_missing_input_and_the_partial_report_skips_it(tmp_path):
+    with pytest.raises(UserError, match=r"step-20\.attention\.csv: does not exist"):
+        aggregate.aggregate_diagnostics(tmp_path, DIAGNOSES)
+    errors = []
+    summary, matrices, sim = aggregate.aggregate_diagnostics(tmp_path, DIAGNOSES, errors)
+    assert summary.empty and sim.empty and errors == []  # missing is not unreadable: missing.md lists it
+
+
+def test_aggregate_diagnostics_without_inputs_gives_empty_tables(tmp_path):
+    summary, matrices, sim = aggregate.aggregate_diagnostics(tmp_path, [])
     assert summary.empty and matrices.empty and sim.empty
     assert {"run", "step", "bf16_sparsity"} <= set(summary.columns)
 
@@ -253,16 +274,21 @@ def test_aggregate_eval_tree(tmp_path):
     put(tmp_path / "eval" / "opd" / "step-20" / "math.json", {"avg@8": 0.5, "pass@8": 0.9})
     put(tmp_path / "eval" / "models" / "teacher" / "math.json", {"avg@8": 0.95})
     (tmp_path / "eval" / "opd" / "step-20" / "math.samples.jsonl").write_text("{}\n")
-    df = aggregate.aggregate_eval(tmp_path)
+    put(tmp_path / "eval" / "gone" / "step-20" / "math.json", {"avg@8": 0.1})  # not an input
+    expected = [Expected("eval", "opd", 20, "math", "eval/opd/step-20/math.json"),
+                Expected("eval", "teacher", None, "math", "eval/models/teacher/math.json")]
+    df = aggregate.aggregate_eval(tmp_path, expected)
     assert list(df.columns) == aggregate.EVAL_COLUMNS
     run = df[df["kind"] == "run"].set_index("metric")
     assert run.loc["avg@8", "value"] == 0.5 and run.loc["avg@8", "step"] == 20 and run.loc["avg@8", "n"] == 50
     model = df[df["kind"] == "model"]
     assert list(model["subject"]) == ["teacher"] and model["step"].isna().all()
 
+    assert set(df["subject"]) == {"opd", "teacher"}
+
     put(tmp_path / "eval" / "opd" / "step-40" / "math.json", {"avg@8": "high"})
     with pytest.raises(UserError, match=r"step-40/math\.json: metrics\.avg@8 is not a number"):
-        aggregate.aggregate_eval(tmp_path)
+        aggregate.aggregate_eval(tmp_path, [*expected, Expected("eval", "opd", 40, "math", "eval/opd/step-40/math.json")])
 
 
 # ---- tables -------------------------------------------------------------------------------------------

@@ -130,6 +130,13 @@ def test_killed_workflow_leaves_no_half_written_output_and_resumes(done):
 
 
 def test_report_collects_tables_and_figures(done):
+    from geopd.paths import FIGURES, TABLES
+
     ok(smk(done, "--report", str(done / "report.html")))
     html = (done / "report.html").read_text(errors="replace")
-    assert "table1_sparsity" in html and "fig5_sim16" in html
+    # Every table and figure (CSV and Markdown, PNG and PDF) with its own caption, rendered from
+    # workflow/report/<family>/<name>.rst; the claims check and missing.md with theirs.
+    captioned = re.findall(r'"caption": "<p><strong>([\w]+)</strong>', html)
+    assert sorted(captioned) == sorted(2 * (TABLES + FIGURES))
+    assert html.count('"labels": {"file": "claims"') == html.count('"labels": {"file": "missing"') == 2
+    assert "var workflow_desc" in html and "reproduced on the grid" in html

@@ -1,4 +1,5 @@
-"""`geopd launch -- CMD ...`: start a training command on 1 process, 1 node, or many nodes.
+"""How `geopd launch -- CMD ...` starts a training command on 1 process, 1 node, or many nodes
+(the command line is geopd.cli.launch; `plan` is the pure part, tested without Slurm).
 
 The train rule always runs `geopd launch --nodes N --tasks T --gpus-per-node G -- geopd train ...`
 with N, T, G from the run's resources (T = N unless set: one torchrun agent per node):
@@ -18,9 +19,7 @@ torchrun spawns the workers with RANK/WORLD_SIZE/LOCAL_RANK set, which the train
 """
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
 import subprocess
 import sys
 
@@ -83,24 +82,3 @@ def plan(cmd: list[str], nodes: int, gpus_per_node: int, env: dict, tasks: int |
         return torchrun(cmd, nnodes=1, node_rank=0, nproc=tasks * per_task, master="127.0.0.1", port=0,
                         standalone=True)
     raise SystemExit(f"geopd launch: {nodes} nodes requested but no Slurm allocation (SLURM_JOB_ID unset)")
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--tasks", type=int, default=None, help="torchrun agents (default: one per node)")
-    parser.add_argument("--gpus-per-node", type=int, default=0)
-    parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
-    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
-
-
-def main(args: argparse.Namespace) -> int:
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        raise SystemExit("geopd launch: no command given after --")
-    line = plan(cmd, args.nodes, args.gpus_per_node, dict(os.environ), tasks=args.tasks)
-    if args.dry_run:
-        print(shlex.join(line))
-        return 0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvp(line[0], line)

@@ -1,11 +1,6 @@
 # Data sets, the hub mirror, and the miniature models (pretrained bases, fine-tuned teachers).
 
 if G.mirror is not None:
-    # Every compute job reads hub models and data sets from the mirror, never from the network
-    # (many clusters have none on compute nodes); set here, so Slurm jobs (which re-read this
-    # file) get it too. Only `prefetch` goes online.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
 
     rule prefetch:
         output:
@@ -17,7 +12,9 @@ if G.mirror is not None:
         params:
             spec=lambda wc: spec_json(G.prefetch_spec(wc.kind, f"{wc.owner}/{wc.repo}")),
         log:
-            f"{R}/logs/prefetch/{{kind}}.{{owner}}.{{repo}}.log",
+            L.log("prefetch", "{kind}.{owner}.{repo}.log"),
+        conda:
+            "../envs/geopd.yaml"
         # Runs where Snakemake runs (the login node has the network); gated repos need HF_TOKEN.
         localrule: True
         shell:
@@ -28,13 +25,15 @@ rule prepare_data:
     input:
         lambda wc: G.data_inputs(wc.dataset),
     output:
-        directory(f"{R}/data/{{dataset}}"),
+        directory(L.data_dir("{dataset}")),
     params:
         spec=lambda wc: spec_json(G.data_spec(wc.dataset)),
     log:
-        f"{R}/logs/prepare_data/{{dataset}}.log",
+        L.log("prepare_data", "{dataset}.log"),
     resources:
         **res("prepare_data"),
+    conda:
+        "../envs/geopd.yaml"
     shell:
         "geopd data --spec {params.spec:q} --out {output} 2> {log}"
 
@@ -43,22 +42,24 @@ rule pretrain_model:
     input:
         lambda wc: G.model_build_inputs(wc.model),
     output:
-        directory(f"{R}/models/{{model}}"),
+        directory(L.built_model_dir("{model}")),
     wildcard_constraints:
-        model="|".join(re.escape(m) for m in G.models if G.model_stage(m) == "pretrain") or "NO_MODEL",
+        model=built_models("pretrain"),
     params:
         spec=lambda wc: spec_json(G.model_spec(wc.model)),
     threads: threads("pretrain_model")
     log:
-        f"{R}/logs/models/{{model}}.log",
+        L.log("models", "{model}.log"),
     resources:
         **res("pretrain_model"),
+    conda:
+        "../envs/geopd.yaml"
     shell:
         "geopd make-model --spec {params.spec:q} --out {output} --threads {threads} 2> {log}"
 
 
 use rule pretrain_model as finetune_model with:
     wildcard_constraints:
-        model="|".join(re.escape(m) for m in G.models if G.model_stage(m) == "finetune") or "NO_MODEL",
+        model=built_models("finetune"),
     resources:
         **res("finetune_model"),

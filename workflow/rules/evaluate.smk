@@ -2,39 +2,25 @@
 # job_grouping.evaluate: "checkpoint" (default, the paper's GPU jobs) runs one job per checkpoint
 # and benchmark; "run" evaluates all checkpoints of a run in one job (`geopd batch`: one process
 # start-up and import per run instead of per checkpoint), writing the same files.
-
-import json
-import shlex
-
-from geopd.plan import evaluation_spec
-
-
-def evaluate_args(model, spec, out, threads):
-    """`geopd evaluate`'s arguments for one model on one benchmark (both groupings)."""
-    return ["evaluate", "--model", str(model), "--benchmark", spec_json(spec), "--seed", str(config["seed"]),
-            "--out", out, "--samples", out[:-len(".json")] + ".samples.jsonl", "--threads", str(threads)]
-
-
-def run_evaluations(run, threads):
-    return [evaluate_args(G.checkpoint(run, step), evaluation_spec(G, bench, run=run), G.eval_file(run, step, bench),
-                          threads) for step, bench in G.eval_run_targets(run)]
-
+# The commands' arguments are built in common.smk (evaluate_args and the functions using it).
 
 if G.grouping("evaluate") == "run":
 
     rule evaluate_run:
         input:
-            checkpoints=f"{R}/runs/{{run}}/checkpoints",
-            data=lambda wc: sorted({G.data_dir(G.benchmarks[b]["data"]) for b in G.runs[wc.run].eval}),
+            checkpoints=L.checkpoints_dir("{run}"),
+            data=lambda wc: sorted({benchmark_data(b) for b in G.runs[wc.run].eval}),
         output:
-            directory(f"{R}/eval/{{run}}"),
+            directory(L.eval_run_dir("{run}")),
         params:
             commands=lambda wc, threads: json.dumps(run_evaluations(wc.run, threads)),
         threads: threads("evaluate_run")
         log:
-            f"{R}/logs/evaluate/{{run}}.log",
+            L.log("evaluate", "{run}.log"),
         resources:
             **res("evaluate_run"),
+        conda:
+            "../envs/geopd.yaml"
         shell:
             "geopd batch --commands {params.commands:q} 2> {log}"
 
@@ -42,19 +28,21 @@ else:
 
     rule evaluate:
         input:
-            checkpoints=f"{R}/runs/{{run}}/checkpoints",
-            data=lambda wc: G.data_dir(G.benchmarks[wc.bench]["data"]),
+            checkpoints=L.checkpoints_dir("{run}"),
+            data=lambda wc: benchmark_data(wc.bench),
         output:
-            result=f"{R}/eval/{{run}}/step-{{step}}/{{bench}}.json",
-            samples=f"{R}/eval/{{run}}/step-{{step}}/{{bench}}.samples.jsonl",
+            result=L.eval_file("{run}", "{step}", "{bench}"),
+            samples=samples_file(L.eval_file("{run}", "{step}", "{bench}")),
         params:
             args=lambda wc, output, threads: shlex.join(evaluate_args(
                 G.checkpoint(wc.run, int(wc.step)), evaluation_spec(G, wc.bench, run=wc.run), output.result, threads)),
         threads: threads("evaluate")
         log:
-            f"{R}/logs/evaluate/{{run}}.step-{{step}}.{{bench}}.log",
+            L.log("evaluate", "{run}.step-{step}.{bench}.log"),
         resources:
             **res("evaluate"),
+        conda:
+            "../envs/geopd.yaml"
         shell:
             "geopd {params.args} 2> {log}"
 
@@ -62,30 +50,37 @@ else:
 rule evaluate_model:
     input:
         model=lambda wc: G.model_inputs(wc.model),
-        data=lambda wc: G.data_dir(G.benchmarks[wc.bench]["data"]),
+        data=lambda wc: benchmark_data(wc.bench),
     output:
-        result=f"{R}/eval/models/{{model}}/{{bench}}.json",
-        samples=f"{R}/eval/models/{{model}}/{{bench}}.samples.jsonl",
+        result=L.model_eval_file("{model}", "{bench}"),
+        samples=samples_file(L.model_eval_file("{model}", "{bench}")),
     params:
         args=lambda wc, output, threads: shlex.join(evaluate_args(
             G.model_source(wc.model), evaluation_spec(G, wc.bench, model=wc.model), output.result, threads)),
     threads: threads("evaluate")
     log:
-        f"{R}/logs/evaluate/model.{{model}}.{{bench}}.log",
+        L.log("evaluate", "model.{model}.{bench}.log"),
     resources:
         **res("evaluate"),
+    conda:
+        "../envs/geopd.yaml"
     shell:
         "geopd {params.args} 2> {log}"
 
 
 rule aggregate_eval:
     input:
-        G.eval_inputs(),
+        per_checkpoint=G.eval_inputs(),
+        grid=L.grid_file(),
     output:
-        f"{R}/eval/accuracy.csv",
+        L.accuracy_file(),
+    params:
+        results=results_root,
     log:
-        f"{R}/logs/aggregate_eval.log",
+        L.log("aggregate_eval.log"),
     resources:
         **res("report"),
+    conda:
+        "../envs/geopd.yaml"
     shell:
-        "geopd report aggregate-eval --results {R} --out {output} 2> {log}"
+        "geopd report aggregate-eval --results {params.results} --grid {input.grid} --out {output} 2> {log}"

@@ -7,15 +7,17 @@ rule train:
     input:
         unpack(lambda wc: G.train_inputs(wc.run)),
     output:
-        checkpoints=directory(f"{R}/runs/{{run}}/checkpoints"),
-        metrics=f"{R}/runs/{{run}}/metrics.jsonl",
+        checkpoints=directory(L.checkpoints_dir("{run}")),
+        metrics=L.metrics_file("{run}"),
     params:
         spec=lambda wc: spec_json(G.run_spec(wc.run)),
     threads: threads("train")
     log:
-        f"{R}/logs/train/{{run}}.log",
+        L.log("train", "{run}.log"),
     resources:
         **res("train"),
+    conda:
+        "../envs/geopd.yaml"
     shell:
         "geopd launch --nodes {resources.nodes} --tasks {resources.tasks} --gpus-per-node {resources.gpus} -- "
         "geopd train --spec {params.spec:q} --out {output.checkpoints} "

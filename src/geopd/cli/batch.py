@@ -1,2 +1,66 @@
-"""`geopd batch`: several evaluate / diagnose / similarity commands in one process."""
-from geopd.batch import configure, main  # noqa: F401  (moves here in the layout refactor)
+"""`geopd batch`: several geopd commands in one process, one after the other.
+
+    geopd batch --commands '[["evaluate", "--model", "...", ...], ["evaluate", ...]]'
+
+Each command is parsed and run exactly as `geopd <command> ...` would be; only the interpreter
+start-up and the imports (torch, transformers, lm-eval: seconds, more than a miniature
+checkpoint's evaluation itself) are paid once. The workflow uses it for the per-run jobs of
+`job_grouping` (every checkpoint of a run evaluated, or diagnosed, in one job). The first
+command that fails stops the batch with its exit status; the error names the command.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from geopd.cli import module_of
+from geopd.errors import UserError
+from geopd.io.jsonarg import parse_json_arg
+
+# Commands that may run in a batch: those that leave no state behind in the process
+# (their own RNG seeding, thread count set per call, no global configuration).
+BATCHABLE = ("evaluate", "diagnose", "similarity")
+
+
+def parse_commands(text: str) -> list[list[str]]:
+    commands = parse_json_arg(text, "--commands")
+    if not isinstance(commands, list) or not all(
+            isinstance(c, list) and c and all(isinstance(a, str) for a in c) for c in commands):
+        raise UserError('--commands must be a JSON list of argument lists, e.g. [["evaluate", "--model", "m", ...]]')
+    for c in commands:
+        if c[0] not in BATCHABLE:
+            raise UserError(f"'{c[0]}' cannot run in a batch (batchable: {', '.join(BATCHABLE)})")
+    return commands
+
+
+def run_command(argv: list[str]) -> int:
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(module_of(name))
+    parser = argparse.ArgumentParser(prog=f"geopd {name}")
+    module.configure(parser)
+    return int(module.main(parser.parse_args(rest)) or 0)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--commands", required=True,
+                        help="JSON list of geopd argument lists (the command name first), or @FILE holding it")
+
+
+def main(args: argparse.Namespace) -> int:
+    commands = parse_commands(args.commands)
+    for i, argv in enumerate(commands, 1):
+        what = f"command {i}/{len(commands)}: geopd {' '.join(argv[:1])}"
+        print(f"geopd batch: {what} {' '.join(argv[1:3])}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            status = run_command(argv)
+        except UserError as exc:
+            raise UserError(f"{what}: {exc}") from None
+        if status:
+            print(f"geopd batch: {what} exited with {status}; the remaining commands were not run",
+                  file=sys.stderr)
+            return status
+        print(f"geopd batch: {what} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return 0

@@ -1,2 +1,35 @@
-"""`geopd launch`: run a command on 1 process, torchrun, or srun+torchrun across nodes."""
-from geopd.launch import configure, main  # noqa: F401  (moves here in the layout refactor)
+"""`geopd launch`: run a command on 1 process, torchrun, or srun+torchrun across nodes.
+
+    geopd launch --nodes N --tasks T --gpus-per-node G [--dry-run] -- CMD ...
+
+The command line it execs is geopd.launch.plan's (see there for the cases).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from geopd.launch import plan
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--tasks", type=int, default=None, help="torchrun agents (default: one per node)")
+    parser.add_argument("--gpus-per-node", type=int, default=0)
+    parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
+
+
+def main(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise SystemExit("geopd launch: no command given after --")
+    line = plan(cmd, args.nodes, args.gpus_per_node, dict(os.environ), tasks=args.tasks)
+    if args.dry_run:
+        print(shlex.join(line))
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(line[0], line)

@@ -1,6 +1,10 @@
 """Per-checkpoint outputs -> tidy tables (`geopd report aggregate-diagnostics|aggregate-eval`).
 
-Diagnostics: every R/diagnostics/<run>/step-<N>.<matrices>.csv (per-matrix rows of
+The files read are those the grid expects (grid.json "inputs", geopd.report.gridfile): the
+aggregate rules' inputs, whichever way job_grouping cuts the jobs that write them. Nothing is
+globbed, so a stale file of a run no longer in the config never reaches a table.
+
+Diagnostics: each R/diagnostics/<run>/step-<N>.<matrices>.csv (per-matrix rows of
 `geopd diagnose`), R/diagnostics/reference/<pair>.all.csv and R/diagnostics/<run>/similarity.csv.
 The summary is derived from the per-matrix CSVs alone (the JSON summaries beside them only add
 the update norms of tensors outside the matrix set and a cross-check), so the tables never
@@ -14,14 +18,13 @@ depend on the JSON layout:
 - *_overlap_pooled = sum |M* & M_upd| / sum |M_upd| when the count columns are there.
 Scopes: all matrices, each group (attention, mlp) and each module type (q .. down).
 
-Evaluation: R/eval/<run>/step-<N>/<bench>.json and R/eval/models/<model>/<bench>.json ->
+Evaluation: each R/eval/<run>/step-<N>/<bench>.json and R/eval/models/<model>/<bench>.json ->
 subject, kind (run|model), step, benchmark, metric, value, n, samples_per_problem.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import pandas as pd
 
 from geopd.diagnostics.columns import ATTENTION, METRICS, MODULES
 from geopd.errors import UserError
+from geopd.report.gridfile import Expected
 
 # Columns of `geopd diagnose`'s per-matrix table that the report reads.
 ID_COLUMNS = ("name", "layer", "module", "numel", "bf16_sparsity")
@@ -38,9 +42,6 @@ MEANS = tuple(m for m in METRICS if m not in WEIGHTED) + ("angle_mean_deg", "ang
 KEYS = ("kind", "run", "step", "matrices")
 SIMILARITY_COLUMNS = ("step", "name", "sim")
 NORM_GROUPS = ("embedding", "attention", "mlp", "other", "total")
-
-_STEP_FILE = re.compile(r"^step-(\d+)\.([A-Za-z0-9_]+)\.csv$")
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def warn(message: str) -> None:
@@ -148,23 +149,10 @@ def json_extras(path: Path, ours: dict) -> dict:
     return out
 
 
-def _diagnosis_files(results: Path) -> list[tuple[str, str, int | None, str, Path]]:
-    """(kind, run, step, matrices, csv path) of every diagnosis under R/diagnostics."""
-    root = results / "diagnostics"
-    out = []
-    if not root.is_dir():
-        return out
-    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if run_dir.name == "reference":
-            for f in sorted(run_dir.glob("*.csv")):
-                pair, _, matrices = f.name[:-len(".csv")].rpartition(".")
-                if pair:
-                    out.append(("reference", pair, None, matrices, f))
-            continue
-        for f in sorted(run_dir.glob("step-*.csv")):
-            m = _STEP_FILE.match(f.name)
-            if m:
-                out.append(("run", run_dir.name, int(m.group(1)), m.group(2), f))
+def _diagnosis_files(results: Path, expected: list[Expected]) -> list[tuple[str, str, int | None, str, Path]]:
+    """(kind, run, step, matrices, csv path) of every expected diagnosis, runs first."""
+    out = [("run" if e.kind == "diagnostics" else "reference", e.subject, e.step, e.detail, results / e.file)
+           for e in expected if e.kind in ("diagnostics", "reference")]
     out.sort(key=lambda t: (t[0] != "run", t[1], -1 if t[2] is None else t[2], t[3]))
     return out
 
@@ -181,13 +169,24 @@ def _tolerant(read, path: Path, errors: list | None):
         return None
 
 
-def aggregate_diagnostics(results: str | Path, errors: list | None = None
+def _read_input(read, path: Path, errors: list | None):
+    """An expected input, read as `_tolerant` reads. One that does not exist stops the complete
+    report (it is one of the aggregate rule's inputs) and is skipped by the partial one (whose
+    missing.md lists it)."""
+    if not path.exists():
+        if errors is None:
+            raise UserError(f"{path}: does not exist (an input the grid expects)")
+        return None
+    return _tolerant(read, path, errors)
+
+
+def aggregate_diagnostics(results: str | Path, expected: list[Expected], errors: list | None = None
                           ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(summary, matrices, similarity) tidy tables of every diagnosis under `results`."""
+    """(summary, matrices, similarity) tidy tables of the expected diagnoses under `results`."""
     results = Path(results)
     summaries, tables = [], []
-    for kind, run, step, matrices, path in _diagnosis_files(results):
-        df = _tolerant(read_matrix_table, path, errors)
+    for kind, run, step, matrices, path in _diagnosis_files(results, expected):
+        df = _read_input(read_matrix_table, path, errors)
         if df is None:
             continue
         keys = {"kind": kind, "run": run, "step": step, "matrices": matrices}
@@ -205,17 +204,16 @@ def aggregate_diagnostics(results: str | Path, errors: list | None = None
                    else pd.DataFrame(columns=[*KEYS, *ID_COLUMNS, *METRICS[1:]]))
     for df in (summary, matrices_df):
         df["step"] = df["step"].astype("Int64")
-    return summary, matrices_df, aggregate_similarity(results, errors)
+    return summary, matrices_df, aggregate_similarity(results, expected, errors)
 
 
-def aggregate_similarity(results: Path, errors: list | None = None) -> pd.DataFrame:
+def aggregate_similarity(results: Path, expected: list[Expected], errors: list | None = None) -> pd.DataFrame:
     frames = []
-    root = results / "diagnostics"
-    for f in sorted(root.glob("*/similarity.csv")) if root.is_dir() else []:
-        df = _tolerant(lambda p: read_csv(p, SIMILARITY_COLUMNS), f, errors)
+    for e in sorted((e for e in expected if e.kind == "similarity"), key=lambda e: e.subject):
+        df = _read_input(lambda p: read_csv(p, SIMILARITY_COLUMNS), results / e.file, errors)
         if df is None:
             continue
-        df.insert(0, "run", f.parent.name)
+        df.insert(0, "run", e.subject)
         frames.append(df)
     if not frames:
         return pd.DataFrame(columns=["run", "checkpoint", "step", "name", "layer", "module", "k", "sim"])
@@ -254,21 +252,12 @@ def _eval_rows(path: Path, subject: str, kind: str, step: int | None) -> list[di
             for m, v in result["metrics"].items()]
 
 
-def aggregate_eval(results: str | Path, errors: list | None = None) -> pd.DataFrame:
-    root = Path(results) / "eval"
+def aggregate_eval(results: str | Path, expected: list[Expected], errors: list | None = None) -> pd.DataFrame:
+    results = Path(results)
     rows: list[dict] = []
-    if root.is_dir():
-        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-            if sub.name == "models":
-                for f in sorted(sub.glob("*/*.json")):
-                    rows += _tolerant(lambda p: _eval_rows(p, p.parent.name, "model", None), f, errors) or []
-                continue
-            for step_dir in sorted(p for p in sub.iterdir() if p.is_dir()):
-                m = _STEP_DIR.match(step_dir.name)
-                if not m:
-                    continue
-                for f in sorted(step_dir.glob("*.json")):
-                    rows += _tolerant(lambda p: _eval_rows(p, sub.name, "run", int(m.group(1))), f, errors) or []
+    for e in (e for e in expected if e.kind == "eval"):
+        kind = "model" if e.step is None else "run"
+        rows += _read_input(lambda p: _eval_rows(p, e.subject, kind, e.step), results / e.file, errors) or []
     df = pd.DataFrame(rows, columns=EVAL_COLUMNS)
     df["step"] = df["step"].astype("Int64")
     df = df.sort_values(["kind", "subject", "benchmark", "step", "metric"], kind="stable", ignore_index=True)

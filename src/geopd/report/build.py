@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from geopd.paths import Layout
 from geopd.report import aggregate
 from geopd.report.claims import write_claims
 from geopd.report.data import ReportData
@@ -13,9 +14,10 @@ from geopd.report.tables import write_all
 
 
 def write_report(data: ReportData, out: Path) -> list[Path]:
-    paths = [aggregate.write_csv(df, out / rel) for df, rel in (
-        (data.summary, "diagnostics/summary.csv"), (data.matrices, "diagnostics/matrices.csv"),
-        (data.similarity, "diagnostics/similarity.csv"), (data.accuracy, "eval/accuracy.csv"))]
+    layout = Layout(out)
+    paths = [aggregate.write_csv(df, path) for df, path in (
+        (data.summary, layout.diagnostics_summary()), (data.matrices, layout.diagnostics_matrices()),
+        (data.similarity, layout.similarity_summary()), (data.accuracy, layout.accuracy_file()))]
     paths += write_all(data, out / "tables")
     paths += write_claims(data, out / "tables")
     paths += render_all(data, out / "figures")

@@ -19,7 +19,7 @@ from typing import Callable
 
 import pandas as pd
 
-from geopd.report import evidence, paper
+from geopd.report import evidence, gridfile, paper
 from geopd.report.data import ROLES, ReportData
 from geopd.report.evidence import Use
 from geopd.report.markdown import Table, write
@@ -457,7 +457,7 @@ def claims_table(data: ReportData, claims: list[Claim] | None = None) -> Table:
         "test needs is missing, or rests on a run that did not move (no optimizer update, zero "
         "gradient, unchanged weights) or on an undefined accuracy: `reason` names the file or the run. "
         "`runs`: the runs each verdict rests on.",
-        *evidence.notes(data, evidence.KINDS),
+        *evidence.notes(data, gridfile.KINDS),
     ]
     return Table("claims", "Claims check: the geometry paper's qualitative claims on this grid", frame, notes)
 
@@ -467,9 +467,9 @@ def missing_table(data: ReportData, claims: list[Claim] | None = None) -> Table:
     frame = evidence.missing_frame(data, {c.id: c.uses for c in claims})
     counts = frame["problem"].value_counts()
     n_expected = len(data.expected)
-    summary = (f"{counts.get(evidence.MISSING, 0)} of {n_expected} expected inputs missing, "
-               f"{counts.get(evidence.UNREADABLE, 0)} unreadable, {counts.get(evidence.STILL, 0)} "
-               f"run problem(s) (did not move), {counts.get(evidence.UNDEFINED, 0)} undefined accuracies."
+    summary = (f"{counts.get(gridfile.MISSING, 0)} of {n_expected} expected inputs missing, "
+               f"{counts.get(gridfile.UNREADABLE, 0)} unreadable, {counts.get(gridfile.STILL, 0)} "
+               f"run problem(s) (did not move), {counts.get(gridfile.UNDEFINED, 0)} undefined accuracies."
                if n_expected else "The grid description lists no expected inputs (grid.json without "
                "'inputs'): only runs that did not move and undefined accuracies are checked.")
     notes = [

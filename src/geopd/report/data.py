@@ -2,17 +2,14 @@
 results, with the look-ups they share (which run plays SFT / OPD / RLVR, endpoint and
 trajectory diagnostics, accuracy per step, an init's accuracy).
 
-The grid description is `Grid.report_spec()` (R/grid.json): runs -> {family, method, teacher,
-init, w0, start_step, checkpoints, eval, diagnostics, projection, extrapolation, objective,
-rollout_source}, benchmarks, teachers, reference_pairs, diagnostics settings, name, and the
-per-checkpoint inputs it expects (geopd.report.evidence).
-A missing aggregated file reads as an empty table (with a warning): a miniature grid may lack
-rows, and every consumer says "no data" rather than failing or inventing numbers. `missing`
-lists the expected inputs that do not exist (or could not be read) under `results`.
+The grid description is `Grid.report_spec()` (R/grid.json, geopd.report.gridfile), with the
+per-checkpoint inputs it expects. A missing aggregated file reads as an empty table (with a
+warning): a miniature grid may lack rows, and every consumer says "no data" rather than failing
+or inventing numbers. `missing` lists the expected inputs that do not exist (or could not be
+read) under `results`; `stillness` says why a run is no evidence (it did not move).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +19,15 @@ import pandas as pd
 
 from geopd.errors import UserError
 from geopd.io.jsonl import numbered_jsonl
-from geopd.report import evidence
+from geopd.paths import Layout
+from geopd.report import gridfile
 from geopd.report.aggregate import EVAL_COLUMNS, aggregate_diagnostics, aggregate_eval, warn
+from geopd.report.gridfile import EMPTY_GRID, read_grid
 
 # The controlled comparison: the run of each of these families plays the role.
 ROLES = ("SFT", "OPD", "RLVR")
 ROLE_FAMILY = {"SFT": "sft", "OPD": "opd", "RLVR": "rlvr"}
 ROLE_COLORS = {"SFT": "#1f77b4", "OPD": "#d62728", "RLVR": "#2ca02c"}
-
-EMPTY_GRID = {"name": "", "runs": {}, "benchmarks": {}, "teachers": {}, "reference_pairs": {},
-              "diagnostics": {}}
 
 
 @dataclass(frozen=True)
@@ -45,6 +41,9 @@ class Origin:
     def __str__(self) -> str:
         return self.name if self.kind == "model" else f"{self.name}@{self.step}"
 
+
+# Paths relative to the results root, as grid.json records the inputs (for a grid.json without them).
+RELATIVE = Layout(".")
 
 # Columns every consumer may index; an empty or partial table gets them (empty).
 FRAME_COLUMNS = {
@@ -64,14 +63,14 @@ class ReportData:
     accuracy: pd.DataFrame = field(default_factory=pd.DataFrame)
     metrics: dict[str, pd.DataFrame] = field(default_factory=dict)   # run -> per-step training log
     searches: dict[str, list[dict]] = field(default_factory=dict)    # run -> EffOPD search log
-    missing: list[dict] = field(default_factory=list)                # evidence.find_missing rows
+    missing: list[dict] = field(default_factory=list)                # gridfile.find_missing rows
     results: Path | None = None
-    expected: list[evidence.Expected] = field(init=False, repr=False)
+    expected: list[gridfile.Expected] = field(init=False, repr=False)
     _still: dict[str, list[str]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self):
         self.grid = {**EMPTY_GRID, **(self.grid or {})}
-        self.expected = evidence.expected_inputs(self.grid)
+        self.expected = gridfile.expected_inputs(self.grid)
         # spec_json sorts keys; the config's run order comes back from `run_order` when given.
         order = [r for r in self.grid.get("run_order") or [] if r in self.grid["runs"]]
         if order:
@@ -89,15 +88,15 @@ class ReportData:
 
     @classmethod
     def load(cls, results: str | Path, grid: str | Path | None = None) -> "ReportData":
-        results = Path(results)
-        spec = read_grid(Path(grid) if grid else results / "grid.json")
+        results, layout = Path(results), Layout(results)
+        spec = read_grid(Path(grid or layout.grid_file()))
         data = cls(
             grid=spec,
-            summary=_read_optional(results / "diagnostics" / "summary.csv"),
-            matrices=_read_optional(results / "diagnostics" / "matrices.csv"),
-            similarity=_read_optional(results / "diagnostics" / "similarity.csv"),
-            accuracy=_read_optional(results / "eval" / "accuracy.csv"),
-            missing=evidence.find_missing(spec, results),
+            summary=_read_optional(Path(layout.diagnostics_summary())),
+            matrices=_read_optional(Path(layout.diagnostics_matrices())),
+            similarity=_read_optional(Path(layout.similarity_summary())),
+            accuracy=_read_optional(Path(layout.accuracy_file())),
+            missing=gridfile.find_missing(spec, results),
             results=results,
         )
         data._read_logs(lambda path: read_metrics(path))
@@ -105,15 +104,16 @@ class ReportData:
 
     @classmethod
     def from_tree(cls, results: str | Path, grid: str | Path | None = None) -> "ReportData":
-        """Aggregated in memory from whatever per-checkpoint files exist under `results` (the
-        partial report): an unreadable file is skipped and listed, never fatal."""
+        """Aggregated in memory from whichever expected per-checkpoint files exist under `results`
+        (the partial report): an unreadable file is skipped and listed, never fatal."""
         results = Path(results)
-        spec = read_grid(Path(grid) if grid else results / "grid.json")
+        spec = read_grid(Path(grid or Layout(results).grid_file()))
+        expected = gridfile.expected_inputs(spec)
         errors: list[tuple[Path, str]] = []
-        summary, matrices, similarity = aggregate_diagnostics(results, errors)
-        accuracy = aggregate_eval(results, errors)
+        summary, matrices, similarity = aggregate_diagnostics(results, expected, errors)
+        accuracy = aggregate_eval(results, expected, errors)
         data = cls(grid=spec, summary=summary, matrices=matrices, similarity=similarity, accuracy=accuracy,
-                   missing=evidence.find_missing(spec, results), results=results)
+                   missing=gridfile.find_missing(spec, results), results=results)
 
         def read(path: Path):
             try:
@@ -122,13 +122,13 @@ class ReportData:
                 errors.append((path, str(exc)))
                 return None
         data._read_logs(read)
-        data.missing += evidence.unreadable_rows(spec, results, errors)
+        data.missing += gridfile.unreadable_rows(spec, results, errors)
         return data
 
     def _read_logs(self, read) -> None:
         files = {e.subject: e.file for e in self.expected if e.kind == "metrics"}
         for run in self.runs:
-            path = self.results / files.get(run, f"runs/{run}/metrics.jsonl")
+            path = self.results / files.get(run, RELATIVE.metrics_file(run))
             got = read(path) if path.exists() else None
             if got is not None:
                 self.metrics[run], self.searches[run] = got
@@ -290,30 +290,52 @@ class ReportData:
             v = float(s[o.step]) if o.step in s.index else None
         return (v, str(o)) if v is not None and math.isfinite(v) else None
 
-
-    # ---- evidence ------------------------------------------------------------------------------
+    # ---- runs that did not move -------------------------------------------------------------
 
     def stillness(self, run: str) -> list[str]:
-        """Why `run` did not move (evidence.stillness), cached: empty when it moved."""
+        """Why `run` is no evidence of what training does: no update, zero gradient or unchanged
+        weights, from its training log and the diagnosis of its final checkpoint. Empty when it
+        moved (or when neither is there to say). Cached: every claim and table asks."""
         if run not in self._still:
-            self._still[run] = evidence.stillness(self, run)
+            self._still[run] = self._stillness(run)
         return self._still[run]
 
+    def _stillness(self, run: str) -> list[str]:
+        files = {(e.kind, e.step, e.detail): e.file for e in self.expected if e.subject == run}
+        out = []
+        log = self.metrics.get(run)
+        log_name = files.get(("metrics", None, None), RELATIVE.metrics_file(run))
+        if log is not None:
+            if log.empty:
+                out.append(f"{log_name} logs no training step")
+            elif _all_zero(log, "updates"):
+                reward = "; reward 0 at every step" if _all_zero(log, "reward") else ""
+                out.append(f"no optimizer update in {len(log)} logged steps ({log_name}: updates = 0{reward})")
+            elif _all_zero(log, "grad_norm"):
+                out.append(f"zero gradient in all {len(log)} logged steps ({log_name}: grad_norm = 0)")
+        s, step = self.summary, self.final_step(run)
+        # Only the final checkpoint says whether the run moved: early checkpoints may not have yet.
+        latest = s[(s["kind"] == "run") & (s["run"] == run) & (s["scope"] == "all") & (s["step"] == step)] \
+            if not s.empty and step is not None else s.iloc[0:0]
+        if len(latest):
+            where = ", ".join(files.get(("diagnostics", step, m), f"diagnosis {m}") for m in latest["matrices"])
+            if _all_at(latest, "bf16_sparsity", 1.0):
+                out.append(f"no weight changed by step {step} ({where}: bf16 sparsity 100%)")
+            elif _all_at(latest, "frobenius", 0.0):
+                out.append(f"dW = 0 at step {step} ({where})")
+        return out
 
-def read_grid(path: Path) -> dict:
-    if not path.exists():
-        raise UserError(f"{path}: no grid description (written by the grid_spec rule: "
-                        f"geopd report grid --spec JSON --out {path})")
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), dict):
-        raise UserError(f"{path}: expected an object with a 'runs' mapping (Grid.report_spec())")
-    for name, run in spec["runs"].items():
-        if not isinstance(run, dict) or not isinstance(run.get("checkpoints"), list):
-            raise UserError(f"{path}: runs.{name}: expected an object with a 'checkpoints' list")
-    return {**EMPTY_GRID, **spec}
+
+def _all_at(df: pd.DataFrame, col: str, value: float) -> bool:
+    """Every row of `col` is exactly `value` (False when the column is absent or has gaps)."""
+    if col not in df.columns or df.empty:
+        return False
+    v = pd.to_numeric(df[col], errors="coerce")
+    return bool(v.notna().all() and (v == value).all())
+
+
+def _all_zero(df: pd.DataFrame, col: str) -> bool:
+    return _all_at(df, col, 0.0)
 
 
 def _read_optional(path: Path) -> pd.DataFrame:

@@ -1,4 +1,7 @@
-"""A table as CSV (full precision) and Markdown (rounded, titled, with its definitions)."""
+"""A table as CSV (full precision) and Markdown (rounded, titled, with its definitions).
+
+The cells are formatted here (fmt: rounding per column, missing values as a dash); the layout
+is geopd.io.table's, which `geopd plan` shares."""
 from __future__ import annotations
 
 import math
@@ -6,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from geopd.io import table as layout
 
 MISSING = "–"
 
@@ -62,10 +67,8 @@ def markdown_table(df: pd.DataFrame, digits: dict[str, int] | None = None, empty
     if df.empty:
         return f"_({empty or EMPTY})_\n"
     cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(fmt(v, digits.get(c, 3)) for c, v in zip(cols, row)) + " |")
-    return "\n".join(lines) + "\n"
+    return layout.markdown(cols, ([fmt(v, digits.get(c, 3)) for c, v in zip(cols, row)]
+                                  for row in df.itertuples(index=False)))
 
 
 def render(table: Table) -> str:

@@ -108,7 +108,7 @@ def used_per_matrix(data: ReportData, key: str, matrices: str) -> list[float]:
 
 
 def role_label(data: ReportData, role: str, run: str | None = None) -> str:
-    """'OPD (opd-8b-t32b)', flagged when the run did not move (geopd.report.evidence)."""
+    """'OPD (opd-8b-t32b)', flagged when the run did not move (ReportData.stillness)."""
     run = run or data.role_run(role)
     return f"{role} ({run}{', did not move' if run and data.stillness(run) else ''})"
 
