@@ -17,6 +17,7 @@ from pathlib import Path
 
 from geopd import costmodel as cm
 from geopd.errors import UserError
+from geopd.io.table import Column, fixed
 from geopd.grid import Grid
 from geopd.grid.runs import Ref
 from geopd.spec import Benchmark
@@ -371,16 +372,18 @@ def estimate_tables(jobs: dict[str, Job], estimates: dict[str, cm.Estimate]) -> 
     lines = []
     train = [(jobs[j], e) for j, e in estimates.items() if jobs[j].rule == "train"]
     if train:
-        lines.append(f"{'training runs':<24}{'GPUs':>6}{'micro':>7}{'peak GiB/GPU':>15}{' (phase)':<18}"
-                     f"{'est h':>8}{'req h':>8}{'upd/step':>9}{'updates':>8}")
+        cols = [Column("training runs", 24, "<"), Column("GPUs", 6), Column("micro", 7), Column("peak GiB/GPU", 15),
+                Column(" (phase)", 18, "<"), Column("est h", 8), Column("req h", 8), Column("upd/step", 9),
+                Column("updates", 8)]
+        rows = []
         for job, e in train:
-            gpus = f"{e.nodes}x{e.gpus}" if e.gpus else "cpu"
             upd = e.info.get("updates_per_step", "-")
             if e.info.get("leftover_samples"):
                 upd = f"{upd}+"
-            lines.append(f"  {e.subject:<22}{gpus:>6}{e.info.get('micro_batch_tokens', '-'):>7}"
-                         f"{_gib(e.peak, e.memory_limit):>15}{' (' + e.peak_phase + ')' if e.peak_phase else '':<18}"
-                         f"{_hours(e.hours):>8}{e.requested_hours:>8.1f}{upd:>9}{e.info.get('updates', '-'):>8}")
+            rows.append((e.subject, f"{e.nodes}x{e.gpus}" if e.gpus else "cpu", e.info.get("micro_batch_tokens", "-"),
+                         _gib(e.peak, e.memory_limit), f" ({e.peak_phase})" if e.peak_phase else "",
+                         _hours(e.hours), f"{e.requested_hours:.1f}", upd, e.info.get("updates", "-")))
+        lines += fixed(cols, rows)
         lines.append("  (upd/step: optimizer updates per rollout step = prompts x samples // global_batch_size "
                      "samples, as slime; '+': samples left over)")
         lines.append("")
@@ -390,23 +393,25 @@ def estimate_tables(jobs: dict[str, Job], estimates: dict[str, cm.Estimate]) -> 
             groups[(jobs[j].rule, id(e))].append(e)
     evals = [(k[0], v) for k, v in groups.items() if k[0] in ("evaluate", "evaluate_model") and v[0].phases]
     if evals:
-        lines.append(f"{'evaluations (model, benchmark)':<52}{'jobs':>5}{'GPUs':>6}{'tp x dp':>9}{'peak GiB/GPU':>14}"
-                     f"{'est h':>8}{'req h':>8}")
+        cols = [Column("evaluations (model, benchmark)", 52, "<"), Column("jobs", 5), Column("GPUs", 6),
+                Column("tp x dp", 9), Column("peak GiB/GPU", 14), Column("est h", 8), Column("req h", 8)]
+        rows = []
         for rule, es in sorted(evals, key=lambda kv: (kv[0], kv[1][0].subject)):
             e = es[0]
             what = f"checkpoints of runs from {e.subject}" if rule == "evaluate" else f"model {e.subject}"
-            par = f"{e.info['tp']}x{e.info['dp']}" if "tp" in e.info else "-"
-            lines.append(f"  {what + ', ' + e.info['bench']:<50}{len(es):>5}{e.nodes * e.gpus:>6}{par:>9}"
-                         f"{_gib(e.peak, e.memory_limit):>14}{_hours(e.hours):>8}{e.requested_hours:>8.1f}")
+            rows.append((f"{what}, {e.info['bench']}", len(es), e.nodes * e.gpus,
+                         f"{e.info['tp']}x{e.info['dp']}" if "tp" in e.info else "-",
+                         _gib(e.peak, e.memory_limit), _hours(e.hours), f"{e.requested_hours:.1f}"))
+        lines += fixed(cols, rows)
         lines.append("")
     svd = [(k[0], v) for k, v in groups.items() if k[0] in ("diagnose", "diagnose_reference", "similarity")]
     if svd:
-        lines.append(f"{'CPU diagnostics (model, matrices)':<52}{'jobs':>5}{'workers':>8}{'peak GiB/node':>15}"
-                     f"{'est h':>8}{'req h':>8}")
-        for rule, es in sorted(svd, key=lambda kv: (kv[0], kv[1][0].subject)):
-            e = es[0]
-            lines.append(f"  {rule + ' ' + e.subject:<50}{len(es):>5}{e.info.get('workers', '-'):>8}"
-                         f"{_gib(e.peak, e.memory_limit):>15}{_hours(e.hours):>8}{e.requested_hours:>8.1f}")
+        cols = [Column("CPU diagnostics (model, matrices)", 52, "<"), Column("jobs", 5), Column("workers", 8),
+                Column("peak GiB/node", 15), Column("est h", 8), Column("req h", 8)]
+        rows = [(f"{rule} {es[0].subject}", len(es), es[0].info.get("workers", "-"), _gib(es[0].peak, es[0].memory_limit),
+                 _hours(es[0].hours), f"{es[0].requested_hours:.1f}")
+                for rule, es in sorted(svd, key=lambda kv: (kv[0], kv[1][0].subject))]
+        lines += fixed(cols, rows)
         lines.append("")
     return lines
 
@@ -443,21 +448,23 @@ def render(summary: dict, config_name: str, jobs: dict[str, Job] | None = None,
     lines = [f"Plan for {config_name}: {summary['jobs']} jobs, "
              f"{summary['gpu_hours']:,.1f} GPU-hours requested (GPUs x nodes x runtime), "
              f"{summary['est_gpu_hours']:,.1f} estimated", ""]
-    lines.append(f"{'per rule':<24}{'jobs':>6}{'GPU-h req':>12}{'GPU-h est':>12}{'peak mem GiB':>16}")
+    rows = []
     for key, row in sorted(summary["per_rule"].items(), key=lambda kv: (-kv[1]["gpu_hours"], kv[0])):
         est = f"{row['est_gpu_hours']:,.1f}" if row["estimated"] else "-"
         peak = "-" if row["peak_gib"] is None else (
             f"{row['peak_gib']:.1f}" + (f"/{row['limit_gib']:.0f}" if row.get("limit_gib") else "")
             + (" /GPU" if row.get("memory_kind") == "GPU" else " /node"))
-        lines.append(f"  {key:<22}{row['jobs']:>6}{row['gpu_hours']:>12,.1f}{est:>12}{peak:>16}")
+        rows.append((key, row["jobs"], f"{row['gpu_hours']:,.1f}", est, peak))
+    lines += fixed([Column("per rule", 24, "<"), Column("jobs", 6), Column("GPU-h req", 12), Column("GPU-h est", 12),
+                    Column("peak mem GiB", 16)], rows)
     lines.append("")
     if estimates:
         lines += estimate_tables(jobs, estimates)
         if show_detail:
             lines += detail(estimates)
-    lines.append(f"{'per run family':<24}{'jobs':>6}{'GPU-hours':>14}")
-    for key, row in sorted(summary["per_family"].items(), key=lambda kv: (-kv[1]["gpu_hours"], kv[0])):
-        lines.append(f"  {key:<22}{row['jobs']:>6}{row['gpu_hours']:>14,.1f}")
+    lines += fixed([Column("per run family", 24, "<"), Column("jobs", 6), Column("GPU-hours", 14)],
+                   [(key, row["jobs"], f"{row['gpu_hours']:,.1f}")
+                    for key, row in sorted(summary["per_family"].items(), key=lambda kv: (-kv[1]["gpu_hours"], kv[0]))])
     lines.append("")
     lines.append(f"longest chain of dependent jobs: {summary['critical_path_hours']:,.1f} h wall "
                  f"({len(summary['critical_path'])} jobs)")
