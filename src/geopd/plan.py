@@ -18,7 +18,7 @@ from pathlib import Path
 from geopd import costmodel as cm
 from geopd.errors import UserError
 from geopd.io.table import Column, fixed
-from geopd.grid import Grid
+from geopd.grid import Grid, checks
 from geopd.grid.runs import Ref
 from geopd.spec import Benchmark
 from geopd.world.tokenizer import vocabulary
@@ -131,6 +131,17 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
     add("figures", "figures", "report", {agg_d, agg_e, spec} | metrics)
     add("claims", "claims", "report", {agg_d, agg_e, spec})
     return jobs
+
+
+def refusals(grid: Grid) -> list[str]:
+    """Everything `geopd plan` and the workflow (workflow/rules/common.smk) refuse, one line each:
+    the config's own checks (geopd.grid.checks), then, once those pass, every job's memory and
+    time against what it requests (the cost model)."""
+    found = checks.problems(grid)
+    if found:
+        return found
+    jobs = build_jobs(grid)
+    return problems(jobs, estimate_jobs(grid, jobs))
 
 
 def select(jobs: dict[str, Job], grid: Grid, targets: list[str]) -> dict[str, Job]:

@@ -36,7 +36,7 @@ rule tables:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report tables --results {params.results} --grid {input.grid} 2> {log}"
+        "geopd report tables --results {params.results:q} --grid {input.grid:q} 2> {log:q}"
 
 
 rule figures:
@@ -58,7 +58,7 @@ rule figures:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report figures --results {params.results} --grid {input.grid} 2> {log}"
+        "geopd report figures --results {params.results:q} --grid {input.grid:q} 2> {log:q}"
 
 
 rule claims:
@@ -79,7 +79,7 @@ rule claims:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report claims --results {params.results} --grid {input.grid} 2> {log}"
+        "geopd report claims --results {params.results:q} --grid {input.grid:q} 2> {log:q}"
 
 
 # ---- the report from what exists ---------------------------------------------------------------
@@ -107,4 +107,4 @@ rule report_partial:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report partial --results {params.results} --grid {input.grid} --out-dir {output} 2> {log}"
+        "geopd report partial --results {params.results:q} --grid {input.grid:q} --out-dir {output:q} 2> {log:q}"

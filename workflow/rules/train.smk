@@ -20,5 +20,5 @@ rule train:
         "../envs/geopd.yaml"
     shell:
         "geopd launch --nodes {resources.nodes} --tasks {resources.tasks} --gpus-per-node {resources.gpus} -- "
-        "geopd train --spec {params.spec:q} --out {output.checkpoints} "
-        "--metrics {output.metrics} --threads {threads} 2> {log}"
+        "geopd train --spec {params.spec:q} --out {output.checkpoints:q} "
+        "--metrics {output.metrics:q} --threads {threads} 2> {log:q}"

@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from geopd.errors import UserError
 from geopd.paths import Layout
 from geopd.report import aggregate
 from geopd.report.claims import write_claims
@@ -112,11 +113,27 @@ def _render(args) -> int:
     return 0
 
 
+def check_results(args) -> None:
+    """A mistyped --results must not pass as an empty grid: the folder must exist, and tables,
+    figures and claims need at least one of the aggregated files in it."""
+    results = Path(args.results)
+    if not results.is_dir():
+        raise UserError(f"--results {results}: no such folder")
+    if args.report_command in ("tables", "figures", "claims"):
+        layout = Layout(results)
+        aggregated = [layout.diagnostics_summary(), layout.diagnostics_matrices(), layout.similarity_summary(),
+                      layout.accuracy_file()]
+        if not any(Path(p).exists() for p in aggregated):
+            raise UserError(f"--results {results}: none of {', '.join(str(Path(p).relative_to(results)) for p in aggregated)} "
+                            f"is there: is it the results folder? (aggregate-diagnostics and aggregate-eval write them)")
+
+
 def main(args: argparse.Namespace) -> int:
     cmd = args.report_command
     if cmd == "grid":
         write_grid(args.spec, args.out)
         return 0
+    check_results(args)
     if cmd == "aggregate-diagnostics":
         return _aggregate_diagnostics(args)
     if cmd == "aggregate-eval":

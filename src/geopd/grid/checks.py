@@ -1,0 +1,210 @@
+"""Requests no job could carry out, found from the config alone, before anything runs.
+
+`problems(grid)` is called by both `geopd plan` and the workflow (workflow/rules/common.smk, so
+`snakemake -n` and `--profile slurm` too; through geopd.plan.refusals, which adds the cost
+model's memory and time checks): one line per problem, each naming the file and key it comes
+from. The grid itself (geopd.grid.runs) has already refused what makes it inconsistent:
+unknown names, cycles, clashes, data sets that cannot feed their users. Here:
+
+- where results go: not the source tree (the repository, its src/, workflow/, config/, ...);
+- resources Slurm would refuse or that waste the allocation: above a partition's time,
+  memory or node limit (max_runtime, max_mem_mb, max_nodes), no GPU for a job that computes on
+  `device: cuda`;
+- sequences an engine cannot hold: a response of max_new_tokens at or beyond max_model_len;
+- batches the trainer cannot cut: rollout.global_batch_size above a step's samples;
+- every command's settings as the command will get them (each run's `geopd train` spec, each
+  benchmark's `geopd evaluate` spec), built once here so a mistake in them stops the workflow
+  at planning rather than at a job's start.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from geopd.config import REPO
+from geopd.errors import UserError
+
+# 48 h: a common time limit of GPU partitions (`sinfo -o "%P %l"` shows yours). Jobs that ask
+# for more must state their partition's limit as max_runtime.
+DEFAULT_MAX_RUNTIME = 2880
+# Nodes one job may span unless the config states its partition's (`sinfo -o "%P %D"`).
+DEFAULT_MAX_NODES = 64
+# Folders of the repository that outputs must never land in (nor the repository itself).
+SOURCE_DIRS = ("src", "workflow", "config", "tests", "scripts", "envs", "slurm", ".git", ".venv", ".venv-vllm")
+
+
+def problems(grid) -> list[str]:
+    """Every problem found, one line each ("file: key: what"); [] when the grid can run."""
+    out = results_problems(grid)
+    for rule in resource_rules(grid):
+        out += resource_problems(grid, rule)
+    out += device_problems(grid) + length_problems(grid) + batch_problems(grid) + spec_problems(grid)
+    return list(dict.fromkeys(out))
+
+
+def refuse(lines: list[str], what: str) -> None:
+    if lines:
+        raise UserError(f"{len(lines)} problem(s) in {what}:\n  " + "\n  ".join(lines))
+
+
+def _line(grid, key: str, message: str) -> str:
+    return f"{grid.origins.of(key)}: {key}: {message}"
+
+
+# ---- results -----------------------------------------------------------------------------------
+
+def results_problems(grid, repo: Path = REPO) -> list[str]:
+    root = Path(grid.config.get("results", "results"))
+    resolved = root.resolve()
+    repo = repo.resolve()
+    if resolved.is_file():
+        return [_line(grid, "results", f"'{root}' is a file: results go into a folder")]
+    if resolved == repo or repo.is_relative_to(resolved):
+        return [_line(grid, "results", f"'{root}' is {'the repository' if resolved == repo else 'above the repository'} "
+                                       f"({repo}): outputs would mix with the sources; use a folder of its own "
+                                       f"(default results)")]
+    for name in SOURCE_DIRS:
+        source = repo / name
+        if source.exists() and resolved.is_relative_to(source.resolve()):
+            return [_line(grid, "results", f"'{root}' is inside the source tree ({source}): use a folder of its "
+                                           f"own (default results)")]
+    return []
+
+
+# ---- resources -----------------------------------------------------------------------------------
+
+def resource_rules(grid) -> list[str]:
+    """One rule per resource entry the grid's jobs use (train: every run)."""
+    rules = ["prepare_data", "train", "report"]
+    stages = {grid.model_stage(m) for m in grid.models}
+    rules += [f"{s}_model" for s in ("pretrain", "finetune") if s in stages]
+    if grid.diagnostics_targets() or grid.reference_pairs():
+        rules.append("diagnose")
+    if grid.similarity_runs() and grid.grouping("diagnose") == "checkpoint":
+        rules.append("similarity")
+    if grid.eval_targets():
+        rules.append("evaluate")
+    return rules
+
+
+def _origin(grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str:
+    """The config block a resolved value came from (the most specific that sets one of keys)."""
+    if run is not None and any(k in grid.runs[run].resources for k in keys):
+        return f"runs.{run}.resources"
+    for block in (cls, "default"):
+        if any(k in grid.config["resources"].get(block, {}) for k in keys):
+            return f"resources.{block}"
+    return f"resources.{cls}"
+
+
+def resource_problems(grid, rule: str) -> list[str]:
+    """Requests above their own caps (Slurm would reject every attempt of the job), or beyond
+    the partition's nodes."""
+    cls = grid.RESOURCE_CLASS.get(rule, rule)
+    out = []
+    for run in (list(grid.runs) if cls == "train" else [None]):
+        res = grid.resources(rule, run)
+        where = f"rule {rule}" + (f", run {run}" if run else "")
+
+        def line(keys: tuple[str, ...], message: str) -> str:
+            block = _origin(grid, cls, run, keys)
+            return f"{grid.origins.of(block)}: {block}: {message}"
+
+        cap = res.get("max_runtime", DEFAULT_MAX_RUNTIME)
+        if res["runtime"] > cap:
+            named = ("max_runtime" if "max_runtime" in res
+                     else f"max_runtime (default {DEFAULT_MAX_RUNTIME} min = 48 h)")
+            out.append(line(("runtime", "max_runtime"),
+                            f"runtime {res['runtime']} min exceeds {named} {cap} ({where}); set max_runtime to "
+                            f"your partition's time limit or lower runtime"))
+        if "max_mem_mb" in res and res["mem_mb"] > res["max_mem_mb"]:
+            out.append(line(("mem_mb", "max_mem_mb"),
+                            f"mem_mb {res['mem_mb']} exceeds max_mem_mb {res['max_mem_mb']} ({where}): "
+                            f"no node could run it"))
+        nodes, max_nodes = res.get("nodes", 1), res.get("max_nodes", DEFAULT_MAX_NODES)
+        if nodes > max_nodes:
+            named = "max_nodes" if "max_nodes" in res else f"max_nodes (default {DEFAULT_MAX_NODES})"
+            out.append(line(("nodes", "max_nodes"),
+                            f"nodes {nodes} exceeds {named} {max_nodes} ({where}); set max_nodes to your "
+                            f"partition's node count or ask for fewer"))
+    return out
+
+
+def device_problems(grid) -> list[str]:
+    """`device: cuda` computes on GPUs: a job of it that asks for none would not start (or would
+    run a GPU job on a CPU for days)."""
+    if grid.device != "cuda":
+        return []
+    out = []
+    jobs = [("train", run) for run in grid.runs] + [(r, None) for r in resource_rules(grid)
+                                                     if r in ("pretrain_model", "finetune_model", "evaluate")]
+    for rule, run in jobs:
+        if grid.resources(rule, run).get("gpus", 0) < 1:
+            cls = grid.RESOURCE_CLASS.get(rule, rule)
+            block = _origin(grid, cls, run, ("gpus",))
+            what = f"run {run}" if run else f"rule {rule}"
+            out.append(f"{grid.origins.of(block)}: {block}: gpus 0 for {what}, but device is cuda: "
+                       f"the job would have no GPU (ask for gpus, or set device: cpu)")
+    return out
+
+
+# ---- lengths and batches ----------------------------------------------------------------------
+
+def _too_long(max_new: int, max_len: int | None) -> bool:
+    return max_len is not None and max_new >= max_len
+
+
+def length_problems(grid) -> list[str]:
+    """A response of max_new_tokens must fit an engine's max_model_len beside its prompt."""
+    out = []
+    for name, bench in grid.benchmarks.items():
+        if _too_long(bench["max_new_tokens"], bench.get("max_model_len")):
+            out.append(_line(grid, f"benchmarks.{name}.max_new_tokens",
+                             f"{bench['max_new_tokens']} tokens do not fit max_model_len {bench['max_model_len']} "
+                             f"beside a prompt: lower max_new_tokens or raise max_model_len"))
+    for name, run in grid.runs.items():
+        r = run.settings.rollout
+        if r is None:
+            continue
+        engines = [("rollout.vllm", r.vllm, r.backend == "vllm")]
+        if run.teacher:
+            te = run.settings.teacher_engine
+            engines.append(("teacher_engine.vllm", te.vllm, te.backend == "vllm"))
+        for key, block, used in engines:
+            if used and _too_long(r.max_new_tokens, block.max_model_len):
+                out.append(_line(grid, f"runs.{name}.rollout.max_new_tokens",
+                                 f"{r.max_new_tokens} tokens do not fit {key}.max_model_len {block.max_model_len} "
+                                 f"beside a prompt"))
+    return out
+
+
+def batch_problems(grid) -> list[str]:
+    """An update of global_batch_size samples must fit in a step's prompts x samples (the trainer
+    would otherwise train one update of all of them, not what the config says)."""
+    out = []
+    for name, run in grid.runs.items():
+        r = run.settings.rollout
+        if r is not None and r.global_batch_size is not None and r.global_batch_size > r.samples_per_step:
+            out.append(_line(grid, f"runs.{name}.rollout.global_batch_size",
+                             f"{r.global_batch_size} samples per update, but a step samples only "
+                             f"{r.prompts_per_step} prompts x {r.samples} = {r.samples_per_step}: "
+                             f"at most {r.samples_per_step}"))
+    return out
+
+
+# ---- the commands' settings ----------------------------------------------------------------------
+
+def spec_problems(grid) -> list[str]:
+    """Each run's training spec and each benchmark's evaluation spec, built as the rules build
+    them: what the commands would refuse at start-up is refused now."""
+    out = []
+    for name in grid.runs:
+        try:
+            grid.run_spec(name)
+        except UserError as exc:
+            out.append(_line(grid, f"runs.{name}", str(exc)))
+    for name in grid.benchmarks:
+        try:
+            grid.benchmark_spec(name)
+        except UserError as exc:
+            out.append(_line(grid, f"benchmarks.{name}", str(exc)))
+    return out
