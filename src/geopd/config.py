@@ -131,14 +131,18 @@ class Sources:
             for key, value in data.items():
                 self.record(value, file, (*prefix, str(key)))
 
-    def of(self, key: str | Iterable[str]) -> str:
+    def files_of(self, key: str | Iterable[str]) -> list[str]:
         """The file(s) that set `key` ("runs.x.init" or a path), or the nearest key above it."""
         parts = split_key(key, self) if isinstance(key, str) else tuple(key)
         while parts:
             if parts in self.origin:
-                return ", ".join(self.origin[parts])
+                return list(self.origin[parts])
             parts = parts[:-1]
-        return ", ".join(self.files) or "(config)"
+        return list(self.files) or ["(config)"]
+
+    def of(self, *keys: str | Iterable[str]) -> str:
+        """The file(s) that set any of `keys`, for a message."""
+        return ", ".join(dict.fromkeys(f for key in keys for f in self.files_of(key)))
 
 
 def split_key(key: str, sources: Sources) -> tuple[str, ...]:

@@ -63,8 +63,10 @@ class Grid(Specs, Targets):
         grid.changes = merged.changes
         return grid
 
-    def _fail(self, key: str, message: str):
-        raise UserError(f"{self.origins.of(key)}: {key}: {message}")
+    def _fail(self, key: str, message: str, *more: str):
+        """A UserError naming the file(s) that set `key` (and `more` keys, for a message about
+        several), then the key."""
+        raise UserError(f"{self.origins.of(key, *more)}: {key}: {message}")
 
     # ---- paths (geopd.paths.Layout) ---------------------------------------------------------
 

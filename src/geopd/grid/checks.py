@@ -107,7 +107,7 @@ def resource_problems(grid, rule: str) -> list[str]:
 
         def line(keys: tuple[str, ...], message: str) -> str:
             block = _origin(grid, cls, run, keys)
-            return f"{grid.origins.of(block)}: {block}: {message}"
+            return f"{grid.origins.of(*(f'{block}.{k}' for k in keys))}: {block}: {message}"
 
         cap = res.get("max_runtime", DEFAULT_MAX_RUNTIME)
         if res["runtime"] > cap:
@@ -142,7 +142,7 @@ def device_problems(grid) -> list[str]:
             cls = grid.RESOURCE_CLASS.get(rule, rule)
             block = _origin(grid, cls, run, ("gpus",))
             what = f"run {run}" if run else f"rule {rule}"
-            out.append(f"{grid.origins.of(block)}: {block}: gpus 0 for {what}, but device is cuda: "
+            out.append(f"{grid.origins.of(f'{block}.gpus', 'device')}: {block}: gpus 0 for {what}, but device is cuda: "
                        f"the job would have no GPU (ask for gpus, or set device: cpu)")
     return out
 

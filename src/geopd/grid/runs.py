@@ -15,7 +15,8 @@ from typing import Callable, NoReturn
 from geopd.config import deep_merge
 from geopd.spec import TEACHER_METHODS, Extrapolation, Projection, Settings, SpecError
 
-Fail = Callable[[str, str], NoReturn]  # fail(config key, message) raises a UserError naming the sources
+# fail(config key, message, *more keys) raises a UserError naming the file(s) of the keys
+Fail = Callable[..., NoReturn]
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,8 @@ def check_ref_cycles(config: dict, raw_runs: dict[str, dict], fail: Fail) -> Non
             cycle = " -> ".join(names[start:] + [name])
             first, key = path[start]
             own = " (a run cannot start from its own checkpoints)" if len(names) - start == 1 else ""
-            fail(f"runs.{first}.{key}", f"cycle between runs: {cycle}{own}")
+            fail(f"runs.{first}.{key}", f"cycle between runs: {cycle}{own}",
+                 *(f"runs.{n}.{k}" for n, k in path[start:]))
         state[name] = 1
         for key, target in edges[name]:
             visit(target, path + [(name, key)])
@@ -185,8 +187,10 @@ def resolve_extends(runs: dict, fail: Fail) -> dict[str, dict]:
             if parent not in runs:
                 fail(f"runs.{name}.extends", f"unknown run '{parent}'")
             if parent in chain:
-                cycle = " -> ".join((*chain, name, parent)[chain.index(parent):])
-                fail(f"runs.{name}.extends", f"cycle between runs: {cycle}")
+                members = (*chain, name)[chain.index(parent):]
+                cycle = " -> ".join((*members, parent))
+                fail(f"runs.{name}.extends", f"cycle between runs: {cycle}",
+                     *(f"runs.{m}.extends" for m in members))
             base = {k: v for k, v in resolve(parent, (*chain, name)).items()
                     # Identity and analysis choices are not inherited: a variant is its
                     # own run and states its own family.
