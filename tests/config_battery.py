@@ -9,6 +9,9 @@ the message must name ("overlay", "base", or None when the file is not the point
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+SLICE = (Path(__file__).resolve().parent / "configs" / "slice.yaml").read_text()
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,25 @@ CASES = [
     Case("results-is-repo", "results: {repo}\n", "is the repository"),
     Case("results-above-repo", "results: /\n", "above the repository"),
     Case("results-is-file", "results: {repo}/README.md\n", "is a file"),
+    Case("no-runtime-anywhere", SLICE.replace(" runtime: 10}", "}"), "no runtime for rule", base=None),
+    Case("rlvr-one-sample", "runs:\n  rlvr-8b: {rollout: {samples: 1}}\n", "never updates"),
+    Case("w0-other-architecture", "runs:\n  rank16-sft: {w0: qwen3-4b-base}\n", "architectures differ"),
+    Case("local-model-missing", "models:\n  local-model: {path: /nonexistent/model}\n", "no such file or folder"),
+    Case("reference-pair-twice",
+         "reference_pairs:\n  - {name: p, base: qwen3-8b-base, tuned: qwen3-8b, method: sft}\n"
+         "  - {name: p, base: qwen3-4b-base, tuned: qwen3-8b, method: sft}\n", "two pairs named 'p'"),
+    Case("demo-mix-not-tasks", "datasets:\n  teacher-demos-math: {mix: {math: 0.5, code: 0.5}}\n", "but the tasks"),
+    Case("unknown-task", "benchmarks:\n  math-heldout: {task: geopd_nope}\n", "not a shipped task"),
+    Case("empty-name", "name: ''\n", "name"),
+    Case("extends-itself", "runs:\n  sft-4b: {extends: sft-4b}\n", "cycle between runs: sft-4b -> sft-4b"),
+    Case("effopd-on-sft", "runs:\n  sft-4b: {extrapolation: {candidates: 3}}\n", "an sft run has none"),
+    Case("heads-not-grouped", "model_sizes:\n  s8b: {heads: 3}\n", "do not divide 3 attention heads"),
+    Case("hidden-not-whole-heads", "model_sizes:\n  s9b: {arch: qwen3, hidden: 66, layers: 2, heads: 4, kv_heads: 2, "
+         "intermediate: 256}\n", "not a whole number of 4 heads"),
+    Case("more-experts-per-token", "model_sizes:\n  t30ba3b: {experts_per_tok: 9}\n", "9 experts per token of 8"),
+    Case("effopd-teacher-samples", "runs:\n  effopd: {rollout: {source: teacher}}\n", "not with rollout.source teacher"),
+    Case("build-size-and-from", "models:\n  qwen3-8b: {build: {size: s8b}}\n", "not finetune + from + size"),
+    Case("mirror-in-src", "hub_mirror: {repo}/src/mirror\n", "inside the source tree"),
     # ---- the paper config (its cost model) ----
     Case("paper-gpu-memory-tiny", "resources:\n  train: {gpu_memory_gb: 10}\n", "GiB per GPU", base="paper", names=None),
     Case("paper-runtime-short", "runs:\n  rlvr-8b: {resources: {runtime: 600}}\n", "time", base="paper",
@@ -129,4 +151,9 @@ CASES = [
     Case("paper-train-node-cap", "resources:\n  train: {max_nodes: 4}\n", "exceeds max_nodes", base="paper",
          names=None),
     Case("paper-empty-mirror", "hub_mirror: ''\n", "hub_mirror", base="paper"),
+    Case("paper-teacher-vocabulary", "models:\n  qwen3-32b: {shape: {vocab: 1000}}\n", "vocabulary", base="paper"),
+    Case("paper-tasks-split-gpus", "resources:\n  train: {tasks: 7}\n", "do not divide", base="paper"),
+    Case("paper-bench-split-absent", "benchmarks:\n  aime24: {split: train}\n", "has no train split", base="paper"),
+    Case("paper-eval-fixed-parallelism", "benchmarks:\n  aime24: {tensor_parallel: 1, data_parallel: 1}\n",
+         "= 1 GPUs, but an evaluate job has 2", base="paper"),
 ]

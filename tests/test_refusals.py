@@ -290,6 +290,10 @@ def test_13_a_run_that_starts_from_itself_is_a_cycle(tmp_path):
     with pytest.raises(UserError, match=r"overlay\.yaml: runs\.rlvr-8b\.init: cycle between runs: rlvr-8b -> rlvr-8b "
                                         r"\(a run cannot start from its own checkpoints\)"):
         Grid.from_files([MINI, bad])
+    # the same through `extends`: the cycle is the run and itself, once
+    bad = overlay(tmp_path, "runs:\n  sft-4b: {extends: sft-4b}\n")
+    with pytest.raises(UserError, match=r"runs\.sft-4b\.extends: cycle between runs: sft-4b -> sft-4b$"):
+        Grid.from_files([MINI, bad])
 
 
 def test_13_a_missing_local_checkpoint_is_no_such_file(tmp_path, monkeypatch):
@@ -361,13 +365,22 @@ def test_14_nodes_beyond_the_partition_are_refused(tmp_path):
 
 # ---- the two command lines agree: refusals come from one place ---------------------------------------
 
-def test_plan_and_workflow_share_one_set_of_checks(repo):
+def test_plan_and_workflow_share_one_set_of_checks(repo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no results/paper-fixture/mirror here
     common = (repo / "workflow/rules/common.smk").read_text()
     assert "refusals(G)" in common and "Grid.load(workflow.configfiles, config)" in common
     cli = (repo / "src/geopd/cli/plan.py").read_text()
     assert "checks.problems(grid)" in cli
-    from geopd.plan import refusals
+    from geopd.plan import UNPLANNED, refusals
     assert refusals(Grid.load([MINI])) == [] and refusals(Grid.load([PAPER])) == []
+    # What only says the plan lacks an input (the fixture's `shape: null` before its mirror
+    # exists) stops `geopd plan`, not the workflow that may be about to prefetch it; each such
+    # message is the cost model's own text.
+    fixture = Grid.load([PAPER, repo / "tests/configs/paper-fixture.yaml"])
+    assert refusals(fixture) == [] and refusals(fixture, unplanned=True)
+    assert all(any(u in p for u in UNPLANNED) for p in refusals(fixture, unplanned=True))
+    sources = (repo / "src/geopd/costmodel.py").read_text() + (repo / "src/geopd/plan.py").read_text()
+    assert all(sources.count(u) >= 2 for u in UNPLANNED)
 
 
 # ---- the battery -------------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ TABLES = ("table1_sparsity", "update_masks", "effopd_spectral", "accuracy", "tea
 FIGURES = ("fig2_angles_nss", "fig3_mask_overlap", "fig4_trajectories", "fig5_sim16",
            "fig6_projection", "fig7_controls", "training_curves", "effopd_accuracy")
 
+# The lm-eval task YAMLs geopd ships (a benchmark's `task` names one): package data, not results.
+TASKS_DIR = Path(__file__).resolve().parent / "evaluate" / "tasks"
+
 
 class Layout:
     """Paths under one results root (a str or Path; every method returns a str)."""

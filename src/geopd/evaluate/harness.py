@@ -32,8 +32,8 @@ from geopd.engines.rollout import eos_ids
 from geopd.engines.vllm_engine import check_settings, import_vllm, llm_kwargs, standalone_on_cpu, vllm_version
 from geopd.errors import UserError
 from geopd.evaluate import hooks
+from geopd.paths import TASKS_DIR
 
-TASKS_DIR = Path(__file__).with_name("tasks")
 DEFAULT_TASK = {"math": "geopd_math", "mcq": "geopd_mcq"}
 FILTER = "all"
 METRICS = ("avg", "pass", "maj")

@@ -21,7 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from geopd.config import REPO
+from geopd.data import demo_tasks
 from geopd.errors import UserError
+from geopd.grid.runs import Ref
+from geopd.paths import TASKS_DIR
 
 # 48 h: a common time limit of GPU partitions (`sinfo -o "%P %l"` shows yours). Jobs that ask
 # for more must state their partition's limit as max_runtime.
@@ -34,10 +37,11 @@ SOURCE_DIRS = ("src", "workflow", "config", "tests", "scripts", "envs", "slurm",
 
 def problems(grid) -> list[str]:
     """Every problem found, one line each ("file: key: what"); [] when the grid can run."""
-    out = results_problems(grid)
+    out = results_problems(grid) + path_problems(grid)
     for rule in resource_rules(grid):
         out += resource_problems(grid, rule)
-    out += device_problems(grid) + length_problems(grid) + batch_problems(grid) + spec_problems(grid)
+    out += (device_problems(grid) + parallel_problems(grid) + length_problems(grid) + batch_problems(grid)
+            + lineage_problems(grid) + data_problems(grid) + spec_problems(grid))
     return list(dict.fromkeys(out))
 
 
@@ -53,24 +57,45 @@ def _line(grid, key: str, message: str) -> str:
 # ---- results -----------------------------------------------------------------------------------
 
 def results_problems(grid, repo: Path = REPO) -> list[str]:
-    root = Path(grid.config.get("results", "results"))
+    """The folders the workflow writes (results, and the hub mirror the prefetch rule fills)."""
+    out = []
+    for key, default in (("results", "results"), ("hub_mirror", None)):
+        value = grid.config.get(key, default)
+        if value is not None:
+            out += _folder_problems(grid, key, Path(value), repo.resolve())
+    return out
+
+
+def _folder_problems(grid, key: str, root: Path, repo: Path) -> list[str]:
     resolved = root.resolve()
-    repo = repo.resolve()
     if resolved.is_file():
-        return [_line(grid, "results", f"'{root}' is a file: results go into a folder")]
+        return [_line(grid, key, f"'{root}' is a file: the workflow writes into a folder there")]
     if resolved == repo or repo.is_relative_to(resolved):
-        return [_line(grid, "results", f"'{root}' is {'the repository' if resolved == repo else 'above the repository'} "
-                                       f"({repo}): outputs would mix with the sources; use a folder of its own "
-                                       f"(default results)")]
+        return [_line(grid, key, f"'{root}' is {'the repository' if resolved == repo else 'above the repository'} "
+                                 f"({repo}): outputs would mix with the sources; use a folder of its own")]
     for name in SOURCE_DIRS:
         source = repo / name
         if source.exists() and resolved.is_relative_to(source.resolve()):
-            return [_line(grid, "results", f"'{root}' is inside the source tree ({source}): use a folder of its "
-                                           f"own (default results)")]
+            return [_line(grid, key, f"'{root}' is inside the source tree ({source}): use a folder of its own")]
     return []
 
 
+def path_problems(grid) -> list[str]:
+    """A model or data set read from a local folder the config names must be there."""
+    out = []
+    for section, what in (("models", "model"), ("datasets", "data set")):
+        for name, entry in grid.config[section].items():
+            path = entry.get("path")
+            if path is not None and not Path(path).exists():
+                out.append(_line(grid, f"{section}.{name}.path", f"'{path}': no such file or folder (the {what}'s "
+                                                                 f"local copy)"))
+    return out
+
+
 # ---- resources -----------------------------------------------------------------------------------
+
+# What every job's resources must resolve to (default < rule < run): the Slurm request.
+REQUIRED_RESOURCES = ("partition", "gpus", "nodes", "tasks", "cpus", "mem_mb", "runtime")
 
 def resource_rules(grid) -> list[str]:
     """One rule per resource entry the grid's jobs use (train: every run)."""
@@ -104,6 +129,11 @@ def resource_problems(grid, rule: str) -> list[str]:
     for run in (list(grid.runs) if cls == "train" else [None]):
         res = grid.resources(rule, run)
         where = f"rule {rule}" + (f", run {run}" if run else "")
+        missing = [k for k in REQUIRED_RESOURCES if k not in res]
+        if missing:
+            out.append(_line(grid, "resources.default", f"no {', '.join(missing)} for {where}: every job needs "
+                                                        f"them (set them under resources.default)"))
+            continue
 
         def line(keys: tuple[str, ...], message: str) -> str:
             block = _origin(grid, cls, run, keys)
@@ -144,6 +174,31 @@ def device_problems(grid) -> list[str]:
             what = f"run {run}" if run else f"rule {rule}"
             out.append(f"{grid.origins.of(f'{block}.gpus', 'device')}: {block}: gpus 0 for {what}, but device is cuda: "
                        f"the job would have no GPU (ask for gpus, or set device: cpu)")
+    return out
+
+
+def parallel_problems(grid) -> list[str]:
+    """GPU work split the way it can run: a training job's torchrun agents (tasks) each take the
+    same number of the job's GPUs; an evaluation whose benchmark fixes both tensor_parallel and
+    data_parallel uses exactly the GPUs its job requests (the evaluation refuses otherwise)."""
+    out = []
+    if grid.device == "cuda":
+        for name in grid.runs:
+            res = grid.resources("train", name)
+            gpus = res.get("gpus", 0) * res.get("nodes", 1)
+            if gpus and gpus % res.get("tasks", 1):
+                block = _origin(grid, "train", name, ("tasks", "nodes", "gpus"))
+                out.append(f"{grid.origins.of(*(f'{block}.{k}' for k in ('tasks', 'nodes', 'gpus')))}: {block}: "
+                           f"tasks {res['tasks']} do not divide the {gpus} GPUs of run {name}")
+    if grid.eval_targets():
+        res = grid.resources("evaluate")
+        gpus = res.get("gpus", 0) * res.get("nodes", 1)
+        for name, bench in grid.benchmarks.items():
+            tp, dp = bench.get("tensor_parallel"), bench.get("data_parallel")
+            if gpus and tp and dp and bench.get("backend") != "hf" and tp * dp != gpus:
+                out.append(_line(grid, f"benchmarks.{name}.data_parallel",
+                                 f"tensor_parallel {tp} x data_parallel {dp} = {tp * dp} GPUs, but an evaluate job "
+                                 f"has {gpus} (resources.evaluate): leave data_parallel out to use them all"))
     return out
 
 
@@ -188,6 +243,74 @@ def batch_problems(grid) -> list[str]:
                              f"{r.global_batch_size} samples per update, but a step samples only "
                              f"{r.prompts_per_step} prompts x {r.samples} = {r.samples_per_step}: "
                              f"at most {r.samples_per_step}"))
+        if (run.method == "rlvr" and r is not None and r.samples == 1
+                and run.settings.objective.filter_zero_variance):
+            out.append(_line(grid, f"runs.{name}.rollout.samples",
+                             "1 sample per prompt: every GRPO group's rewards are equal, so "
+                             "filter_zero_variance drops every group and the run never updates"))
+    return out
+
+
+# ---- what a run's models must share ------------------------------------------------------------
+
+def architecture(grid, model: str) -> dict | None:
+    """A model's architecture as the config states it (a built model's size, a hub model's
+    shape), or None where it does not (a hub model read from its mirror: `shape: null`)."""
+    entry = grid.models[model]
+    build = entry.get("build")
+    if build:
+        if "from" in build:
+            return architecture(grid, build["from"])
+        return {**grid.config.get("model_sizes", {}).get(build["size"], {}), "vocab": "miniature"}
+    shape = entry.get("shape")
+    return dict(shape) if shape else None
+
+
+def lineage_problems(grid) -> list[str]:
+    """A run's W0 and its projection's reference run must have the run's architecture (their
+    weights are subtracted from its own), and its teacher the student's vocabulary (they score
+    the same tokens); checked where the config states both."""
+    out = []
+    for name, run in grid.runs.items():
+        root = grid.root_model(run.init)
+        mine = architecture(grid, root)
+        if mine is None:
+            continue
+        others = [("w0", run.w0)]
+        if run.projection:
+            others.append(("projection.run", Ref("run", run.projection.run, run.projection.step)))
+        for key, ref in others:
+            theirs = architecture(grid, grid.root_model(ref))
+            if theirs is not None and theirs != mine:
+                differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+                out.append(_line(grid, f"runs.{name}.{key}",
+                                 f"'{ref}' descends from {grid.root_model(ref)}, the run from {root}: their "
+                                 f"architectures differ ({', '.join(differ)}), so their weights cannot be compared"))
+        if run.teacher:
+            teacher = architecture(grid, run.teacher)
+            if teacher is not None and teacher.get("vocab") != mine.get("vocab"):
+                out.append(_line(grid, f"runs.{name}.teacher",
+                                 f"{run.teacher}'s vocabulary ({teacher.get('vocab')}) is not the student's "
+                                 f"({root}: {mine.get('vocab')}): the teacher cannot score the student's tokens"))
+    return out
+
+
+# ---- data sets and benchmarks ---------------------------------------------------------------------
+
+def data_problems(grid) -> list[str]:
+    out = []
+    for name, data in grid.datasets.items():
+        if data["kind"] == "synthetic-demos" and data.get("mix") is not None:
+            tasks = demo_tasks(data)
+            if set(data["mix"]) != set(tasks):
+                out.append(_line(grid, f"datasets.{name}.mix", f"shares of {sorted(data['mix'])}, but the tasks "
+                                                               f"are {sorted(tasks)}"))
+    shipped = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+    for name, bench in grid.benchmarks.items():
+        task = bench.get("task")
+        if task is not None and bench["kind"] in ("math", "mcq") and task not in shipped:
+            out.append(_line(grid, f"benchmarks.{name}.task", f"'{task}' is not a shipped task "
+                                                              f"({', '.join(shipped)})"))
     return out
 
 

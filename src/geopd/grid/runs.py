@@ -78,6 +78,9 @@ def resolve_runs(config: dict, fail: Fail) -> dict[str, Run]:
     check_ref_cycles(config, raw_runs, fail)
     runs = {name: make_run(config, name, raw, fail) for name, raw in raw_runs.items()}
     check_run_cycles(runs, fail)
+    names = [ref["name"] for ref in config.get("reference_pairs", [])]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        fail("reference_pairs", f"two pairs named '{name}': each writes diagnostics/reference/{name}.all.csv")
     for ref in config.get("reference_pairs", []):
         for key in ("base", "tuned"):
             if ref[key] not in config["models"]:
@@ -101,6 +104,18 @@ def check_names(config: dict, fail: Fail) -> None:
                                  f"name the run otherwise")
 
 
+def check_size(key: str, size: dict, fail: Fail) -> None:
+    """An architecture Qwen3 can be built with: whole heads, key/value heads that group them, as
+    many experts per token as there are experts."""
+    heads, kv = size.get("heads"), size.get("kv_heads")
+    if heads and kv and heads % kv:
+        fail(f"{key}.kv_heads", f"{kv} key/value heads do not divide {heads} attention heads", f"{key}.heads")
+    if "head_dim" not in size and heads and size.get("hidden", 0) % heads:
+        fail(f"{key}.heads", f"hidden {size['hidden']} is not a whole number of {heads} heads: set head_dim")
+    if size.get("experts_per_tok", 0) > size.get("num_experts", size.get("experts_per_tok", 0)):
+        fail(f"{key}.experts_per_tok", f"{size['experts_per_tok']} experts per token of {size['num_experts']}")
+
+
 def data_splits(dataset: dict) -> dict[str, str]:
     """The splits `geopd data` writes records into, each with why the other one is empty."""
     kind = dataset["kind"]
@@ -112,8 +127,10 @@ def data_splits(dataset: dict) -> dict[str, str]:
     return {s: "" for s, n in counts.items() if n > 0}
 
 
-def check_data(config: dict, key: str, name: str, reads: str, split: str, fail: Fail) -> None:
-    """`name` must be a data set whose records `reads` understands, with records in `split`."""
+def check_data(config: dict, key: str, name: str, reads: str, split: str, fail: Fail,
+               split_key: str | None = None) -> None:
+    """`name` must be a data set whose records `reads` understands, with records in `split`
+    (`split_key`: the key that chose the split, if any)."""
     dataset = config["datasets"].get(name)
     if dataset is None:
         fail(key, f"unknown data set '{name}'")
@@ -131,13 +148,13 @@ def check_data(config: dict, key: str, name: str, reads: str, split: str, fail: 
             why = f"a {dataset['kind']} set has a train split only"
         else:
             why = f"n_{split} is {dataset.get('n_' + split, 0)}"
-        fail(key, f"data set '{name}' has no {split} split ({why})")
+        fail(split_key or key, f"data set '{name}' has no {split} split ({why})", key, f"datasets.{name}")
 
 
 def check_benchmarks(config: dict, fail: Fail) -> None:
     for name, bench in config["benchmarks"].items():
         check_data(config, f"benchmarks.{name}.data", bench["data"], f"bench:{bench['kind']}",
-                   bench.get("split", "test"), fail)
+                   bench.get("split", "test"), fail, f"benchmarks.{name}.split")
 
 
 def check_ref_cycles(config: dict, raw_runs: dict[str, dict], fail: Fail) -> None:
@@ -186,8 +203,9 @@ def resolve_extends(runs: dict, fail: Fail) -> dict[str, dict]:
         else:
             if parent not in runs:
                 fail(f"runs.{name}.extends", f"unknown run '{parent}'")
-            if parent in chain:
-                members = (*chain, name)[chain.index(parent):]
+            path = (*chain, name)
+            if parent in path:
+                members = path[path.index(parent):]
                 cycle = " -> ".join((*members, parent))
                 fail(f"runs.{name}.extends", f"cycle between runs: {cycle}",
                      *(f"runs.{m}.extends" for m in members))
@@ -206,10 +224,17 @@ def resolve_extends(runs: dict, fail: Fail) -> dict[str, dict]:
 
 def check_model_builds(config: dict, fail: Fail) -> None:
     models, sizes = config["models"], config.get("model_sizes", {})
+    for name, size in sizes.items():
+        check_size(f"model_sizes.{name}", size, fail)
     for name, model in models.items():
+        if model.get("shape"):
+            check_size(f"models.{name}.shape", model["shape"], fail)
         build = model.get("build")
         if not build:
             continue
+        if ("size" in build) == ("from" in build) or ("pretrain" in build) == ("finetune" in build):
+            fail(f"models.{name}.build", f"give size + pretrain (a model made from random weights) or from + "
+                                         f"finetune (one fine-tuned), not {' + '.join(sorted(build))}")
         if "size" in build and build["size"] not in sizes:
             fail(f"models.{name}.build.size", f"unknown size '{build['size']}' (not in model_sizes)")
         if "from" in build:
@@ -303,6 +328,12 @@ def make_run(config: dict, name: str, raw: dict, fail: Fail) -> Run:
         if projection.run not in config["runs"]:
             fail(f"{key}.projection.run", f"unknown run '{projection.run}'")
     extrapolation = merged.get("extrapolation")
+    if extrapolation is not None:
+        if method == "sft":
+            fail(f"{key}.extrapolation", "EffOPD scores the student's own samples: an sft run has none")
+        if settings.rollout_source == "teacher":
+            fail(f"{key}.extrapolation", "EffOPD scores the student's own samples: not with rollout.source teacher",
+                 f"{key}.rollout.source")
     return Run(
         name=name,
         family=merged.get("family", method),
