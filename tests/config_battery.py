@@ -38,6 +38,11 @@ CASES = [
     Case("yaml-duplicate-run", "runs:\n  sft-8b: {steps: 10}\n  sft-8b: {steps: 20}\n", "appears twice"),
     Case("yaml-int-key", "runs:\n  1: {method: sft}\n", "is not a string"),
     Case("yaml-unterminated-quote", "name: 'miniature\nseed: 0\n", "not valid YAML"),
+    Case("yaml-null-key", "null: 1\n", "key null is not a string"),
+    Case("yaml-alias-loop", "runs:\n  sft-8b: &r {steps: 10, self: *r}\n", "runs.sft-8b.self: an alias refers"),
+    Case("yaml-alias-bomb", "".join(f"{k}: &{k} [{', '.join([f'*{p}' if p else '1'] * 9)}]\n"
+                                    for p, k in zip(["", "a", "b", "c", "d", "e"], "abcdef")),
+         "more than 100,000 values"),
     Case("path-directory", None, "is a directory", kind="dir"),
     Case("path-missing", None, "not found", kind="missing"),
     Case("path-binary", None, "not UTF-8", kind="binary"),
@@ -139,6 +144,10 @@ CASES = [
          "intermediate: 256}\n", "not a whole number of 4 heads"),
     Case("more-experts-per-token", "model_sizes:\n  t30ba3b: {experts_per_tok: 9}\n", "9 experts per token of 8"),
     Case("effopd-teacher-samples", "runs:\n  effopd: {rollout: {source: teacher}}\n", "not with rollout.source teacher"),
+    Case("lr-as-text", "method_defaults:\n  sft:\n    optim: {lr: 1e-5}\n", "YAML reads 1e-5 as text"),
+    Case("partition-empty", "resources:\n  default: {partition: ''}\n", "resources.default.partition"),
+    Case("projection-step-absent", "runs:\n  rank16-sft: {projection: {step: 7}}\n", "saves no checkpoint at step 7"),
+    Case("init-step-beyond-steps", "runs:\n  rlvr-8b: {init: sft-8b@999999}\n", "nothing to train"),
     Case("build-size-and-from", "models:\n  qwen3-8b: {build: {size: s8b}}\n", "not finetune + from + size"),
     Case("mirror-in-src", "hub_mirror: {repo}/src/mirror\n", "inside the source tree"),
     # ---- the paper config (its cost model) ----

@@ -3,11 +3,12 @@
 One reader for `geopd plan` and the workflow (workflow/rules/common.smk, and the Snakemake
 plugin snakemake_logger_plugin_geopd, which hands Snakemake's own --configfile parse failures
 here): a config file is refused, naming the file and line, when it cannot be read, is not YAML
-(syntax, a tab, an undefined alias), is empty, is not a mapping at the top, repeats a key in
-one mapping (YAML would silently keep the last), or has a key that is not a string. Several
-files merge in order (`snakemake --configfile a b`); `Sources` remembers which file set which
-key, so every later message names the file a key came from. A run that a later file redefines
-is reported (`Merged.changes`). Beyond the schema every number must be finite and fit 64 bits.
+(syntax, a tab, an undefined alias), has aliases that loop or expand past MAX_VALUES, is
+empty, is not a mapping at the top, repeats a key in one mapping (YAML would silently keep the
+last), or has a key that is not a string. Several files merge in order (`snakemake
+--configfile a b`); `Sources` remembers which file set which key, so every later message names
+the file a key came from. A run that a later file redefines is reported (`Merged.changes`).
+Beyond the schema every number must be finite and fit 64 bits.
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class _StrictLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 if not isinstance(key, str):
-                    raise _KeyProblem(line, f"key {key!r} is not a string (quote it: '{key}':)")
+                    raise _KeyProblem(line, f"key {key_node.value or '(empty)'} is not a string, YAML reads it as "
+                                            f"{key!r} (quote it: '{key_node.value}':)")
                 if key in seen:
                     raise _KeyProblem(line, f"key '{key}' appears twice in one mapping (first on line {seen[key]}); "
                                             f"YAML would keep only the last: remove one")
@@ -78,6 +80,28 @@ def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
     return f"{where}: not valid YAML{column}: {problem}"
 
 
+# The most values a config file may hold once its aliases are expanded (the paper config: ~2,000).
+MAX_VALUES = 100_000
+
+
+def alias_problem(data: Any) -> str | None:
+    """What makes YAML aliases unusable: one that refers to a mapping or list containing it (a
+    loop), or so many that the file expands beyond MAX_VALUES values (each would be checked)."""
+    count = 0
+    stack: list[tuple[Any, tuple[str, ...], tuple[int, ...]]] = [(data, (), ())]
+    while stack:
+        value, where, inside = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return f"its aliases expand to more than {MAX_VALUES:,} values: not a config file"
+        if isinstance(value, (dict, list)):
+            if id(value) in inside:
+                return f"{'.'.join(where)}: an alias refers to a mapping or list that contains it (a loop)"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack += [(v, (*where, str(k)), (*inside, id(value))) for k, v in items]
+    return None
+
+
 def read_yaml(path: str | Path) -> dict:
     """One config file as a mapping; a UserError naming the file (and line) otherwise."""
     path = Path(path)
@@ -102,6 +126,9 @@ def read_yaml(path: str | Path) -> dict:
         raise UserError(_yaml_problem(path, exc)) from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a config file") from None
+    expanded = alias_problem(data)
+    if expanded:
+        raise UserError(f"{path}: {expanded}")
     if data is None:
         raise UserError(f"{path}: empty (no keys): a config file is a mapping of keys (name:, seed:, runs:, ...)")
     if not isinstance(data, dict):
@@ -234,6 +261,18 @@ def number_errors(value: Any, where: tuple[str, ...] = ()) -> list[tuple[tuple[s
     return []
 
 
+def _number_as_text(error) -> str:
+    """A hint for a number YAML read as text: PyYAML (YAML 1.1) takes 1e-5 for a string."""
+    value = error.instance
+    if error.validator != "type" or not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return f" (YAML reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e-5)"
+
+
 def schema_problems(config: dict) -> list[tuple[tuple[str, ...], str]]:
     """Every schema violation and unusable number as (key path, message), in key order."""
     from jsonschema import Draft202012Validator
@@ -254,7 +293,7 @@ def schema_problems(config: dict) -> list[tuple[tuple[str, ...], str]]:
                 msg = f"{msg} under '{'.'.join(path)}'"
             out.append((path + (extra[0],) if len(extra) == 1 else path, msg))
         else:
-            out.append((path, f"{_key_path(error)}: {error.message}"))
+            out.append((path, f"{_key_path(error)}: {error.message}{_number_as_text(error)}"))
     return out + [(p, f"{'.'.join(p)}: {m}") for p, m in number_errors(config)]
 
 

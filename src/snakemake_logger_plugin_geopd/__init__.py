@@ -8,8 +8,8 @@ this package, a logger plugin by its name, uses that moment to wrap Snakemake's 
 loader: when Snakemake's own parse fails, the file is read again by geopd.config.read_yaml,
 which names the file and line (a syntax error, a tab, an undefined alias, an empty file, a
 list at the top, a directory), and Snakemake stops with that one line and exit status 2, as
-`geopd plan` does. Files Snakemake parses are untouched (common.smk reads them strictly, for
-repeated keys). As a logger (`--logger geopd`) it writes plain messages to stderr.
+`geopd plan` does. Files Snakemake parses are only checked for aliases that loop or expand
+past geopd.config.MAX_VALUES (common.smk reads them strictly, for repeated keys). As a logger (`--logger geopd`) it writes plain messages to stderr.
 """
 from __future__ import annotations
 
@@ -65,6 +65,14 @@ def _problem(path) -> str | None:
     return None
 
 
+def _alias_problem(data) -> str | None:
+    try:
+        from geopd.config import alias_problem
+    except ImportError:  # pragma: no cover - geopd not importable
+        return None
+    return alias_problem(data)
+
+
 def _install() -> None:
     try:
         import snakemake.common.configfile as configfile
@@ -77,13 +85,19 @@ def _install() -> None:
 
     def load_configfile(configpath):
         try:
-            return original(configpath)
+            data = original(configpath)
         except Exception:
             problem = _problem(configpath)
             if problem is None:
                 raise
             print(f"error: {problem}", file=sys.stderr)
             raise SystemExit(2) from None
+        # Parsed, but aliases that loop (`&r {self: *r}`) would recurse in Snakemake's merge.
+        problem = _alias_problem(data)
+        if problem:
+            print(f"error: {configpath}: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+        return data
 
     load_configfile.geopd = True
     configfile.load_configfile = load_configfile

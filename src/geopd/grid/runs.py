@@ -304,7 +304,8 @@ def make_run(config: dict, name: str, raw: dict, fail: Fail) -> Run:
         fail(f"{key}.steps", "missing: the run's final step")
     steps = merged["steps"]
     if steps <= start:
-        fail(f"{key}.steps", f"{steps} is not after the step it starts from ({init}): nothing to train")
+        fail(f"{key}.steps", f"{steps} is not after the step it starts from ({init}): nothing to train",
+             f"{key}.init")
     checkpoints = sorted(set(merged.get("checkpoints", [])) | {steps})
     bad = [c for c in checkpoints if c <= start or c > steps]
     if bad:
@@ -388,7 +389,8 @@ def check_run_cycles(runs: dict[str, Run], fail: Fail) -> None:
             target = runs[ref.name]
             if ref.step is not None and ref.step not in target.checkpoints:
                 fail(f"runs.{name}.{key}",
-                     f"run '{ref.name}' saves no checkpoint at step {ref.step} (it saves {target.checkpoints})")
+                     f"run '{ref.name}' saves no checkpoint at step {ref.step} (it saves {target.checkpoints})",
+                     *([f"runs.{name}.projection.step"] if key == "projection.run" else []))
             visit(ref.name, path + [ref.name])
         state[name] = 2
 
