@@ -21,7 +21,7 @@ class Specs:
                       "diagnose_run": "diagnose",
                       "aggregate_diagnostics": "report", "aggregate_eval": "report",
                       "tables": "report", "figures": "report", "claims": "report",
-                      "grid_spec": "report"}
+                      "grid_spec": "report", "run_curves": "report"}
 
     # ---- models and where they are read from ---------------------------------------------
 

@@ -213,6 +213,7 @@ class Tracker:
         self.tokens += float(row.get("tokens", 0.0))
         self.last = {k: row[k] for k in HEADLINE if isinstance(row.get(k), (int, float))}
         head = ", ".join(f"{k} {v:.4g}" for k, v in self.last.items())
+        self.lines.done = row["step"]  # the speed below counts this step
         self.lines.update(row["step"], ", ".join(p for p in (head, self._speed()) if p))
         self._write_progress("training", row["step"])
 
