@@ -194,6 +194,18 @@ def test_wandb_offline_run_holds_the_same_scalars_and_resumes_by_id(grid, tmp_pa
     assert_same_scalars(tensorboard_scalars(tmp_path / "run" / "tensorboard"), rows)
 
 
+def test_wandb_online_without_a_key_stops_with_a_clear_message(grid, tmp_path, monkeypatch):
+    from geopd.errors import UserError
+    from geopd.spec import RunSpec, WandB
+    from geopd.train.tracking import WandbLog
+
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))  # no stored key either
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(UserError, match="W&B could not start.*mode: offline"):
+        WandbLog(RunSpec.from_dict(sft(grid, tmp_path)[0]), WandB(project="p"), tmp_path, tmp_path / "state")
+
+
 def test_tracking_spec_from_the_config():
     g = Grid.from_file(SLICE, overrides={"tracking": {"wandb": {"project": "p", "mode": "offline"},
                                                       "progress_interval": 5}})

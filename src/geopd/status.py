@@ -3,10 +3,13 @@ queue where `squeue` answers. Reads files only: no torch, no Snakemake, fast on 
 
 A run is
 - **done**: its outputs (checkpoints and metrics.jsonl) are in place;
-- **queued** / **running**: Slurm has its train job pending / running (matched on the comment
-  snakemake-executor-plugin-slurm gives every job, `rule_train_wildcards_<run>`, and on the
-  job's working directory), or, without Slurm, its progress file (geopd.train.tracking) names a
-  live process on this host (or, on another host, was updated lately);
+- **queued** / **running**: Slurm has its train job pending / running, or, without Slurm, its
+  progress file (geopd.train.tracking) names a live process on this host (or, on another host,
+  was updated lately). snakemake-executor-plugin-slurm names every job of one Snakemake
+  invocation by its run ID (logged in <workdir>/.snakemake/log/) and comments it
+  `rule_<rule>_wildcards_<values>`: a job is this grid's when its comment names the rule and the
+  run and its name is a run ID logged in the workflow's directory (where no log names one: when
+  its working directory is that directory or this one);
 - **failed**: it started (a progress file, resume state or a log) but nothing runs it now (a
   crash, a stop, a kill; the last line of its log that names an error is shown);
 - **not started**: none of these.
@@ -52,28 +55,45 @@ class SlurmJob:
     run: str | None        # the first wildcard (every per-run rule's is the run)
     workdir: str
     reason: str = ""
+    name: str = ""         # the Snakemake invocation's run ID
 
     @property
     def active(self) -> bool:
         return self.state in RUNNING or self.state in WAITING
 
 
+SQUEUE_FORMAT = "%i|%T|%j|%k|%Z|%R"
+
+
 def parse_squeue(text: str) -> list[SlurmJob]:
-    """Jobs of `squeue -h -o %i|%T|%k|%Z|%R` that snakemake-executor-plugin-slurm submitted
+    """Jobs of `squeue -h -o SQUEUE_FORMAT` that snakemake-executor-plugin-slurm submitted
     (comment rule_<rule>[_wildcards_<values joined by _>])."""
     jobs = []
     for line in text.splitlines():
-        parts = line.split("|", 4)
-        if len(parts) < 4:
+        parts = [p.strip() for p in line.split("|", 5)]
+        if len(parts) < 5:
             continue
-        job_id, state, comment, workdir = parts[:4]
-        m = JOB_COMMENT.match(comment.strip())
+        job_id, state, name, comment, workdir = parts[:5]
+        m = JOB_COMMENT.match(comment)
         if not m:
             continue
         wildcards = m.group(2)
-        jobs.append(SlurmJob(job_id.strip(), state.strip(), m.group(1), wildcards.split("_")[0] if wildcards else None,
-                             workdir.strip(), parts[4].strip() if len(parts) > 4 else ""))
+        jobs.append(SlurmJob(job_id, state, m.group(1), wildcards.split("_")[0] if wildcards else None, workdir,
+                             parts[5] if len(parts) > 5 else "", name))
     return jobs
+
+
+def snakemake_run_ids(workdir: Path, logs: int = 50) -> set[str]:
+    """The Slurm run IDs (job names) of the last `logs` Snakemake invocations in `workdir`."""
+    ids: set[str] = set()
+    for log in sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))[-logs:]:
+        try:
+            with open(log, errors="replace") as fh:
+                head = fh.read(200_000)
+        except OSError:
+            continue
+        ids.update(re.findall(r"SLURM run ID: (\S+)", head))
+    return ids
 
 
 def squeue_jobs(timeout: float = 10.0) -> list[SlurmJob] | None:
@@ -82,7 +102,7 @@ def squeue_jobs(timeout: float = 10.0) -> list[SlurmJob] | None:
     if exe is None:
         return None
     try:
-        proc = subprocess.run([exe, "-h", "-u", getpass.getuser(), "-o", "%i|%T|%k|%Z|%R"], capture_output=True,
+        proc = subprocess.run([exe, "-h", "-u", getpass.getuser(), "-o", SQUEUE_FORMAT], capture_output=True,
                               text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -180,7 +200,12 @@ class Status:
         self.layout = Layout(root)
         self.jobs = jobs  # None: squeue does not answer
         self.now = time.time() if now is None else now
-        mine = [j for j in (jobs or []) if not j.workdir or _same_dir(j.workdir, self.workdir)]
+        ids = snakemake_run_ids(self.workdir)
+        if ids:
+            mine = [j for j in (jobs or []) if j.name in ids]
+        else:
+            mine = [j for j in (jobs or []) if not j.workdir or any(_same_dir(j.workdir, d)
+                                                                     for d in (self.workdir, Path.cwd()))]
         self.by_run: dict[tuple[str, str | None], list[SlurmJob]] = {}
         for j in mine:
             self.by_run.setdefault((j.rule, j.run), []).append(j)

@@ -6,7 +6,8 @@ step is one optimizer update for SFT, and one rollout batch (split into updates 
 Objectives come from geopd.train.objectives, chosen by name. As torchtitan's trainer, `fit()` is
 a short loop of calls; the processes and sharding live in geopd.train.distributed, how steps
 are cut into updates and micro-batches in geopd.train.batching, and the training state across
-jobs (resume, continue, kept states) in geopd.train.resume.
+jobs (resume, continue, kept states) in geopd.train.resume, and what the run shows while it trains
+(TensorBoard, W&B, progress lines, the progress file) in geopd.train.tracking.
 
 Fault tolerance: at each checkpoint step (and on SIGTERM/SIGUSR1, which Slurm sends before
 a time limit) the full state is written to `state_dir`; a restarted job resumes from the last
