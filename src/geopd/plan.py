@@ -130,6 +130,8 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
     add("tables", "tables", "report", {agg_d, agg_e, spec})
     add("figures", "figures", "report", {agg_d, agg_e, spec} | metrics)
     add("claims", "claims", "report", {agg_d, agg_e, spec})
+    for name in grid.runs:
+        add(f"run_curves:{name}", "run_curves", "report", {f"train:{name}"}, subject=name)
     return jobs
 
 

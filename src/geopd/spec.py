@@ -415,6 +415,48 @@ class RunSpec(Settings):
         return self.method in REWARD_METHODS
 
 
+# ---- how a training run reports while it trains (`geopd train --tracking`) --------------------
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WandB(Spec):
+    """Weights & Biases logging of a run (geopd.train.tracking): the same scalars as
+    TensorBoard, the run's spec as the W&B config, one W&B run per grid run (resumed by id after
+    a retry). `offline` writes under the run's folder for `wandb sync` (compute nodes without
+    network); `disabled` logs nothing."""
+    WHERE = "tracking.wandb"
+
+    project: str
+    entity: str | None = None              # None: the W&B default entity of the key
+    mode: str = "online"                   # online | offline | disabled
+    group: str | None = None               # the grid groups its runs (the grid's name)
+    tags: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise SpecError(f"tracking.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {self.mode!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tracking(Spec):
+    """What a training run writes beside its metrics while it trains (geopd.train.tracking):
+    TensorBoard event files and a progress file under `run_dir` (geopd.paths.RunFiles), W&B
+    when `wandb` is set, and a progress line every `progress_interval` seconds. Not a training
+    setting: no weight depends on it (the train rule passes it outside its params)."""
+    WHERE = "tracking"
+    NESTED = {"wandb": WandB}
+
+    run_dir: str | None = None             # None: no TensorBoard or progress file (model builds, tests)
+    wandb: WandB | None = None
+    progress_interval: float = 60.0        # seconds between the training log's progress lines
+
+    def check(self) -> None:
+        if not self.progress_interval >= 0:
+            raise SpecError(f"tracking.progress_interval must be >= 0 seconds, got {self.progress_interval!r}")
+
+
 # ---- what `geopd evaluate` gets -------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ from geopd.spec import spec_json
 from geopd.paths import Layout, samples_file, summary_file
 from geopd.plan import evaluation_spec
 from geopd.report.gridfile import input_files, write_grid
-from geopd.workflow import snakemake_resources, threads_of
+from geopd.workflow import Unversioned, snakemake_resources, threads_of
 
 
 try:

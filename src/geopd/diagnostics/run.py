@@ -23,7 +23,7 @@ import math
 import multiprocessing as mp
 import re
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -35,6 +35,7 @@ from geopd.diagnostics import metrics as M
 from geopd.diagnostics.cache import SvdCache, compute_svd, content_key
 from geopd.diagnostics.columns import ATTENTION, METRICS, MODULES
 from geopd.errors import UserError
+from geopd.io.progress import Progress
 from geopd.io.tensors import Checkpoint, TensorInfo, check_finite, check_same_layout, read_raw, to_tensor
 
 PROJ = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
@@ -255,22 +256,30 @@ def elementwise(name: str, a: TensorInfo, b: TensorInfo, eta: float) -> dict:
 
 # ---- whole pair ------------------------------------------------------------------------------
 
-def parallel_map(fn, items: list, workers: int, side_work=lambda: None) -> tuple[list, object]:
+def parallel_map(fn, items: list, workers: int, side_work=lambda: None,
+                 progress: Progress | None = None) -> tuple[list, object]:
     """[fn(item) for item in items] over a pool of single-threaded worker processes (in this
     process when workers <= 1); `side_work()` runs here meanwhile. The first error (a
-    UserError naming the tensor) stops the other workers and is raised here."""
+    UserError naming the tensor) stops the other workers and is raised here. `progress`
+    counts the items done."""
+    progress = progress or Progress("", len(items), enabled=False)
+    progress.begin()
     if workers <= 1 or len(items) <= 1:
-        return [fn(item) for item in items], side_work()
+        out = []
+        for item in items:
+            out.append(fn(item))
+            progress.advance()
+        return out, side_work()
     ctx = mp.get_context("spawn")  # fork after torch/OpenMP start-up is unsafe
     pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_init_worker)
     ok = False
     try:
         futures = [pool.submit(fn, item) for item in items]
         side = side_work()
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in futures:
-            if f in done and f.exception() is not None:
+        for f in as_completed(futures):
+            if f.exception() is not None:
                 raise f.exception()
+            progress.advance()
         ok = True
         return [f.result() for f in futures], side
     finally:
@@ -308,7 +317,8 @@ def diagnose(base: str, tuned: str, opts: Options = Options()) -> Diagnosis:
         return out
 
     order = sorted(jobs, key=cost, reverse=True)
-    results, extras = parallel_map(partial(analyse, opts=opts), order, opts.workers, side_work)
+    results, extras = parallel_map(partial(analyse, opts=opts), order, opts.workers, side_work,
+                                   Progress(f"geopd diagnose {tuned}", len(order), unit="matrices"))
     rows = [r for r, _, _ in results]
     table = pd.DataFrame(rows)
     table["_order"] = table["module"].map({m: i for i, m in enumerate(MODULES)})

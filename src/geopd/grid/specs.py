@@ -12,7 +12,7 @@ from geopd import mirror
 from geopd.config import deep_merge
 from geopd.data.lcb import RELEASE_FILES
 from geopd.grid.runs import Ref, continuation
-from geopd.spec import Benchmark, RunSpec
+from geopd.spec import Benchmark, RunSpec, Tracking
 
 
 class Specs:
@@ -21,7 +21,7 @@ class Specs:
                       "diagnose_run": "diagnose",
                       "aggregate_diagnostics": "report", "aggregate_eval": "report",
                       "tables": "report", "figures": "report", "claims": "report",
-                      "grid_spec": "report"}
+                      "grid_spec": "report", "run_curves": "report"}
 
     # ---- models and where they are read from ---------------------------------------------
 
@@ -161,6 +161,14 @@ class Specs:
             spec["extrapolation"] = run.extrapolation.to_dict()
         spec.update(self.continuation_spec(name))
         return RunSpec.from_dict(spec, f"runs.{name}")
+
+    def tracking_spec(self, name: str) -> Tracking:
+        """What `geopd train --tracking` gets for run `name`: its folder (TensorBoard, progress
+        file, W&B's files) and the config's `tracking` block, W&B grouped by the grid's name."""
+        block = dict(self.config.get("tracking") or {})
+        if "wandb" in block:
+            block["wandb"] = {"group": self.config["name"], **block["wandb"]}
+        return Tracking.from_dict({**block, "run_dir": self.layout.run_dir(name)}, "tracking")
 
     def continuation_spec(self, name: str) -> dict:
         """Runs started from run@step continue that run (weights, Adam moments, data position,

@@ -109,5 +109,9 @@ class Targets:
         process start-up and import per run). The per-checkpoint files are the same either way."""
         return self.config.get("job_grouping", {}).get(work, "checkpoint")
 
+    def run_curves_files(self) -> list[str]:
+        """Each run's training curves (the report's "Training curves" pages)."""
+        return [self.layout.run_curves(r) for r in self.runs]
+
     def final_targets(self) -> list[str]:
-        return self.table_files() + self.figure_files() + self.claims_files()
+        return self.table_files() + self.figure_files() + self.claims_files() + self.run_curves_files()

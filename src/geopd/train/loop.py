@@ -6,7 +6,8 @@ step is one optimizer update for SFT, and one rollout batch (split into updates 
 Objectives come from geopd.train.objectives, chosen by name. As torchtitan's trainer, `fit()` is
 a short loop of calls; the processes and sharding live in geopd.train.distributed, how steps
 are cut into updates and micro-batches in geopd.train.batching, and the training state across
-jobs (resume, continue, kept states) in geopd.train.resume.
+jobs (resume, continue, kept states) in geopd.train.resume, and what the run shows while it trains
+(TensorBoard, W&B, progress lines, the progress file) in geopd.train.tracking.
 
 Fault tolerance: at each checkpoint step (and on SIGTERM/SIGUSR1, which Slurm sends before
 a time limit) the full state is written to `state_dir`; a restarted job resumes from the last
@@ -37,7 +38,7 @@ from geopd.engines.vllm_engine import check_colocation
 from geopd.errors import UserError
 from geopd.io.publish import verify_checkpoint
 from geopd.io.tensors import Checkpoint, read_tensor
-from geopd.spec import Optim, RunSpec
+from geopd.spec import Optim, RunSpec, Tracking
 from geopd.train import objectives as obj
 from geopd.train import resume
 from geopd.train.batching import micro_batch_plan, num_updates, update_of_samples
@@ -45,6 +46,7 @@ from geopd.train.data import JsonlRecords, RecordStream, build_index, shard
 from geopd.train.distributed import Dist, shard_model
 from geopd.train.effopd import make_extrapolator
 from geopd.train.rewards import reward
+from geopd.train.tracking import Tracker
 
 
 # ---- schedules and optimizer ---------------------------------------------------------------
@@ -94,8 +96,9 @@ class Stop(Exception):
 
 class Trainer:
     def __init__(self, spec: RunSpec | dict, *, model=None, tokenizer=None, threads: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, tracking: Tracking | dict | None = None):
         spec = self.spec = RunSpec.from_dict(spec)
+        self.tracking = Tracking.from_dict(tracking)  # TensorBoard, W&B, progress (geopd.train.tracking)
         self.method = spec.method
         self.engine = spec.engine
         self.dist = Dist.setup(spec.device, group=self.engine.mixed_precision)
@@ -446,7 +449,7 @@ class Trainer:
     def fit(self) -> None:
         spec = self.spec
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
-        bar = self._progress_bar()
+        tracker = Tracker(self)
         try:
             while self.step < spec.steps:
                 _inject_fault("GEOPD_FAULT_SIGTERM_AT_STEP", self.step + 1, signal.SIGTERM)
@@ -456,30 +459,19 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 row = self.log(row, t0, self.after_update())
+                tracker.log(row)
                 _inject_fault("GEOPD_FAULT_KILL_AT_STEP", self.step, signal.SIGKILL)
                 if self.step in spec.checkpoints:
                     self.export()
                     resume.save_state(self)
                 elif self._stop_requested:
                     resume.save_state(self)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "mean_r_t") if k in row})
                 if self._stop_requested:
                     raise Stop()
         finally:
-            if bar is not None:
-                bar.close()
+            tracker.close(self.step, finished=self.step >= spec.steps)
             for s, h in handlers.items():
                 signal.signal(s, h)
-
-    def _progress_bar(self):
-        if not self.progress:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.spec.steps, initial=self.step, desc=self.spec.run, unit="step",
-                    dynamic_ncols=True, mininterval=1.0)
 
     def publish(self, out_dir: str | Path, metrics_out: str | Path) -> None:
         """Move the finished exports onto the rule's outputs, then drop the resume state."""
@@ -513,7 +505,7 @@ def _slow_down(variable: str) -> None:
 
 
 def train(spec: RunSpec | dict, out_dir, metrics_out, *, threads: int | None = None, model=None, tokenizer=None,
-          progress: bool = True) -> None:
-    trainer = Trainer(spec, model=model, tokenizer=tokenizer, threads=threads, progress=progress)
+          progress: bool = True, tracking: Tracking | dict | None = None) -> None:
+    trainer = Trainer(spec, model=model, tokenizer=tokenizer, threads=threads, progress=progress, tracking=tracking)
     trainer.fit()
     trainer.publish(out_dir, metrics_out)
