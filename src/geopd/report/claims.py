@@ -1,13 +1,16 @@
 """The claims check (`geopd report claims`): each qualitative claim of the geometry paper
-(SPEC.md, last paragraph, plus the orderings s3.2 states beside them), the numbers from OUR
-results that decide it, and whether this grid reproduces it.
+(SPEC.md, last paragraph, plus the orderings s3.2 states beside them, and what s4.1 states of
+Fig. 4's Frobenius and Hill panels) and EffOPD's headline, the numbers from OUR results that
+decide it, and whether this grid reproduces it. README "Reading the paper" gives the reading
+behind each test where the paper leaves one open.
 
 Every operational test and tolerance is fixed here, before any result is seen, and printed in
 the table's `test` column. Nothing is tuned: a claim whose numbers go the other way is "no".
 "insufficient data" when a number the test needs is missing, or when the evidence it rests on
 is void (geopd.report.evidence): a missing input file, a run that did not move (no optimizer
-update, zero gradient, unchanged weights) or an undefined accuracy. Each claim lists the runs
-and evidence it uses; the `reason` column names the file or the run and why.
+update, zero gradient, unchanged weights), an alpha-mix run whose reward never varied, or an
+undefined accuracy. Each claim lists the runs and evidence it uses; the `reason` column names
+the file or the run and why.
 """
 from __future__ import annotations
 
@@ -624,7 +627,8 @@ def claims_table(data: ReportData, claims: list[Claim] | None = None) -> Table:
         "Tests and tolerances are fixed in geopd.report.claims before any result is read and are never "
         "tuned; 'no' means our numbers contradict the claim; 'insufficient data' means a number the "
         "test needs is missing, or rests on a run that did not move (no optimizer update, zero "
-        "gradient, unchanged weights) or on an undefined accuracy: `reason` names the file or the run. "
+        "gradient, unchanged weights), on an alpha-mix run whose reward never varied (it trained as "
+        "scaled OPD) or on an undefined accuracy: `reason` names the file or the run. "
         "`runs`: the runs each verdict rests on.",
         *evidence.notes(data, gridfile.KINDS),
     ]
@@ -638,9 +642,11 @@ def missing_table(data: ReportData, claims: list[Claim] | None = None) -> Table:
     n_expected = len(data.expected)
     summary = (f"{counts.get(gridfile.MISSING, 0)} of {n_expected} expected inputs missing, "
                f"{counts.get(gridfile.UNREADABLE, 0)} unreadable, {counts.get(gridfile.STILL, 0)} "
-               f"run problem(s) (did not move), {counts.get(gridfile.UNDEFINED, 0)} undefined accuracies."
+               f"run problem(s) (did not move), {counts.get(gridfile.NO_SIGNAL, 0)} mix run(s) whose reward "
+               f"never varied, {counts.get(gridfile.UNDEFINED, 0)} undefined accuracies."
                if n_expected else "The grid description lists no expected inputs (grid.json without "
-               "'inputs'): only runs that did not move and undefined accuracies are checked.")
+               "'inputs'): only runs that did not move, mix runs whose reward never varied and undefined "
+               "accuracies are checked.")
     notes = [
         summary,
         "Inputs: every per-checkpoint file the grid expects (diagnostics, Sim_K trajectories, reference "

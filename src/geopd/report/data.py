@@ -70,6 +70,7 @@ class ReportData:
     results: Path | None = None
     expected: list[gridfile.Expected] = field(init=False, repr=False)
     _still: dict[str, list[str]] = field(init=False, repr=False, default_factory=dict)
+    _scores: dict[tuple[str, str], pd.DataFrame] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self):
         self.grid = {**EMPTY_GRID, **(self.grid or {})}
@@ -331,7 +332,12 @@ class ReportData:
         """Per-problem accuracy (mean correctness of its samples) of each evaluated step of a run:
         problems x steps, from the evaluations' per-sample files (`<bench>.samples.jsonl` beside
         each expected `<bench>.json`). Empty without a results tree; a step whose file is
-        missing or unreadable is left out."""
+        missing or unreadable is left out. Cached: the table, a figure and a claim ask."""
+        if (run, bench) not in self._scores:
+            self._scores[run, bench] = self._problem_scores(run, bench)
+        return self._scores[run, bench]
+
+    def _problem_scores(self, run: str, bench: str) -> pd.DataFrame:
         if self.results is None:
             return pd.DataFrame()
         columns = {}
