@@ -244,6 +244,32 @@ def test_uneven_shares_on_two_processes_equal_one_process(world, tmp_path):
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=tol, msg=f"{name} {k}")
 
 
+def test_reward_varied_samples_counts_the_samples_of_groups_whose_rewards_differ(world, tmp_path, monkeypatch):
+    """The metric the report's "no reward signal" rule reads (geopd.report.data.no_reward_signal):
+    step 1 rewards one sample of the first group only (that group's samples varied), step 2
+    rewards none (no group varied)."""
+    from geopd.train.loop import Trainer
+
+    rlvr = world.run_spec("rlvr-8b").to_dict()
+    n = rlvr["rollout"]["samples"]
+    spec = respec(world, "rlvr-8b", tmp_path, steps=2, checkpoints=[2],
+                  objective={**rlvr["objective"], "zero_reward_patience": 0})
+    trainer = Trainer(spec, progress=False)
+    calls = iter(range(100))
+
+    def rewards(recs, texts):
+        out = torch.zeros(len(texts))
+        if next(calls) == 0:
+            out[0] = 1.0
+        return out
+
+    monkeypatch.setattr(trainer, "_rewards", rewards)
+    trainer.fit()
+    rows = [json.loads(l) for l in open(Path(spec["state_dir"]) / "metrics.jsonl")]
+    assert [(r["step"], r["reward_varied_samples"]) for r in rows] == [(1, float(n)), (2, 0.0)]
+    assert rows[0]["reward"] == pytest.approx(1 / (rlvr["rollout"]["prompts_per_step"] * n))
+
+
 def test_all_zero_rewards_stop_the_run(world, tmp_path, monkeypatch):
     """The slice's RLVR student never answers right: with zero_reward_patience 3 the run stops at
     step 3 with a message, also when it was resumed in between; one rewarded step disarms it."""

@@ -817,7 +817,7 @@ def train_seconds(job: TrainJob, est: Estimate, engines: list[_Colocated]) -> No
     rollout_engine, teacher_engine = names.get("rollout"), names.get("teacher")
     fs = a.filesystem_gb_s * 1e9
     sec["start (load, engines)"] = 2 * student.params() / fs + a.engine_start_s * len(engines)
-    sec["checkpoints (export + state)"] = len([c for c in run.checkpoints if c > run.start_step]) * (
+    sec["checkpoints (export + state)"] = len([c for c in run.saved_steps if c > run.start_step]) * (
         2 * student.params() + 16 * student.params()) / fs
     if not job.rl:
         mean = a.sft_fraction * s.max_length

@@ -30,7 +30,8 @@ from pathlib import Path
 
 TABLES = ("table1_sparsity", "update_masks", "effopd_spectral", "accuracy", "teachers")
 FIGURES = ("fig2_angles_nss", "fig3_mask_overlap", "fig4_trajectories", "fig5_sim16",
-           "fig6_projection", "fig7_controls", "training_curves", "effopd_accuracy")
+           "fig6_projection", "fig8_projection_benchmarks", "fig7_controls", "training_curves",
+           "effopd_accuracy")
 
 
 class RunFiles:

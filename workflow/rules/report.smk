@@ -64,6 +64,7 @@ rule figures:
 rule claims:
     input:
         diagnostics=L.diagnostics_summary(),
+        matrices=L.diagnostics_matrices(),
         similarity=L.similarity_summary(),
         accuracy=L.accuracy_file(),
         metrics=[L.metrics_file(r) for r in G.runs],

@@ -145,7 +145,7 @@ class Specs:
             "teacher": self.model_source(run.teacher) if run.teacher else None,
             "data": {"name": run.data, "dir": self.data_dir(run.data), "kind": self.datasets[run.data]["kind"]},
             "steps": run.steps,
-            "checkpoints": run.checkpoints,
+            "checkpoints": run.saved_steps,
             "state_dir": self.state_dir(name),
             **run.settings.to_dict(),
         }
@@ -211,7 +211,8 @@ class Specs:
             runs[name] = {
                 "family": run.family, "method": run.method, "teacher": run.teacher,
                 "init": str(run.init), "w0": str(run.w0), "start_step": run.start_step,
-                "checkpoints": run.checkpoints, "eval": run.eval, "diagnostics": run.diagnostics,
+                "checkpoints": run.checkpoints, "eval": run.benchmarks,
+                "eval_steps": {b: run.eval_steps(b) for b in run.benchmarks}, "diagnostics": run.diagnostics,
                 "projection": None if run.projection is None else run.projection.to_dict(),
                 "extrapolation": None if run.extrapolation is None else run.extrapolation.to_dict(),
                 "objective": run.settings.objective.to_dict(),

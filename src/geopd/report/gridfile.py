@@ -24,6 +24,7 @@ EMPTY_GRID = {"name": "", "runs": {}, "benchmarks": {}, "teachers": {}, "referen
 # Problems, as missing.csv names them.
 MISSING, UNREADABLE, STILL, UNDEFINED = ("missing input", "unreadable input", "did not move",
                                          "accuracy undefined")
+NO_SIGNAL = "reward never varied"   # an alpha-mix run that trained as scaled OPD
 KINDS = ("diagnostics", "similarity", "reference", "eval", "metrics")
 
 

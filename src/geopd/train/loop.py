@@ -359,6 +359,9 @@ class Trainer:
             out["kl_k3"] = self.dist.all_sum(float(kl["k3"]) * float(mask.sum())) / max(valid, 1.0)
         if rewards is not None:
             out["reward"] = self.dist.all_sum(float(rewards.sum())) / max(samples, 1.0)
+            # Samples whose group's rewards differ: the only ones a GRPO advantage is non-zero for
+            # (0 at every step: a mix run was a scaled OPD run; geopd.report.evidence).
+            out["reward_varied_samples"] = self.dist.all_sum(float(obj.nonzero_variance_groups(rewards, n).sum()))
         return out
 
     def _policy_updates(self, seq, attn, kept, old_logp, adv) -> dict:
