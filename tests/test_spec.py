@@ -9,8 +9,8 @@ from geopd.errors import UserError
 from geopd.grid import Grid
 from geopd.spec import (Benchmark, DynamicSampling, Engine, Objective, Rollout, RunSpec, Settings, SpecError, VLLM,
                         max_model_len, spec_json)
-from geopd.train.batching import (SFT_BUCKETS, largest_micro_batch, micro_batch_plan, num_updates, rollout_split,
-                                  update_of_samples)
+from geopd.train.batching import (SFT_BUCKETS, groups_taken, largest_micro_batch, micro_batch_plan, num_updates,
+                                  rollout_split, update_of_samples)
 
 
 @pytest.fixture(scope="module", params=["config/config.yaml", "config/paper.yaml"])
@@ -132,6 +132,17 @@ def test_contiguous_updates_are_slime_s_blocks():
     assert all(len(set(spread[g * 8:(g + 1) * 8])) == 4 for g in range(32))
     with pytest.raises(UserError, match="update_split"):
         update_of_samples([4], 0, 2, "random")
+
+
+@pytest.mark.parametrize("found", [[3, 1, 2], [0, 5, 0], [2, 2, 2], [0, 0, 0]])
+@pytest.mark.parametrize("room", [0, 1, 4, 10])
+def test_dynamic_sampling_takes_the_first_groups_whatever_the_ranks(found, room):
+    """Rank r found found[r] informative groups of a round: together the ranks take the first
+    `room` of them in rank-major order (the prompts' order), as one rank would."""
+    taken = [groups_taken(found, r, room) for r in range(len(found))]
+    order = [(r, i) for r in range(len(found)) for i in range(found[r])]
+    assert [(r, i) for r in range(len(found)) for i in range(taken[r])] == order[:room]
+    assert groups_taken([sum(found)], 0, room) == sum(taken) == min(room, sum(found))
 
 
 def test_micro_batches_trainer_and_planner():

@@ -89,3 +89,39 @@ def test_off_policy_rollouts_come_from_the_teacher_checkpoint(world, tmp_path):
     trainer.rollout.generate = generate
     trainer.fit()
     assert len(gaps) == 1 and gaps[0] <= 1e-5, gaps
+
+
+def test_rlvr_dynamic_sampling_rounds_sample_from_the_trainer_s_weights(world, tmp_path, monkeypatch):
+    """RLVR with vLLM rollouts and dynamic sampling: every sampling round of a step comes from the
+    weights the trainer holds (after the previous step's update), and a step stops sampling once
+    its 4 informative groups are in."""
+    from geopd.train.loop import Trainer
+
+    spec = spec_for(world, tmp_path, run="rlvr-vllm", family="rlvr", method="rlvr", teacher=None,
+                    objective={"clip_low": 0.2, "clip_high": 0.28, "zero_reward_patience": 0, "reward": "deepscaler"})
+    del spec["teacher_engine"]
+    spec["rollout"] = {**spec["rollout"], "global_batch_size": 8, "dynamic_sampling": {"max_rounds": 3}}
+    trainer = Trainer(spec, threads=1, progress=False)
+    flags = iter([[True, False, True, False], [True, True, False, False],    # step 1: 2 + 2 groups
+                  [True, True, True, True]])                                 # step 2: 4 in one round
+
+    def rewards(records, texts):
+        f = next(flags)
+        return torch.tensor([float(f[i // 2] and i % 2 == 0) for i in range(len(texts))])
+
+    monkeypatch.setattr(trainer, "_rewards", rewards)
+    gaps, real = [], trainer.rollout.generate
+
+    def generate(prompts, n, **kw):
+        ro = real(prompts, n, **kw)
+        mine = sequence_logprobs(trainer.model, ro.sequences, ro.attention_mask, ro.response_mask,
+                                 temperature=kw["temperature"])
+        gaps.append((ro.response_logprobs - mine).abs().max().item())
+        return ro
+
+    trainer.rollout.generate = generate
+    trainer.fit()
+    rows = [json.loads(line) for line in open(tmp_path / "state" / "metrics.jsonl")]
+    assert [(r["sampling_rounds"], r["groups_kept"], r["samples"], r["updates"]) for r in rows] == [
+        (2, 4, 8, 1), (1, 4, 8, 1)]
+    assert len(gaps) == 3 and max(gaps) <= 1e-5, gaps
