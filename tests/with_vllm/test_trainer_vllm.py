@@ -26,14 +26,10 @@ def spec_for(world, tmp_path, **changes):
     return spec
 
 
-def test_opd_with_effopd_search_samples_from_the_weights_being_tested(world, tmp_path):
-    from geopd.train.loop import Trainer
-    from geopd.engines.rollout import VLLMRollout
-    from geopd.engines.teacher import VLLMTeacher
-
-    spec = spec_for(world, tmp_path, extrapolation={"candidates": 3, "factor_step": 2.0, "validation_prompts": 4})
-    trainer = Trainer(spec, threads=1, progress=False)
-    assert isinstance(trainer.rollout, VLLMRollout) and isinstance(trainer.teacher, VLLMTeacher)
+def record_gaps(trainer) -> list[float]:
+    """Wrap the trainer's rollout engine: for every generation, the largest gap between the
+    engine's log-probs and the trainer's own on the same tokens (0 when the engine samples from
+    the weights the trainer holds)."""
     gaps, real = [], trainer.rollout.generate
 
     def generate(prompts, n, **kw):
@@ -44,6 +40,18 @@ def test_opd_with_effopd_search_samples_from_the_weights_being_tested(world, tmp
         return ro
 
     trainer.rollout.generate = generate
+    return gaps
+
+
+def test_opd_with_effopd_search_samples_from_the_weights_being_tested(world, tmp_path):
+    from geopd.train.loop import Trainer
+    from geopd.engines.rollout import VLLMRollout
+    from geopd.engines.teacher import VLLMTeacher
+
+    spec = spec_for(world, tmp_path, extrapolation={"candidates": 3, "factor_step": 2.0, "validation_prompts": 4})
+    trainer = Trainer(spec, threads=1, progress=False)
+    assert isinstance(trainer.rollout, VLLMRollout) and isinstance(trainer.teacher, VLLMTeacher)
+    gaps = record_gaps(trainer)
     trainer.fit()
     trainer.publish(tmp_path / "out", tmp_path / "metrics.jsonl")
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -110,16 +118,7 @@ def test_rlvr_dynamic_sampling_rounds_sample_from_the_trainer_s_weights(world, t
         return torch.tensor([float(f[i // 2] and i % 2 == 0) for i in range(len(texts))])
 
     monkeypatch.setattr(trainer, "_rewards", rewards)
-    gaps, real = [], trainer.rollout.generate
-
-    def generate(prompts, n, **kw):
-        ro = real(prompts, n, **kw)
-        mine = sequence_logprobs(trainer.model, ro.sequences, ro.attention_mask, ro.response_mask,
-                                 temperature=kw["temperature"])
-        gaps.append((ro.response_logprobs - mine).abs().max().item())
-        return ro
-
-    trainer.rollout.generate = generate
+    gaps = record_gaps(trainer)
     trainer.fit()
     rows = [json.loads(line) for line in open(tmp_path / "state" / "metrics.jsonl")]
     assert [(r["sampling_rounds"], r["groups_kept"], r["samples"], r["updates"]) for r in rows] == [
