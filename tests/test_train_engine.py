@@ -372,3 +372,30 @@ def test_reward_is_the_run_s_grader(world, tmp_path):
         spec = respec(world, "rlvr-8b", tmp_path / grader, objective={**rlvr["objective"], "reward": grader})
         got[grader] = Trainer(spec, progress=False)._rewards(records, texts).tolist()
     assert got == {"math-verify": [1.0, 1.0, 1.0], "deepscaler": [0.0, 1.0, 0.0]}
+
+
+@pytest.mark.parametrize("objective, split", [
+    ({"coef": 1.0, "clip_low": 0.2, "clip_high": 0.2, "aggregation": "seq-mean-token-mean"}, "contiguous"),  # paper
+    ({"coef": 1.0, "clip_low": 0.2, "clip_high": 0.28, "aggregation": "token-mean"}, "interleaved"),  # miniature
+])
+def test_opd_loss_is_the_run_s_aggregation(world, tmp_path, monkeypatch, objective, split):
+    """One OPD update of 8 samples (ratio 1 at its start): the logged loss is minus the mean of
+    each sample's token-mean advantage (slime's per-sample loss) or minus the token-mean over the
+    update (slime's --calculate-per-token-loss), as the run's objective says."""
+    from geopd.train.loop import Trainer
+
+    opd = world.run_spec("opd-8b-t32b").to_dict()
+    spec = respec(world, "opd-8b-t32b", tmp_path, steps=1, checkpoints=[1], objective=objective,
+                  rollout={**opd["rollout"], "global_batch_size": 8, "update_split": split})
+    trainer = Trainer(spec, progress=False)
+    seen, real = [], trainer._policy_updates
+    monkeypatch.setattr(trainer, "_policy_updates",
+                        lambda seq, attn, kept, old, adv: seen.append((kept, adv)) or real(seq, attn, kept, old, adv))
+    trainer.fit()
+    (kept, adv), = seen
+    row = json.loads(open(Path(trainer.spec.state_dir) / "metrics.jsonl").readline())
+    per_sample = -((adv * kept).sum(1) / kept.sum(1)).mean()
+    per_token = -(adv * kept).sum() / kept.sum()
+    assert row["updates"] == 1 and abs(float(per_sample - per_token)) > 1e-4  # unequal lengths tell them apart
+    expect = per_sample if objective["aggregation"] == "seq-mean-token-mean" else per_token
+    assert row["loss"] == pytest.approx(float(expect), rel=1e-5)
