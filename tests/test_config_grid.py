@@ -45,7 +45,7 @@ def test_paper_settings_follow_spec(repo):
     g = Grid.from_file(repo / "config/paper.yaml")
     opd, rlvr, sft = g.runs["opd-8b-t32b"], g.runs["rlvr-8b"], g.runs["sft-8b"]
     assert opd.checkpoints == [63, 127, 191, 255, 299]
-    assert opd.settings.rollout.prompts_per_step == 300 and opd.settings.rollout.samples == 8
+    assert opd.settings.rollout.prompts_per_step == 8 and opd.settings.rollout.samples == 8  # 64 / 8: slime's reading
     assert opd.settings.optim.lr == 1e-6 and opd.settings.optim.betas == [0.9, 0.98]
     assert rlvr.steps == 1023 and rlvr.settings.optim.eps == 1e-15
     assert rlvr.settings.objective.clip_high == 0.28

@@ -55,6 +55,8 @@ def _origin(grid: Grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str
     """The config block a resolved value came from (the most specific that sets one of keys)."""
     if run is not None and any(k in grid.runs[run].resources for k in keys):
         return f"runs.{run}.resources"
+    if run is not None and any(k in (grid.config.get("train_resources") or {}).get(run, {}) for k in keys):
+        return f"train_resources.{run}"
     for block in (cls, "default"):
         if any(k in grid.config["resources"].get(block, {}) for k in keys):
             return f"resources.{block}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
 from geopd.config import deep_merge
-from geopd.spec import TEACHER_METHODS, Extrapolation, Projection, Settings
+from geopd.spec import RL_METHODS, TEACHER_METHODS, Extrapolation, Projection, Settings, SpecError
 
 Fail = Callable[[str, str], NoReturn]  # fail(config key, message) raises a UserError naming the sources
 
@@ -77,6 +77,9 @@ def resolve_runs(config: dict, fail: Fail) -> dict[str, Run]:
     check_model_builds(config, fail)
     runs = {name: make_run(config, name, raw, fail) for name, raw in raw_runs.items()}
     check_run_cycles(runs, fail)
+    for name in config.get("train_resources") or {}:
+        if name not in runs:
+            fail(f"train_resources.{name}", f"unknown run '{name}'")
     for ref in config.get("reference_pairs", []):
         for key in ("base", "tuned"):
             if ref[key] not in config["models"]:
@@ -200,6 +203,14 @@ def make_run(config: dict, name: str, raw: dict, fail: Fail) -> Run:
         fail(f"{key}.rollout.source", "off-policy rollouts need a teacher")
     if method == "mix" and not settings.objective.given("alpha"):
         fail(f"{key}.objective.alpha", "method 'mix' needs alpha")
+    if method in RL_METHODS:  # what the method's objective and rollout can use (geopd.spec)
+        for block in ("objective", "rollout"):
+            value = getattr(settings, block)
+            try:
+                if value is not None:
+                    value.check_method(method)
+            except SpecError as exc:
+                fail(f"{key}.{block}", str(exc))
     projection = merged.get("projection")
     if projection is not None:
         projection = Projection.from_dict(projection, f"{key}.projection")

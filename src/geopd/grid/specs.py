@@ -235,11 +235,13 @@ class Specs:
     # ---- resources -----------------------------------------------------------------------
 
     def resources(self, rule: str, run: str | None = None) -> dict:
-        """Resolved resources of one job: default < rule < run (train only)."""
+        """Resolved resources of one job: default < rule < (train only) the run's entry in
+        train_resources (the sizing `geopd plan --suggest-resources` writes) < the run's own."""
         res = self.config["resources"]
         rule = self.RESOURCE_CLASS.get(rule, rule)
         out = deep_merge(res["default"], res.get(rule, {}))
         if run is not None and rule == "train":
+            out = deep_merge(out, (self.config.get("train_resources") or {}).get(run, {}))
             out = deep_merge(out, self.runs[run].resources)
             # One launcher task per node: torchrun spawns the per-GPU workers.
             out.setdefault("tasks", out.get("nodes", 1))
