@@ -936,3 +936,27 @@ def test_report_partial_builds_from_what_exists_and_the_full_dag_still_waits(tmp
     assert "missing diagnostics/opd-8b-t32b/step-4.all.csv" in claims_.loc["C1", "reason"]
     assert (out / "figures" / "fig2_angles_nss.png").stat().st_size > 1000
     assert not (results / lost[0]).exists() and not (results / "tables").exists()
+
+
+def test_a_teacher_no_stronger_than_the_anchor_is_no_evidence_of_distillation():
+    """The fixture's case: random teacher and student both score 0, so an OPD run matched one
+    random model to another; C9 (and every claim on such a run) is then insufficient data."""
+    summary = trajectories({"opd-8b-t32b": [3.0, 3.3]})                     # band 0.095: "yes" by its numbers
+    flat = acc_rows({("sft-8b", 20): 0.0, ("T", None): 0.0, ("opd-8b-t32b", 20): 0.0})
+    data = ReportData(grid=small_grid(), summary=summary, accuracy=flat)
+    assert claims.stable_rank_band(data).reproduced == claims.YES
+    c = claims.judge(data, claims.stable_rank_band(data))
+    assert c.reproduced == claims.INSUFFICIENT
+    assert "opd-8b-t32b is no evidence of distillation: its teacher T is no stronger than its anchor" in c.reason
+    missing = claims.missing_table(data).frame
+    assert "opd-8b-t32b" in set(missing.loc[missing["problem"] == "teacher no stronger", "subject"])
+    assert data.no_teacher_signal("rlvr-8b") == []                           # no teacher, nothing to say
+    # A weaker teacher voids too; a stronger one, or none evaluated, does not.
+    weaker = ReportData(grid=small_grid(), summary=summary,
+                        accuracy=acc_rows({("sft-8b", 20): 0.4, ("T", None): 0.3}))
+    assert claims.judge(weaker, claims.stable_rank_band(weaker)).reproduced == claims.INSUFFICIENT
+    stronger = ReportData(grid=small_grid(), summary=summary,
+                          accuracy=acc_rows({("sft-8b", 20): 0.4, ("T", None): 0.41}))
+    assert claims.judge(stronger, claims.stable_rank_band(stronger)).reproduced == claims.YES
+    unevaluated = ReportData(grid=small_grid(), summary=summary, accuracy=acc_rows({("sft-8b", 20): 0.4}))
+    assert unevaluated.no_teacher_signal("opd-8b-t32b") == []

@@ -8,8 +8,8 @@ Every operational test and tolerance is fixed here, before any result is seen, a
 the table's `test` column. Nothing is tuned: a claim whose numbers go the other way is "no".
 "insufficient data" when a number the test needs is missing, or when the evidence it rests on
 is void (geopd.report.evidence): a missing input file, a run that did not move (no optimizer
-update, zero gradient, unchanged weights), an alpha-mix run whose reward never varied, or an
-undefined accuracy. Each claim lists the runs and evidence it uses; the `reason` column names
+update, zero gradient, unchanged weights), an alpha-mix run whose reward never varied, a
+distilled run whose teacher was no stronger than its anchor, or an undefined accuracy. Each claim lists the runs and evidence it uses; the `reason` column names
 the file or the run and why.
 """
 from __future__ import annotations
@@ -628,7 +628,8 @@ def claims_table(data: ReportData, claims: list[Claim] | None = None) -> Table:
         "tuned; 'no' means our numbers contradict the claim; 'insufficient data' means a number the "
         "test needs is missing, or rests on a run that did not move (no optimizer update, zero "
         "gradient, unchanged weights), on an alpha-mix run whose reward never varied (it trained as "
-        "scaled OPD) or on an undefined accuracy: `reason` names the file or the run. "
+        "scaled OPD), on a distilled run whose teacher scored no higher than its anchor (nothing to "
+        "distill) or on an undefined accuracy: `reason` names the file or the run. "
         "`runs`: the runs each verdict rests on.",
         *evidence.notes(data, gridfile.KINDS),
     ]
@@ -643,10 +644,11 @@ def missing_table(data: ReportData, claims: list[Claim] | None = None) -> Table:
     summary = (f"{counts.get(gridfile.MISSING, 0)} of {n_expected} expected inputs missing, "
                f"{counts.get(gridfile.UNREADABLE, 0)} unreadable, {counts.get(gridfile.STILL, 0)} "
                f"run problem(s) (did not move), {counts.get(gridfile.NO_SIGNAL, 0)} mix run(s) whose reward "
-               f"never varied, {counts.get(gridfile.UNDEFINED, 0)} undefined accuracies."
+               f"never varied, {counts.get(gridfile.NO_TEACHER, 0)} distilled run(s) whose teacher was no "
+               f"stronger than the anchor, {counts.get(gridfile.UNDEFINED, 0)} undefined accuracies."
                if n_expected else "The grid description lists no expected inputs (grid.json without "
-               "'inputs'): only runs that did not move, mix runs whose reward never varied and undefined "
-               "accuracies are checked.")
+               "'inputs'): only runs that did not move, mix runs whose reward never varied, teachers no "
+               "stronger than their student's anchor and undefined accuracies are checked.")
     notes = [
         summary,
         "Inputs: every per-checkpoint file the grid expects (diagnostics, Sim_K trajectories, reference "

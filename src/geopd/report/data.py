@@ -405,6 +405,29 @@ class ReportData:
                         f"term was 0, it trained as scaled OPD"]
         return []
 
+    def no_teacher_signal(self, run: str) -> list[str]:
+        """Why a run distilled from a teacher is no evidence of what distillation does: its
+        teacher is no stronger than the run's anchor (its init) on any benchmark where both
+        were evaluated (random fixture models all score 0), so there was nothing to distill and
+        the run's geometry is that of matching one random model to another. Empty when the
+        teacher is stronger somewhere, for runs without a teacher, or when no benchmark says."""
+        teacher = self.runs.get(run, {}).get("teacher")
+        if not teacher:
+            return []
+        pairs = []
+        for bench in self.benchmarks(run):
+            t_acc = self.model_accuracy(teacher, bench)
+            anchor = self.origin_accuracy(run, bench)
+            if t_acc is None or not math.isfinite(t_acc) or anchor is None:
+                continue
+            if t_acc > anchor[0]:
+                return []
+            pairs.append(f"{bench} {self.primary_metric(bench) or 'accuracy'} {t_acc:.3f} vs "
+                         f"{anchor[1]} {anchor[0]:.3f}")
+        if not pairs:
+            return []
+        return [f"its teacher {teacher} is no stronger than its anchor ({'; '.join(pairs)}): nothing to distill"]
+
     def _stillness(self, run: str) -> list[str]:
         files = {(e.kind, e.step, e.detail): e.file for e in self.expected if e.subject == run}
         out = []
