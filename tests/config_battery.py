@@ -2,8 +2,9 @@
 both `geopd plan` and `snakemake -n` before anything runs: exit status 2, no traceback, the
 file named, and a fragment of the expected one-line reason.
 
-A case is an overlay on the miniature or the paper config (`--configfile BASE OVERLAY`), or a
-file on its own (base None). `expect` must appear in both commands' output; `names` is the file
+A case is an overlay on the miniature or the paper config (`--configfile BASE OVERLAY`), on
+the paper config and its literal overlay ("literal": config/paper.yaml config/paper-literal.yaml
+OVERLAY), or a file on its own (base None). `expect` must appear in both commands' output; `names` is the file
 the message must name ("overlay", "base", or None when the file is not the point).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ class Case:
     name: str
     text: str | None                  # the overlay's (or lone file's) YAML; None: see `kind`
     expect: str
-    base: str | None = "mini"         # mini | paper | None
+    base: str | None = "mini"         # mini | paper | literal | None
     names: str | None = "overlay"
     kind: str = "file"                # file | dir | missing | binary
 
@@ -157,12 +158,43 @@ CASES = [
     Case("paper-bench-len-below-prompt", "benchmarks:\n  aime24: {max_model_len: 31000}\n", "shorter than a prompt",
          base="paper", names=None),
     Case("paper-eval-without-gpus", "resources:\n  evaluate: {gpus: 0}\n", "gpus 0", base="paper"),
-    Case("paper-train-node-cap", "resources:\n  train: {max_nodes: 4}\n", "exceeds max_nodes", base="paper",
-         names=None),
+    Case("paper-train-node-cap", "resources:\n  train: {max_nodes: 2}\n",
+         "train_resources.rlvr-8b, resources.train: nodes 4 exceeds max_nodes 2", base="paper"),
     Case("paper-empty-mirror", "hub_mirror: ''\n", "hub_mirror", base="paper"),
     Case("paper-teacher-vocabulary", "models:\n  qwen3-32b: {shape: {vocab: 1000}}\n", "vocabulary", base="paper"),
     Case("paper-tasks-split-gpus", "resources:\n  train: {tasks: 7}\n", "do not divide", base="paper"),
     Case("paper-bench-split-absent", "benchmarks:\n  aime24: {split: train}\n", "has no train split", base="paper"),
     Case("paper-eval-fixed-parallelism", "benchmarks:\n  aime24: {tensor_parallel: 1, data_parallel: 1}\n",
          "= 1 GPUs, but an evaluate job has 2", base="paper"),
+    # ---- tracking, rewards, dynamic sampling, update split, eval_at, train_resources ----
+    Case("tracking-wandb-no-project", "tracking: {wandb: {mode: offline}}\n", "'project' is a required property"),
+    Case("tracking-wandb-empty-project", "tracking: {wandb: {project: ''}}\n", "tracking.wandb.project"),
+    Case("tracking-wandb-bad-mode", "tracking: {wandb: {project: p, mode: local}}\n", "tracking.wandb.mode"),
+    Case("tracking-negative-interval", "tracking: {progress_interval: -1}\n", "tracking.progress_interval"),
+    Case("tracking-nan-interval", "tracking: {progress_interval: .nan}\n", "not a finite number"),
+    Case("reward-unknown", "runs:\n  rlvr-8b: {objective: {reward: exact-match}}\n", "runs.rlvr-8b.objective.reward"),
+    Case("reward-on-opd", "runs:\n  opd-8b-t32b: {objective: {reward: deepscaler}}\n",
+         "runs.opd-8b-t32b.objective.reward: objective.reward grades a task reward"),
+    Case("dynamic-sampling-on-opd", "runs:\n  opd-8b-t32b: {rollout: {dynamic_sampling: {max_rounds: 2}}}\n",
+         "runs.opd-8b-t32b.rollout.dynamic_sampling: rollout.dynamic_sampling refills"),
+    Case("dynamic-sampling-zero-rounds", "runs:\n  rlvr-8b: {rollout: {dynamic_sampling: {max_rounds: 0}}}\n",
+         "runs.rlvr-8b.rollout.dynamic_sampling.max_rounds"),
+    Case("update-split-unknown", "runs:\n  rlvr-8b: {rollout: {update_split: random}}\n",
+         "runs.rlvr-8b.rollout.update_split"),
+    Case("eval-at-unknown-benchmark", "runs:\n  sft-8b: {eval_at: {aime99: [10]}}\n",
+         "runs.sft-8b.eval_at: unknown benchmark 'aime99'"),
+    Case("eval-at-past-steps", "runs:\n  sft-8b: {eval_at: {math-heldout: [999999]}}\n",
+         "runs.sft-8b.eval_at.math-heldout: steps [999999] outside"),
+    Case("eval-at-no-steps", "runs:\n  sft-8b: {eval_at: {math-heldout: []}}\n", "runs.sft-8b.eval_at.math-heldout"),
+    Case("train-resources-unknown-run", "train_resources:\n  sft-9b: {nodes: 1}\n",
+         "train_resources.sft-9b: unknown run 'sft-9b'"),
+    Case("train-resources-above-cap", "train_resources:\n  sft-8b: {runtime: 5000}\n",
+         "train_resources.sft-8b: runtime 5000 min exceeds max_runtime"),
+    Case("paper-train-resources-nodes", "train_resources:\n  rlvr-8b: {nodes: 100}\n",
+         "train_resources.rlvr-8b: nodes 100 exceeds", base="paper"),
+    Case("literal-train-resources-runtime", "train_resources:\n  rlvr-8b: {runtime: 20000}\n",
+         "train_resources.rlvr-8b, resources.train: runtime 20000 min exceeds max_runtime 10080", base="literal"),
+    Case("literal-dynamic-sampling-on-mix",
+         "method_defaults:\n  mix:\n    rollout: {dynamic_sampling: {over_sampling_prompts: 400}}\n",
+         "rollout.dynamic_sampling refills", base="literal", names=None),
 ]

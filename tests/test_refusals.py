@@ -21,7 +21,7 @@ from geopd.errors import UserError
 from geopd.grid import Grid
 
 REPO = Path(__file__).resolve().parents[1]
-MINI, PAPER = REPO / "config/config.yaml", REPO / "config/paper.yaml"
+MINI, PAPER, LITERAL = REPO / "config/config.yaml", REPO / "config/paper.yaml", REPO / "config/paper-literal.yaml"
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
@@ -197,7 +197,7 @@ def test_6_global_batch_above_the_step_is_refused_and_counted_as_the_trainer_doe
     refused(plan(PAPER, bad), "runs.rlvr-8b.rollout.global_batch_size: 100000 samples per update")
     assert grid_problems(PAPER, bad) == [
         f"{bad}: runs.rlvr-8b.rollout.global_batch_size: 100000 samples per update, but a step samples only "
-        f"1024 prompts x 8 = 8192: at most 8192"]
+        f"64 prompts x 8 = 512: at most 512"]
     grid = Grid.from_files([MINI])
     for run in grid.runs.values():
         if run.settings.rollout is not None:
@@ -264,22 +264,26 @@ def test_10_snakemake_names_file_and_line_of_a_yaml_error(tmp_path, text, fragme
 # ---- 11. README's plan command ---------------------------------------------------------------------
 
 def test_11_readme_plan_command_with_a_run_after_the_config():
+    res = Grid.from_files([PAPER]).resources("train", "rlvr-8b")
+    title = f"train rlvr-8b: {res['nodes']} node(s) x {res['gpus']} GPU(s)"
     proc = plan(PAPER, args=["rlvr-8b", "--detail"])
     assert proc.returncode == 0, proc.stderr
-    assert "train rlvr-8b: 16 node(s) x 8 GPU(s)" in proc.stdout and "train opd-8b-t32b" not in proc.stdout
+    assert title in proc.stdout and "train opd-8b-t32b" not in proc.stdout
     proc = plan(PAPER, "rlvr-8b", args=["--detail"])
-    assert proc.returncode == 0 and "train rlvr-8b: 16 node(s) x 8 GPU(s)" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and title in proc.stdout, proc.stderr
 
 
 # ---- 12. partition caps refused by the plan too ----------------------------------------------------
 
 @pytest.mark.parametrize("text, fragment", [
-    ("resources:\n  train: {max_runtime: 2000}\n", "runtime 4320 min exceeds max_runtime 2000 (rule train, run"),
+    # the runtime is train_resources' (config/paper.yaml), the cap the overlay's: both named
+    ("resources:\n  train: {max_runtime: 2000}\n", f"{PAPER}, {{bad}}: train_resources.rlvr-8b, resources.train: "
+                                                   f"runtime 5220 min exceeds max_runtime 2000 (rule train, run rlvr-8b)"),
     ("resources:\n  evaluate: {mem_mb: 950000}\n", "mem_mb 950000 exceeds max_mem_mb 900000 (rule evaluate)"),
 ])
 def test_12_plan_refuses_requests_above_the_partition_caps(tmp_path, text, fragment):
     bad = overlay(tmp_path, text)
-    refused(plan(PAPER, bad), fragment, str(bad))
+    refused(plan(PAPER, bad), fragment.replace("{bad}", str(bad)), str(bad))
 
 
 # ---- 13. a self-referencing run, a missing local checkpoint, a mistyped results folder, an empty
@@ -351,15 +355,16 @@ def test_13_an_overlay_that_redefines_a_run_says_what_it_changed(tmp_path):
 # ---- 14. nodes beyond the partition ----------------------------------------------------------------
 
 def test_14_nodes_beyond_the_partition_are_refused(tmp_path):
-    bad = overlay(tmp_path, "resources:\n  train: {nodes: 100000}\n")
-    refused(plan(PAPER, bad), "nodes 100000 exceeds max_nodes (default 64) 64 (rule train, run opd-8b-t32b)",
-            str(bad))
-    allowed = overlay(tmp_path, "resources:\n  train: {nodes: 100000, max_nodes: 100000}\n", "big.yaml")
+    bad = overlay(tmp_path, "train_resources:\n  opd-8b-t32b: {nodes: 100000}\n")
+    refused(plan(PAPER, bad), f"{bad}: train_resources.opd-8b-t32b: nodes 100000 exceeds max_nodes (default 64) 64 "
+                              f"(rule train, run opd-8b-t32b)")
+    allowed = overlay(tmp_path, "train_resources:\n  opd-8b-t32b: {nodes: 100000}\n"
+                                "resources:\n  train: {max_nodes: 100000}\n", "big.yaml")
     proc = plan(PAPER, allowed)
     assert proc.returncode == 0, proc.stderr
     # the numbers stay apart (they once ran together: "26 1,094,432,832.0136,388,375.9")
-    assert re.search(r"^  train +26 +1,094,432,832\.0 +136,388,375\.9 +66\.7/75 /GPU$", proc.stdout, re.M), proc.stdout
-    assert re.search(r"^  opd-8b-t32b +100000x8 +32768 +64\.1/75 \(teacher scoring\) +9\.9 +72\.0 +37\+ +11063$",
+    assert re.search(r"^  train +26 +12,010,440\.0 +8,073,980\.5 +74\.4/75 /GPU$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^  opd-8b-t32b +100000x8 +32768 +64\.1/75 \(teacher scoring\) +10\.1 +15\.0 +1 +299$",
                      proc.stdout, re.M), proc.stdout
 
 
@@ -393,8 +398,7 @@ def _case_files(case, root: Path) -> list[Path]:
         path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 20)
     elif case.kind == "file":
         path.write_text(case.text.replace("{repo}", str(REPO)))
-    base = {"mini": MINI, "paper": PAPER, None: None}[case.base]
-    return ([base] if base else []) + [path]
+    return {"mini": [MINI], "paper": [PAPER], "literal": [PAPER, LITERAL], None: []}[case.base] + [path]
 
 
 def run_many(jobs: list[dict], out_dir: Path) -> list[tuple[int, str]]:
@@ -424,11 +428,11 @@ def test_battery_refused_by_plan_and_snakemake(tmp_path):
                      "argv": ["-n", "--quiet", "rules", "-s", str(REPO / "Snakefile"), "-d", str(wd),
                               "--configfile", *map(str, files)]})
         labels += [(case, files, "geopd plan"), (case, files, "snakemake -n")]
-    for base in (MINI, PAPER):
-        jobs.append({"prog": "geopd", "argv": ["plan", "--configfile", str(base)], "cwd": str(REPO)})
+    for bases in ([MINI], [PAPER], [PAPER, LITERAL]):
+        jobs.append({"prog": "geopd", "argv": ["plan", "--configfile", *map(str, bases)], "cwd": str(REPO)})
         jobs.append({"prog": "snakemake", "cwd": str(REPO),
                      "argv": ["-n", "--quiet", "rules", "-s", str(REPO / "Snakefile"), "-d",
-                              str(tmp_path / "wd" / base.stem), "--configfile", str(base)]})
+                              str(tmp_path / "wd" / bases[-1].stem), "--configfile", *map(str, bases)]})
     results = run_many(jobs, tmp_path / "out")
     for rc, out in results[len(labels):]:
         assert rc == 0, out[-3000:]

@@ -20,6 +20,22 @@ from geopd.grid import Grid
 from geopd.grid.checks import DEFAULT_MAX_RUNTIME, resource_problems
 
 
+class Unversioned:
+    """A rule parameter that is not a setting of the job's outputs (e.g. where a run also logs):
+    Snakemake records only parameters of plain types (str, numbers, containers) to decide
+    whether a job must rerun, so changing this one reruns nothing. In a shell command it formats
+    as its text (`{params.x:q}` quotes it)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Unversioned({self.text!r})"
+
+
 def retry_runtime(res: dict, attempt: int) -> int:
     """Minutes asked for on this attempt (1-based): runtime x attempt, capped at max_runtime."""
     return min(res["runtime"] * attempt, res.get("max_runtime", DEFAULT_MAX_RUNTIME))

@@ -9,13 +9,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from geopd.config import mask_alphas
 from geopd.errors import UserError
 from geopd.grid import Grid
 from geopd.spec import spec_json
 from geopd.paths import Layout, samples_file, summary_file
 from geopd.plan import evaluation_spec, refusals
 from geopd.report.gridfile import input_files, write_grid
-from geopd.workflow import snakemake_resources, threads_of
+from geopd.workflow import Unversioned, snakemake_resources, threads_of
 
 
 # The config checked before any job is scheduled, by the same code as `geopd plan`: each config
@@ -82,8 +83,8 @@ def diagnose_args(base, tuned, out, matrices, threads):
     """`geopd diagnose`'s arguments for one checkpoint pair (every grouping, and reference pairs)."""
     d = config["diagnostics"]
     return ["diagnose", "--base", base, "--tuned", tuned, "--out", out, "--summary", summary_file(out),
-            "--matrices", matrices, "--k", str(d["k"]), "--r", str(d["r"]), "--alpha", str(d["alpha"]),
-            "--eta", str(d["eta"]), "--workers", str(threads), "--cache-dir", f"{R}/cache/svd"]
+            "--matrices", matrices, "--k", str(d["k"]), "--r", str(d["r"]),
+            "--alpha", *[str(a) for a in mask_alphas(d)], "--eta", str(d["eta"]), "--workers", str(threads), "--cache-dir", f"{R}/cache/svd"]
 
 
 def checkpoint_diagnosis(run, step, matrices, threads):

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+from geopd.errors import UserError
 from geopd.grid import Grid, checks
-from geopd.plan import build_jobs, estimate_jobs, estimate_json, problems, render, select, summarize
+from geopd.plan import (Sizing, build_jobs, estimate_jobs, estimate_json, problems, render, render_suggestion,
+                        select, summarize)
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -21,6 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--detail", action="store_true",
                         help="print each estimate's memory terms per phase and its time components")
+    parser.add_argument("--suggest-resources", action="store_true",
+                        help="print the train_resources block (nodes and runtime per training run) and the "
+                             "evaluate runtime that the estimates and the margin give (geopd.plan.Sizing)")
+    parser.add_argument("--margin", type=float, default=Sizing.margin,
+                        help=f"--suggest-resources: runtime = estimate x this (default {Sizing.margin:g})")
+    parser.add_argument("--max-hours", type=float, default=Sizing.max_hours,
+                        help=f"--suggest-resources: more nodes until a run's runtime fits this (default {Sizing.max_hours:g})")
 
 
 def config_and_targets(configfiles: list[str], targets: list[str]) -> tuple[list[str], list[str]]:
@@ -37,6 +47,14 @@ def main(args: argparse.Namespace) -> int:
     for line in grid.changes:
         print(f"geopd plan: warning: {line}", file=sys.stderr)
     names = " + ".join(configfiles)
+    if args.suggest_resources:
+        for flag, value in (("--margin", args.margin), ("--max-hours", args.max_hours)):
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"{flag} {value:g}: must be a positive number")
+        # The runtimes and nodes it suggests replace the requested ones: those are not refused.
+        checks.refuse(checks.problems(grid, requests=False), names)
+        print(render_suggestion(grid, " ".join(configfiles), Sizing(margin=args.margin, max_hours=args.max_hours)))
+        return 0
     checks.refuse(checks.problems(grid), names)
     jobs = select(build_jobs(grid), grid, targets)
     estimates = estimate_jobs(grid, jobs)

@@ -5,6 +5,7 @@
   aggregate-eval         --results R [--grid FILE.json] --out F
   tables | figures | claims   --results R [--grid FILE.json] [--out-dir DIR]
   partial                --results R [--grid FILE.json] --out-dir DIR
+  run-curves             --metrics R/runs/<run>/metrics.jsonl --run NAME --out R/figures/runs/<run>.png
 
 The grid description (default R/grid.json) lists every per-checkpoint file the grid expects,
 relative to R; the aggregates read exactly those (all must exist). tables, figures and claims
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from geopd.errors import UserError
+from geopd.io.outputs import check_outputs
 from geopd.paths import Layout
 from geopd.report import aggregate
 from geopd.report.claims import write_claims
@@ -60,6 +62,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--grid", default=None, help=GRID_HELP)
         p.add_argument("--out-dir", default=None, help=f"output folder (default: RESULTS/{default})")
         p.set_defaults(default_out=default)
+
+    p = sub.add_parser("run-curves", help="one run's training curves (every scalar of its metrics), png and pdf")
+    p.add_argument("--metrics", required=True, help="the run's metrics.jsonl")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="the PNG (the PDF is written beside it)")
 
     p = sub.add_parser("partial", help="tables, figures, claims and missing.md from whatever inputs exist")
     p.add_argument("--results", required=True)
@@ -132,6 +139,15 @@ def main(args: argparse.Namespace) -> int:
     cmd = args.report_command
     if cmd == "grid":
         write_grid(args.spec, args.out)
+        return 0
+    if cmd == "run-curves":
+        from geopd.report.figures import run_curves  # heavy: matplotlib
+
+        out = Path(args.out).with_suffix("")
+        check_outputs({"--out": out.with_suffix(".png"), "--out (pdf)": out.with_suffix(".pdf")},
+                      {"--metrics": args.metrics})
+        paths = run_curves.draw(args.metrics, args.run, out)
+        print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
         return 0
     check_results(args)
     if cmd == "aggregate-diagnostics":

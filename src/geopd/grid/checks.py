@@ -12,9 +12,9 @@ unknown names, cycles, clashes, data sets that cannot feed their users. Here:
   `device: cuda`;
 - sequences an engine cannot hold: a response of max_new_tokens at or beyond max_model_len;
 - batches the trainer cannot cut: rollout.global_batch_size above a step's samples;
-- every command's settings as the command will get them (each run's `geopd train` spec, each
-  benchmark's `geopd evaluate` spec), built once here so a mistake in them stops the workflow
-  at planning rather than at a job's start.
+- every command's settings as the command will get them (each run's `geopd train` spec and
+  its tracking, each benchmark's `geopd evaluate` spec), built once here so a mistake in them
+  stops the workflow at planning rather than at a job's start.
 """
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ DEFAULT_MAX_NODES = 64
 SOURCE_DIRS = ("src", "workflow", "config", "tests", "scripts", "envs", "slurm", ".git", ".venv", ".venv-vllm")
 
 
-def problems(grid) -> list[str]:
-    """Every problem found, one line each ("file: key: what"); [] when the grid can run."""
+def problems(grid, requests: bool = True) -> list[str]:
+    """Every problem found, one line each ("file: key: what"); [] when the grid can run.
+    requests=False: not the requests above their caps (what `geopd plan --suggest-resources`
+    replaces)."""
     out = results_problems(grid) + path_problems(grid)
-    for rule in resource_rules(grid):
+    for rule in (resource_rules(grid) if requests else []):
         out += resource_problems(grid, rule)
     out += (device_problems(grid) + parallel_problems(grid) + length_problems(grid) + batch_problems(grid)
             + lineage_problems(grid) + data_problems(grid) + spec_problems(grid))
@@ -111,14 +113,30 @@ def resource_rules(grid) -> list[str]:
     return rules
 
 
+def _blocks(grid, cls: str, run: str | None) -> list[tuple[str, dict]]:
+    """The config blocks a job's resources merge, the most specific first: the run's own, its
+    train_resources entry, resources.<class>, resources.default."""
+    out = []
+    if run is not None:
+        out += [(f"runs.{run}.resources", grid.runs[run].resources),
+                (f"train_resources.{run}", (grid.config.get("train_resources") or {}).get(run, {}))]
+    return out + [(f"resources.{b}", grid.config["resources"].get(b, {})) for b in (cls, "default")]
+
+
 def _origin(grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str:
     """The config block a resolved value came from (the most specific that sets one of keys)."""
-    if run is not None and any(k in grid.runs[run].resources for k in keys):
-        return f"runs.{run}.resources"
-    for block in (cls, "default"):
-        if any(k in grid.config["resources"].get(block, {}) for k in keys):
-            return f"resources.{block}"
-    return f"resources.{cls}"
+    return next((name for name, block in _blocks(grid, cls, run) if any(k in block for k in keys)),
+                f"resources.{cls}")
+
+
+def _where(grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str:
+    """"file(s): block(s)" for a message about resolved keys: the block each key that is set
+    comes from (train_resources.<run> may set runtime and resources.train max_runtime), and the
+    files that set them."""
+    found = {k: next((name for name, block in _blocks(grid, cls, run) if k in block), None) for k in keys}
+    found = {k: b for k, b in found.items() if b is not None} or {keys[0]: f"resources.{cls}"}
+    files = grid.origins.of(*(f"{b}.{k}" for k, b in found.items()))
+    return f"{files}: {', '.join(dict.fromkeys(found.values()))}"
 
 
 def resource_problems(grid, rule: str) -> list[str]:
@@ -136,8 +154,7 @@ def resource_problems(grid, rule: str) -> list[str]:
             continue
 
         def line(keys: tuple[str, ...], message: str) -> str:
-            block = _origin(grid, cls, run, keys)
-            return f"{grid.origins.of(*(f'{block}.{k}' for k in keys))}: {block}: {message}"
+            return f"{_where(grid, cls, run, keys)}: {message}"
 
         cap = res.get("max_runtime", DEFAULT_MAX_RUNTIME)
         if res["runtime"] > cap:
@@ -187,8 +204,7 @@ def parallel_problems(grid) -> list[str]:
             res = grid.resources("train", name)
             gpus = res.get("gpus", 0) * res.get("nodes", 1)
             if gpus and gpus % res.get("tasks", 1):
-                block = _origin(grid, "train", name, ("tasks", "nodes", "gpus"))
-                out.append(f"{grid.origins.of(*(f'{block}.{k}' for k in ('tasks', 'nodes', 'gpus')))}: {block}: "
+                out.append(f"{_where(grid, 'train', name, ('tasks', 'nodes', 'gpus'))}: "
                            f"tasks {res['tasks']} do not divide the {gpus} GPUs of run {name}")
     if grid.eval_targets():
         res = grid.resources("evaluate")
@@ -325,6 +341,11 @@ def spec_problems(grid) -> list[str]:
             grid.run_spec(name)
         except UserError as exc:
             out.append(_line(grid, f"runs.{name}", str(exc)))
+    if grid.runs:
+        try:
+            grid.tracking_spec(next(iter(grid.runs)))
+        except UserError as exc:
+            out.append(_line(grid, "tracking", str(exc)))
     for name in grid.benchmarks:
         try:
             grid.benchmark_spec(name)
