@@ -85,9 +85,11 @@ class Targets:
         return [r.name for r in self.runs.values() if r.eval]
 
     def eval_run_targets(self, run: str) -> list[tuple[int, str]]:
-        """(step, benchmark) of every evaluation of one run, checkpoint by checkpoint."""
+        """(step, benchmark) of every evaluation of one run, benchmark by benchmark: a grouped job
+        (`geopd batch`) keeps its vLLM engine while the settings stay, and benchmarks with other
+        engine settings then cost one engine start each, not one per checkpoint."""
         r = self.runs[run]
-        return [(s, b) for s in r.checkpoints for b in r.eval]
+        return [(s, b) for b in r.eval for s in r.checkpoints]
 
     def eval_inputs(self) -> list[str]:
         """What aggregate_eval waits for: every evaluation file, or with evaluations grouped by
