@@ -8,7 +8,8 @@
 #   bash scripts/run-paper-fixture.sh [WORKDIR] [snakemake arguments...]
 #
 # WORKDIR (default: this checkout) receives results/paper-fixture/ (the fixture's hub mirror is
-# written there first if absent). Extra arguments go to snakemake (e.g. -n, --forceall).
+# written there first if absent). Extra arguments go to snakemake (e.g. -n, --forceall, or
+# targets: "all" and data sets that no run reads, as the CI test asks for).
 # GEOPD_CORES sets --cores (default 2). CI runs it from tests/with_vllm/test_paper_fixture.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -265,6 +265,9 @@ class Engine:
                                 f"({other}); vLLM 0.32 allows one tensor-parallel size per process")
         else:
             standalone_on_cpu()
+            # reseed and the tied lm_head's refresh send geopd functions to the workers; through
+            # vLLM's engine-core process (GPU) they travel pickled, which vLLM does only when asked.
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.sleeps = bool(settings.get("sleep", False)) and cuda
         if self.sleeps:
             kwargs["enable_sleep_mode"] = True
