@@ -85,6 +85,8 @@ def test_grouped_evaluations_share_one_engine_and_equal_per_checkpoint_results(w
     rss = [float(line.rsplit("rss ", 1)[1].split()[0]) for line in log if "geopd batch:" in line and " rss " in line]
     assert len(rss) == len(grouped)
     warm = rss[N]
+    print(f"geopd batch: {len(grouped)} evaluations, rss after each (MiB): {rss}; growth from the first "
+          f"code evaluation: {max(rss[N:]) - warm:.0f} MiB (bound {MEMORY_BOUND_MIB})")
     assert max(rss[N:]) - warm <= MEMORY_BOUND_MIB, rss
 
     # The results equal the per-checkpoint evaluation with a fresh engine (started, used once,
