@@ -1,8 +1,8 @@
 """vLLM engines inside geopd: how they are built, placed, fed new weights and put to sleep.
 
 One `Engine` wraps one `vllm.LLM`. The rollout engine (geopd.engines.rollout.VLLMRollout), the
-teacher (geopd.engines.teacher.VLLMTeacher) and evaluation's code path build theirs here; lm-eval's
-vLLM wrapper builds its own (geopd.evaluate.harness) with the same settings.
+teacher (geopd.engines.teacher.VLLMTeacher) and evaluation (geopd.evaluate.engine: one engine for
+the process, which lm-eval's vLLM wrapper and the code kinds' sampling share) build theirs here.
 
 Placement in training ("colocated", issue 15). Every trainer process hosts its own engines, on
 its own GPU, in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0):
@@ -24,7 +24,14 @@ parallel 1 and 2), but only with the same tensor_parallel: vLLM keeps its model-
 in process-global state, and a second engine of another size fails ("tensor parallel group
 already initialized, but of unexpected size"). `check_colocation` says so before anything loads.
 Deleting one of them would tear down those groups under the other, so engines live as long as
-their process (`_LIVE`).
+their process (`_LIVE`), except an engine alone in its process, which `close()` shuts down
+(evaluation's, geopd.evaluate.engine: one engine for a batch of checkpoints, replaced when the
+settings change).
+
+Evaluation engines are standalone (vLLM's default executor, worker processes on GPU) and take a
+checkpoint's weights from its folder (`load_checkpoint`: each worker reads the files itself, so
+nothing crosses a process boundary but the path); `reseed` resets the workers' global random
+streams, which sample the requests that carry no seed of their own (lm-eval's).
 
 Sleep. With `sleep: true` on CUDA an engine is built with enable_sleep_mode and sleeps while
 the trainer computes; calls wake it again (weights first, then the KV cache, as verl does, so a
@@ -42,11 +49,18 @@ the machine's RAM), float32 unless the settings ask for another dtype.
 
 RNG: building an engine runs vLLM's set_random_seed on the global python/numpy/torch generators;
 `Engine` restores them afterwards, so the trainer's streams do not depend on the backend.
+
+Exception hook: each time vLLM initializes its (world-1) torch.distributed group in this process,
+torch wraps sys.excepthook once more to prefix every line of a traceback with "[rank0]: ". A
+process that starts engines one after another (a batch of evaluations) would stack one prefix
+per engine; `Engine` keeps the hook the process had.
 """
 from __future__ import annotations
 
+import gc
 import os
 import random
+import sys
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -190,6 +204,13 @@ def trainer_weights(model, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tens
         yield name, t
 
 
+def _seed_worker(worker, seed: int) -> None:
+    """Run on a worker: reseed its global python/numpy/torch (and device) generators."""
+    from vllm.utils.torch_utils import set_random_seed
+
+    set_random_seed(seed)
+
+
 def _refresh_tied_lm_head(worker) -> None:
     """Run on the worker after a reload. vLLM 0.32 on CPU computes the lm_head from a packed copy
     of its weight, made when the layer is processed; a tied lm_head shares the embedding and gets
@@ -244,13 +265,20 @@ class Engine:
                                 f"({other}); vLLM 0.32 allows one tensor-parallel size per process")
         else:
             standalone_on_cpu()
+            # reseed and the tied lm_head's refresh send geopd functions to the workers; through
+            # vLLM's engine-core process (GPU) they travel pickled, which vLLM does only when asked.
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.sleeps = bool(settings.get("sleep", False)) and cuda
         if self.sleeps:
             kwargs["enable_sleep_mode"] = True
         self.role, self.colocated, self.sleep_level = role, colocated, sleep_level
         self.settings, self.tensor_parallel, self.rank = settings, tp, rank
-        with own_rng():
-            self.llm = vllm.LLM(**kwargs)
+        hook = sys.excepthook
+        try:
+            with own_rng():
+                self.llm = vllm.LLM(**kwargs)
+        finally:
+            sys.excepthook = hook
         _LIVE.append(self.llm)
         self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to, too
         if colocated:
@@ -290,18 +318,58 @@ class Engine:
         """Load (name, tensor) pairs in checkpoint format into the running engine through the
         worker's reload_weights (vLLM 0.32's layerwise reload: each layer's weights are collected,
         then processed into the kernel layout, e.g. the CPU's repacked linear weights, and copied
-        into the engine's own storage). The iterator is consumed inside the in-process worker.
-        Drops the prefix cache, whose KV entries belong to the old weights."""
+        into the engine's own storage). The iterator is consumed inside the in-process worker."""
         if not self.colocated:
             raise RuntimeError("weights can only be pushed into a colocated (in-process) engine")
+        self._reload(weights_iterator=iter(named))
+
+    def load_checkpoint(self, path) -> None:
+        """Load a checkpoint folder's weights into the running engine (any executor: every worker
+        reads the files through vLLM's own loader, then reload_weights as push_weights). The
+        checkpoint must have the engine's architecture (geopd.evaluate.engine compares config.json
+        before)."""
+        self._reload(weights_path=str(path))
+
+    def _reload(self, **source) -> None:
+        """reload_weights from `source` (weights_iterator or weights_path), then the tied lm_head;
+        drops the prefix cache, whose KV entries belong to the old weights."""
         if "weights" in self.asleep:
             _wake_all("weights")
         with own_rng():
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named),
-                                                              "is_checkpoint_format": True})
+            self.llm.collective_rpc("reload_weights", kwargs={**source, "is_checkpoint_format": True})
             self.llm.collective_rpc(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()
         self.weights_discarded = False
+
+    def reseed(self, seed: int) -> None:
+        """vLLM's set_random_seed in every worker: requests without a seed of their own then sample
+        as in a freshly started engine reseeded the same way, however many requests ran before.
+        In-process the worker's generators are this process's; the caller's streams are restored."""
+        with own_rng():
+            self.llm.collective_rpc(_seed_worker, args=(int(seed),))
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (KV cache, weights, worker processes on GPU).
+        Only for the last engine of the process: vLLM's parallel groups are process-global."""
+        if self.llm is None:
+            return
+        others = [llm for llm in _LIVE if llm is not self.llm]
+        if others:
+            raise RuntimeError(f"cannot close the {self.role} engine while {len(others)} other vLLM engine(s) "
+                               "live in this process (they share its parallel groups)")
+        llm, self.llm = self.llm, None
+        _LIVE.remove(llm)
+        if self in _SLEEPERS:
+            _SLEEPERS.remove(self)
+        if self.colocated:
+            _PROCESS_TP.pop(self.role, None)
+        # EngineCore.shutdown: executor and workers down, the gc.freeze() of its start-up undone,
+        # the distributed groups destroyed; the memory goes with the last reference.
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        if on_cuda():
+            torch.cuda.empty_cache()
 
     # ---- sleep --------------------------------------------------------------------------------
 
