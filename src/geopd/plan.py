@@ -434,6 +434,17 @@ def detail(estimates: dict[str, cm.Estimate]) -> list[str]:
                 lines += [f"    {k:<58}{v / cm.GiB:>9.2f}" for k, v in b.terms.items()]
         for k, v in e.seconds.items():
             lines.append(f"  time {k:<53}{v / 3600:>9.2f} h")
+        if "engine layout (per trainer process)" in e.info:
+            lines.append(f"  engines per trainer process: {e.info['engine layout (per trainer process)']}")
+        for name in ("rollout", "teacher"):
+            fits = e.info.get(f"{name}_utilization_that_fits")
+            if fits is not None:
+                lines.append(f"  {name} engine: largest gpu_memory_utilization with every phase fitting: {fits:.2f}")
+        if e.rule == "train" and "signal_lead_s" in e.info:
+            why = (f" (the longest step {e.info['longest_step_s'] / 60:.1f} min + a state save "
+                   f"{e.info['state_save_s'] / 60:.1f} min, x margin, + Slurm's resolution)"
+                   if "longest_step_s" in e.info else "")
+            lines.append(f"  early signal: sbatch --signal=USR1@{e.info['signal_lead_s']}{why}")
         for k in ("rollout_tokens", "teacher_tokens", "train_tokens"):
             if k in e.info:
                 lines.append(f"  {k.replace('_', ' '):<58}{e.info[k]:>12.3g}")

@@ -110,7 +110,7 @@ class Trainer:
         self.records = self._load_data()  # before any model is loaded: fail fast on bad data
         self.tokenizer = tokenizer if model is not None else self._load_tokenizer()
         if spec.teacher:
-            check_colocation(spec.to_dict())  # before anything loads
+            check_colocation(spec)  # before anything loads
         self.model = self._load_student(model)
         self.teacher = self._load_teacher() if spec.teacher else None
         self.model.train()
