@@ -953,9 +953,14 @@ def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, 
     memory per node, time, and the early signal it asks Slurm for (info signal_lead_s: the
     resources' signal_lead_s, else `signal_lead_s` of the estimate)."""
     est = _estimate_train(run, student, teacher, resources, device=device, a=a)
-    lead = resources.get("signal_lead_s")
-    est.info["signal_lead_s"] = int(lead) if lead is not None else signal_lead_s(est, resources["runtime"] * 60, a)
+    est.info["signal_lead_s"] = job_signal_lead(est, resources, a)
     return est
+
+
+def job_signal_lead(est: Estimate, resources: dict, a: Assumptions = ASSUMPTIONS) -> int:
+    """A training job's early-signal lead: its resources' signal_lead_s, else `signal_lead_s`."""
+    lead = resources.get("signal_lead_s")
+    return int(lead) if lead is not None else signal_lead_s(est, resources["runtime"] * 60, a)
 
 
 def engine_layout(engines: list[_Colocated]) -> str:

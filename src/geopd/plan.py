@@ -271,6 +271,24 @@ def evaluation_spec(grid: Grid, bench: str, *, run: str | None = None, model: st
     return spec.updated(tensor_parallel=tp, data_parallel=dp)
 
 
+def train_estimate(grid: Grid, run: str, shapes: Shapes | None = None) -> cm.Estimate:
+    """The cost model's estimate of run `run`'s training job."""
+    shapes = shapes or Shapes(grid)
+    r = grid.runs[run]
+    return cm.estimate_train(r, shapes.run(run), shapes.model(r.teacher) if r.teacher else None,
+                             grid.resources("train", run), device=grid.device)
+
+
+def signal_lead(grid: Grid, run: str) -> int:
+    """Seconds before its time limit that run `run`'s training job asks Slurm for USR1 (sbatch
+    --signal=USR1@lead; geopd.costmodel.signal_lead_s): the estimate's, the resources' own, or the
+    default for a job whose models the plan cannot read."""
+    try:
+        return train_estimate(grid, run).info["signal_lead_s"]
+    except UserError:
+        return cm.job_signal_lead(cm.Estimate("train", run, 0, 1, 0), grid.resources("train", run))
+
+
 def estimate_jobs(grid: Grid, jobs: dict[str, Job]) -> dict[str, cm.Estimate]:
     """An estimate for every job the cost model covers (training, evaluation, diagnostics);
     jobs with the same inputs share one."""
@@ -283,8 +301,7 @@ def estimate_jobs(grid: Grid, jobs: dict[str, Job]) -> dict[str, cm.Estimate]:
             if job.rule == "train":
                 run = grid.runs[meta["subject"]]
                 key = ("train", run.name)
-                make = lambda: cm.estimate_train(run, shapes.run(run.name),
-                                                 shapes.model(run.teacher) if run.teacher else None, res, device=device)
+                make = lambda: train_estimate(grid, run.name, shapes)
             elif job.rule in ("evaluate", "evaluate_model"):
                 # one estimate per (model, benchmark): every checkpoint of a run has its init's shape
                 model = meta.get("model") or shapes.root_model(Ref("run", meta["subject"]))

@@ -398,6 +398,11 @@ class Settings(Spec):
 
 # ---- what `geopd train` gets ----------------------------------------------------------------------
 
+# Minutes of wall clock between training-state saves (beside checkpoint steps and a requested stop),
+# so that a node failure loses at most this much: `geopd train --state-every-min`, from the train
+# resources' state_every_min (0: never by the clock).
+STATE_EVERY_MIN = 30.0
+
 @dataclass(frozen=True, kw_only=True)
 class DataSource(Spec):
     WHERE = "data"

@@ -18,7 +18,7 @@ from geopd.spec import spec_json
 from geopd.paths import Layout, samples_file, summary_file
 from geopd.plan import evaluation_spec
 from geopd.report.gridfile import input_files, write_grid
-from geopd.workflow import snakemake_resources, threads_of
+from geopd.workflow import check_environments, geopd_commands, snakemake_resources, threads_of
 
 
 try:
@@ -33,6 +33,10 @@ os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.envi
 
 G = Grid(config, workflow.configfiles)
 R = str(G.results)
+# The `geopd` of each rule class that may use GPUs: the GPU environment's (environments.gpu) where
+# its jobs request GPUs, else the one above. A global, so `{GEOPD[train]}` in a rule's shell shows
+# the path (snakemake -n -p) while the rule's code, a rerun trigger, stays the same.
+GEOPD = geopd_commands(G, workflow.basedir)
 # Every path under R, for the rules' patterns too: L.checkpoints_dir("{run}") is the pattern
 # results/runs/{run}/checkpoints (geopd.paths, which the grid and the report use).
 L = Layout(G.results)

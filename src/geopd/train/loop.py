@@ -8,11 +8,16 @@ a short loop of calls; the processes and sharding live in geopd.train.distribute
 are cut into updates and micro-batches in geopd.train.batching, and the training state across
 jobs (resume, continue, kept states) in geopd.train.resume.
 
-Fault tolerance: at each checkpoint step (and on SIGTERM/SIGUSR1, which Slurm sends before
-a time limit) the full state is written to `state_dir`; a restarted job resumes from the last
-complete state and ends bitwise where an uninterrupted run would (CPU). Exported checkpoints
-accumulate in `state_dir/exports` and are moved onto the rule's output only at the very end,
-because Snakemake deletes the outputs of a failed job.
+Fault tolerance: the full state is written to `state_dir` at each checkpoint step, every
+`state_every_min` minutes of wall clock (geopd.spec.STATE_EVERY_MIN: a node failure loses at most
+that), and after the step in which a stop was asked for (SIGUSR1, which Slurm sends `lead` seconds
+before a training job's time limit: sbatch --signal, geopd.launch; or SIGTERM), after which the job
+exits 75 for a retry; a restarted job resumes from the last complete state and ends bitwise where an
+uninterrupted run would (CPU). The ranks agree after each step on whether to save or stop (a signal
+reaches them at different moments, and saving is collective). A signal that arrives while the
+process starts up (`geopd train` notes it from its start: geopd.train.signals) counts from
+the first step. Exported checkpoints accumulate in `state_dir/exports` and are moved onto the
+rule's output only at the very end, because Snakemake deletes the outputs of a failed job.
 """
 from __future__ import annotations
 
@@ -37,9 +42,10 @@ from geopd.engines.vllm_engine import check_colocation
 from geopd.errors import UserError
 from geopd.io.publish import verify_checkpoint
 from geopd.io.tensors import Checkpoint, read_tensor
-from geopd.spec import Optim, RunSpec
+from geopd.spec import STATE_EVERY_MIN, Optim, RunSpec
 from geopd.train import objectives as obj
 from geopd.train import resume
+from geopd.train import signals
 from geopd.train.batching import micro_batch_plan, num_updates, update_of_samples
 from geopd.train.data import JsonlRecords, RecordStream, build_index, shard
 from geopd.train.distributed import Dist, shard_model
@@ -94,8 +100,9 @@ class Stop(Exception):
 
 class Trainer:
     def __init__(self, spec: RunSpec | dict, *, model=None, tokenizer=None, threads: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, state_every_min: float = STATE_EVERY_MIN):
         spec = self.spec = RunSpec.from_dict(spec)
+        self.state_every_s = state_every_min * 60
         self.method = spec.method
         self.engine = spec.engine
         self.dist = Dist.setup(spec.device, group=self.engine.mixed_precision)
@@ -443,9 +450,20 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
 
+    def _after_step(self) -> tuple[bool, bool]:
+        """(save a state now, then stop), as every rank agrees: a stop asked of any rank, or the
+        wall-clock interval since the last save passed on rank 0."""
+        due = self.state_every_s > 0 and time.monotonic() - self._last_state >= self.state_every_s
+        flags = self.dist.all_max(int(self._stop_requested) * 2 + int(due and self.dist.main))
+        return flags > 0, flags >= 2
+
     def fit(self) -> None:
         spec = self.spec
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        handlers = {s: signal.signal(s, self._on_signal) for s in signals.STOP_SIGNALS}
+        for signum in signals.early:  # asked while starting up
+            self._on_signal(signum, None)
+        signals.early.clear()
+        self._last_state = time.monotonic()
         bar = self._progress_bar()
         try:
             while self.step < spec.steps:
@@ -457,15 +475,16 @@ class Trainer:
                 self.step += 1
                 row = self.log(row, t0, self.after_update())
                 _inject_fault("GEOPD_FAULT_KILL_AT_STEP", self.step, signal.SIGKILL)
+                save, stop = self._after_step()
                 if self.step in spec.checkpoints:
                     self.export()
+                if self.step in spec.checkpoints or save:
                     resume.save_state(self)
-                elif self._stop_requested:
-                    resume.save_state(self)
+                    self._last_state = time.monotonic()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "mean_r_t") if k in row})
-                if self._stop_requested:
+                if stop and self.step < spec.steps:
                     raise Stop()
         finally:
             if bar is not None:
@@ -513,7 +532,8 @@ def _slow_down(variable: str) -> None:
 
 
 def train(spec: RunSpec | dict, out_dir, metrics_out, *, threads: int | None = None, model=None, tokenizer=None,
-          progress: bool = True) -> None:
-    trainer = Trainer(spec, model=model, tokenizer=tokenizer, threads=threads, progress=progress)
+          progress: bool = True, state_every_min: float = STATE_EVERY_MIN) -> None:
+    trainer = Trainer(spec, model=model, tokenizer=tokenizer, threads=threads, progress=progress,
+                      state_every_min=state_every_min)
     trainer.fit()
     trainer.publish(out_dir, metrics_out)
