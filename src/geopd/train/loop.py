@@ -468,6 +468,7 @@ class Trainer:
         try:
             while self.step < spec.steps:
                 _inject_fault("GEOPD_FAULT_SIGTERM_AT_STEP", self.step + 1, signal.SIGTERM)
+                _inject_fault("GEOPD_FAULT_USR1_AT_STEP", self.step + 1, signal.SIGUSR1)
                 _slow_down("GEOPD_FAULT_STEP_DELAY")
                 t0 = time.perf_counter()
                 row = self.sft_step() if self.method == "sft" else self.rl_step()
