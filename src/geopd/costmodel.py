@@ -964,9 +964,10 @@ def job_signal_lead(est: Estimate, resources: dict, a: Assumptions = ASSUMPTIONS
 
 
 def engine_layout(engines: list[_Colocated]) -> str:
-    """Which engines share each trainer process, and how each is held while the trainer computes."""
+    """Which engines share each trainer process, in the order they are built (the sleep-mode
+    engine first: geopd.engines.vllm_engine), and how each is held while the trainer computes."""
     parts = []
-    for e in engines:
+    for e in sorted(engines, key=lambda e: not e.sleeps):
         how = (f"sleep mode, level {e.level} ({'weights in pinned host memory' if e.level == 1 else 'weights dropped, pushed on waking'})"
                if e.sleeps else "resident (no sleep mode: its share is held in every phase)")
         parts.append(f"{e.name} engine tp {e.engine.tp} at {e.engine.utilization:g}, {how}")

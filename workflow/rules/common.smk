@@ -27,7 +27,8 @@ except WorkflowError as exc:
     # Snakemake's message does not name the key or the file; ours does.
     raise WorkflowError(explain(config, workflow.configfiles) or str(exc))
 
-# Rules call the `geopd` console script of the environment Snakemake itself runs in. Set, not
+# Rules call the `geopd` console script of the environment Snakemake itself runs in (those of the
+# jobs that request GPUs name the GPU environment's by path: GEOPD below). Set, not
 # read: the envvars directive the linter suggests asserts variables the user must define.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
