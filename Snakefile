@@ -23,11 +23,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
-
-
-# Before anything is submitted (not on a dry run): the environment of the jobs that request GPUs.
-onstart:
-    check_environments(G, workflow.basedir, {job.rule.name for job in workflow.dag.needrun_jobs()})
+include: "workflow/rules/hooks.smk"
 
 
 rule all:

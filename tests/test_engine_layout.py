@@ -169,23 +169,30 @@ def test_a_resident_engine_before_the_sleeping_one_would_run_on_an_unmapped_work
         vllm_engine.Engine(model, {"sleep": True}, role="teacher")
 
 
-def test_grid_and_plan_refuse_two_sleep_mode_engines(repo, tmp_path):
+@pytest.mark.parametrize("vllm, expected", [
+    ({"sleep": True}, r"runs\.opd-8b-t32b: rollout\.vllm\.sleep and teacher_engine\.vllm\.sleep are both true; "
+                      r"vLLM 0\.32 allows one sleep-mode engine per process"),
+    # vLLM 0.32 takes one tensor-parallel size per process; main refused it only at the trainer's start
+    ({"tensor_parallel": 4}, r"runs\.opd-8b-t32b: rollout\.vllm\.tensor_parallel=4 but "
+                             r"teacher_engine\.vllm\.tensor_parallel=2; .* one tensor-parallel size per process"),
+], ids=["both-sleeping", "tensor-parallel-mismatch"])
+def test_grid_plan_and_workflow_refuse_engines_one_process_cannot_hold(repo, tmp_path, vllm, expected):
     import copy
+    import re
     import subprocess
     import sys
 
     import yaml
 
     config = copy.deepcopy(PAPER)
-    config["method_defaults"]["opd"]["rollout"]["vllm"]["sleep"] = True
-    with pytest.raises(UserError, match=r"runs\.opd-8b-t32b: rollout\.vllm\.sleep and teacher_engine\.vllm\.sleep "
-                                        "are both true; vLLM 0.32 allows one sleep-mode engine per process"):
+    config["method_defaults"]["opd"]["rollout"]["vllm"].update(vllm)
+    with pytest.raises(UserError, match=expected):
         Grid(config, ["paper"])
-    path = tmp_path / "both-sleep.yaml"
-    path.write_text(yaml.safe_dump({"method_defaults": {"opd": {"rollout": {"vllm": {"sleep": True}}}}}))
+    path = tmp_path / "engines.yaml"
+    path.write_text(yaml.safe_dump({"method_defaults": {"opd": {"rollout": {"vllm": vllm}}}}))
     for cmd in ([sys.executable, "-m", "geopd.cli", "plan", "--configfile", "config/paper.yaml", str(path)],
-                [sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml", str(path)]):
+                [sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml", str(path),
+                 "-d", str(tmp_path / "work")]):
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
-        assert proc.returncode != 0
         out = proc.stdout + proc.stderr
-        assert "one sleep-mode engine per process" in out and "Traceback" not in out, out[-3000:]
+        assert proc.returncode != 0 and re.search(expected, out) and "Traceback" not in out, out[-3000:]

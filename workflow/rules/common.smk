@@ -34,9 +34,10 @@ os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.envi
 
 G = Grid(config, workflow.configfiles)
 R = str(G.results)
-# The `geopd` of each rule class that may use GPUs: the GPU environment's (environments.gpu) where
-# its jobs request GPUs, else the one above. A global, so `{GEOPD[train]}` in a rule's shell shows
-# the path (snakemake -n -p) while the rule's code, a rerun trigger, stays the same.
+# The `geopd` run by the jobs of each class of rules that may use GPUs: the GPU environment's
+# (environments.gpu) where its jobs request GPUs, else the one above. A resource of those rules
+# (`{resources.geopd}`), so `snakemake -n -p` shows the path while neither the rules' code nor
+# their params, rerun triggers, change with it.
 GEOPD = geopd_commands(G, workflow.basedir)
 # Every path under R, for the rules' patterns too: L.checkpoints_dir("{run}") is the pattern
 # results/runs/{run}/checkpoints (geopd.paths, which the grid and the report use).
@@ -58,8 +59,13 @@ wildcard_constraints:
 
 
 def res(name):
-    """Resources of a rule from the config (Slurm partition, GPUs, nodes, runtime, memory)."""
-    return snakemake_resources(G, name)
+    """Resources of a rule from the config (Slurm partition, GPUs, nodes, runtime, memory), and for
+    the rules that may use GPUs the `geopd` their jobs run."""
+    out = snakemake_resources(G, name)
+    cls = G.RESOURCE_CLASS.get(name, name)
+    if cls in GEOPD:
+        out["geopd"] = GEOPD[cls]
+    return out
 
 
 def threads(name):

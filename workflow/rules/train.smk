@@ -21,7 +21,7 @@ rule train:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "{GEOPD[train]:q} launch --nodes {resources.nodes} --tasks {resources.tasks} --gpus-per-node {resources.gpus} "
+        "{resources.geopd:q} launch --nodes {resources.nodes} --tasks {resources.tasks} --gpus-per-node {resources.gpus} "
         "--cpus-per-task {resources.cpus_per_task} -- "
-        "{GEOPD[train]:q} train --spec {params.spec:q} --out {output.checkpoints} "
+        "{resources.geopd:q} train --spec {params.spec:q} --out {output.checkpoints} "
         "--metrics {output.metrics} --threads {threads} --state-every-min {resources.state_every_min} 2> {log}"
