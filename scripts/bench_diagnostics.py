@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from geopd.diagnostics.columns import METRICS
+from geopd.diagnostics.columns import METRICS, overlap_columns
 
 HIDDEN, INTER, HEADS, KV, HEAD_DIM, VOCAB = 1024, 3072, 16, 8, 128, 151936
 
@@ -186,7 +186,7 @@ def plain_metrics(a, b, k, r, alpha, eta) -> dict:
     density = int(changed().sum()) / a.numel()
     return {
         "bf16_sparsity": 1 - density, "update_density": density, "nss": nss(),
-        "princ_overlap": princ_overlap(), "low_overlap": low_overlap(),
+        f"princ_overlap@{alpha:g}": princ_overlap(), f"low_overlap@{alpha:g}": low_overlap(),
         "frobenius": float((b - a).norm()),
         "stable_rank": stable_rank(), "hill_alpha": hill(), "spectral_norm": float(dsv()[0]),
         "spectral_frobenius_ratio": float(dsv()[0] / (b - a).norm()),
@@ -302,7 +302,7 @@ def compare(a: Path, b: Path) -> dict[str, float]:
     x = pd.read_csv(a).set_index("name")
     y = pd.read_csv(b).set_index("name").loc[x.index]
     out = {}
-    for m in METRICS:
+    for m in (*METRICS, *(c for c in overlap_columns(x.columns) if c in y.columns)):
         u, v = x[m].to_numpy(float), y[m].to_numpy(float)
         out[m] = float(np.nanmax(np.abs(u - v) / np.maximum(np.abs(u), 1e-12)))
     return out

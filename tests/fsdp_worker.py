@@ -80,24 +80,11 @@ def head(sc: dict, dist) -> dict:
             "sharded": hasattr(next(model.parameters()), "full_tensor")}
 
 
-def select(ro, prompts: list[int]):
-    """The samples of some prompts of a Rollouts, as a Rollouts of their own."""
-    from geopd.engines.rollout import Rollouts
-
-    n = ro.group_size
-    rows = torch.tensor([p * n + j for p in prompts for j in range(n)], dtype=torch.long)
-    return Rollouts(prompt_ids=[ro.prompt_ids[p] for p in prompts], sequences=ro.sequences[rows],
-                    attention_mask=ro.attention_mask[rows], response_mask=ro.response_mask[rows],
-                    response_logprobs=ro.response_logprobs[rows], texts=[ro.texts[i] for i in rows.tolist()],
-                    prompt_index=[i // n for i in range(len(rows))], group_size=n, prompt_width=ro.prompt_width,
-                    finished=ro.finished[rows])
-
-
 def train(sc: dict, dist, out_dir: Path) -> dict:
     from geopd.engines.models import full_state_dict, load_model
     from geopd.engines.chat import format_prompt
     from geopd.train.loop import Trainer
-    from geopd.engines.rollout import HFRollout
+    from geopd.engines.rollout import HFRollout, select_groups
 
     trainer = Trainer(sc["spec"], threads=1, progress=False)
     shares = sc["shares"] if dist.world > 1 else [sum(sc["shares"])]
@@ -116,7 +103,7 @@ def train(sc: dict, dist, out_dir: Path) -> dict:
                                   temperature=r["temperature"], top_p=1.0, max_new_tokens=r["max_new_tokens"],
                                   seed=1000 + step)
             mine = rank_rows(len(records), shares, dist.rank)
-            row = trainer.train_on(select(ro, mine), [records[i] for i in mine], seed=step)
+            row = trainer.train_on(select_groups(ro, mine), [records[i] for i in mine], seed=step)
         trainer.scheduler.step()
         trainer.step += 1
         rows.append(row)

@@ -45,7 +45,7 @@ def test_paper_settings_follow_spec(repo):
     g = Grid.from_file(repo / "config/paper.yaml")
     opd, rlvr, sft = g.runs["opd-8b-t32b"], g.runs["rlvr-8b"], g.runs["sft-8b"]
     assert opd.checkpoints == [63, 127, 191, 255, 299]
-    assert opd.settings.rollout.prompts_per_step == 300 and opd.settings.rollout.samples == 8
+    assert opd.settings.rollout.prompts_per_step == 8 and opd.settings.rollout.samples == 8  # 64 / 8: slime's reading
     assert opd.settings.optim.lr == 1e-6 and opd.settings.optim.betas == [0.9, 0.98]
     assert rlvr.steps == 1023 and rlvr.settings.optim.eps == 1e-15
     assert rlvr.settings.objective.clip_high == 0.28
@@ -72,7 +72,7 @@ def test_paper_evaluation_fits_the_context_of_every_model_it_evaluates(repo, pap
     def root(ref: Ref) -> str:
         return ref.name if ref.kind == "model" else root(g.runs[ref.name].init)
 
-    evaluated = {(root(r.init), b) for r in g.runs.values() for b in r.eval}
+    evaluated = {(root(r.init), b) for r in g.runs.values() for b in r.benchmarks}
     evaluated |= {(m, b) for m, benches in g.teacher_benchmarks().items() for b in benches}
     for model, bench in sorted(evaluated):
         cfg = json.loads((paper_mirror / "models" / g.models[model]["hub"] / "config.json").read_text())
@@ -156,3 +156,36 @@ def test_run_spec_paths(repo):
     assert spec.projection.to_dict() == {"checkpoint": "results/runs/opd-8b-t32b/checkpoints/step-10",
                                          "origin": "results/runs/sft-8b/checkpoints/step-800", "rank": 16}
     assert g.run_spec("opd-8b-t32b").teacher == "results/models/qwen3-32b"
+
+
+def test_eval_at_adds_evaluation_only_steps_that_are_saved_never_diagnosed_nor_inherited(repo):
+    g = Grid.from_file(repo / "config/paper.yaml")
+    opd, eff, r16 = g.runs["opd-8b-t32b"], g.runs["effopd"], g.runs["rank16-sft"]
+    # Fig. 8: the five reasoning benchmarks on both projected runs and the runs they branch from
+    five = ["aime24", "aime25", "math500", "minerva", "gpqa-diamond"]
+    for run in ("sft-8b", "opd-8b-t32b", "rank16-sft", "rank16-opd"):
+        assert set(five) <= set(g.runs[run].benchmarks), run
+    assert g.runs["sft-8b"].eval_steps("aime25") == [1024, *r16.checkpoints]   # the anchor, then the window
+    assert g.runs["rank16-opd"].eval_steps("gpqa-diamond") == g.runs["rank16-opd"].checkpoints
+    # EffOPD and vanilla OPD on AIME 2024 at a cadence that resolves a ~3x speed-up
+    assert opd.eval_steps("aime24")[:4] == [2, 4, 8, 12] and eff.eval_steps("aime24") == opd.eval_steps("aime24")
+    assert opd.saved_steps[:3] == [2, 4, 8] and opd.checkpoints == [63, 127, 191, 255, 299]
+    assert g.run_spec("opd-8b-t32b").checkpoints == opd.saved_steps
+    assert {s for r, s, _ in g.diagnostics_targets() if r == "opd-8b-t32b"} == {63, 127, 191, 255, 299}
+    targets = set(g.eval_targets())
+    assert ("opd-8b-t32b", "2", "aime24") in targets and ("opd-8b-t32b", "2", "aime25") not in targets
+    # not inherited: the seeds, mixes and token-sparse runs evaluate their checkpoints only
+    assert g.runs["opd-8b-t32b-seed1"].eval_at == {} and g.runs["opd-mix-0.50"].saved_steps == opd.checkpoints
+    assert g.teacher_benchmarks()["qwen3-32b"] == ["aime24", "lcb-v5"]   # teachers: `eval` only
+    spec = g.report_spec()["runs"]["opd-8b-t32b"]
+    assert spec["eval_steps"]["aime25"] == [63, 127, 191, 255, 299] and spec["eval"][0] == "aime24"
+
+
+def test_eval_at_errors_name_the_key(tmp_path, repo):
+    config = read_yaml(repo / "config/config.yaml")
+    config["runs"]["effopd"]["eval_at"] = {"math-heldout": [4, 60]}
+    with pytest.raises(UserError, match=r"runs.effopd.eval_at.math-heldout: steps \[60\] outside \(0, 50\]"):
+        Grid.from_file(write(tmp_path, config))
+    config["runs"]["effopd"]["eval_at"] = {"aime99": [4]}
+    with pytest.raises(UserError, match=r"runs.effopd.eval_at: unknown benchmark 'aime99'"):
+        Grid.from_file(write(tmp_path, config))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from geopd.data import (MATH_INSTRUCTION, MCQ_INSTRUCTION, code_tests, normalise_code, normalise_math, normalise_mcq,
-                        prepare, read_jsonl)
+from geopd.data import (MATH_INSTRUCTION, MCQ_INSTRUCTION, code_tests, hub_rows, normalise_code, normalise_math,
+                        normalise_mcq, prepare, read_jsonl)
 from geopd.errors import UserError
 from geopd.grid import Grid
 
@@ -95,21 +95,52 @@ def test_reward_grades_the_format_the_prompt_asks_for():
 
 def test_code_tests_every_deepcoder_format():
     stdin = [{"input": "1 2\n", "output": "3\n"}]
-    assert code_tests(json.dumps(stdin)) == (stdin, None)                                        # codeforces
+    assert code_tests(json.dumps(stdin)) == (stdin, None, "exact")                               # codeforces
     lcb_fn = [{"input": "[1, 2]\n3", "output": "[1, 2, 3]", "testtype": "functional"}]
     assert code_tests(json.dumps(lcb_fn), json.dumps({"func_name": "push"})) == (
-        [{"input": "[1, 2]\n3", "output": "[1, 2, 3]"}], "push")                                  # lcbv5
-    assert code_tests(json.dumps([dict(stdin[0], testtype="stdin")]), "{}") == (stdin, None)
+        [{"input": "[1, 2]\n3", "output": "[1, 2, 3]"}], "push", "exact")                         # lcbv5
+    assert code_tests(json.dumps([dict(stdin[0], testtype="stdin")]), "{}") == (stdin, None, "exact")
     pi = [{"type": "function_call", "fn_name": "f", "input": [[1, 2], "a"], "output": [{"k": 1}]}]
-    assert code_tests(json.dumps(pi)) == ([{"input": "[1, 2]\n\"a\"", "output": "{\"k\": 1}"}], "f")  # primeintellect
+    assert code_tests(json.dumps(pi)) == (                                                        # primeintellect
+        [{"input": "[1, 2]\n\"a\"", "output": "[{\"k\": 1}]"}], "f", "value-or-first")
     assert code_tests(json.dumps([{"type": "stdin_stdout", "input": "5\n", "output": "5\n"}])) == (
-        [{"input": "5\n", "output": "5\n"}], None)
+        [{"input": "5\n", "output": "5\n"}], None, "exact")
     taco_fn = {"fn_name": "g", "inputs": [[3], [[1, 2]]], "outputs": [[9], [[2, 1]]]}            # taco, call-based
-    assert code_tests(json.dumps(taco_fn)) == ([{"input": "3", "output": "9"},
-                                                {"input": "[1, 2]", "output": "[2, 1]"}], "g")
+    assert code_tests(json.dumps(taco_fn)) == ([{"input": "3", "output": "[9]"},
+                                                {"input": "[1, 2]", "output": "[[2, 1]]"}], "g", "value-or-first")
     taco_io = {"inputs": ["ab\n", ["1 2", "3"]], "outputs": ["ba\n", ["3", "3"]]}                # taco, stdin
     assert code_tests(str(taco_io)) == ([{"input": "ab\n", "output": "ba\n"},
-                                        {"input": "1 2\n3", "output": "3\n3"}], None)
+                                        {"input": "1 2\n3", "output": "3\n3"}], None, "exact")
+
+
+# A function that truly returns a one-element list, in each source's convention: TACO/APPS and
+# PrimeIntellect store the result wrapped ([[7]]) as a rule and sometimes bare ([7]); their runner
+# accepts the stored value or its first element. LiveCodeBench stores the JSON of the result.
+RETURNS_LIST = "```python\ndef wrap(x):\n    return [x]\n```"
+RETURNS_BARE = "```python\ndef wrap(x):\n    return x\n```"
+
+
+@pytest.mark.parametrize("row, source, correct, lenient", [
+    # taco, wrapped: the list [7] is right, the bare 7 is wrong
+    ({"tests": json.dumps({"fn_name": "wrap", "inputs": [[7]], "outputs": [[[7]]]})}, "taco", True, False),
+    # taco, stored bare: the list is right, and the APPS runner also accepts 7 (its first element)
+    ({"tests": json.dumps({"fn_name": "wrap", "inputs": [[7]], "outputs": [[7]]})}, "taco", True, True),
+    ({"tests": json.dumps([{"type": "function_call", "fn_name": "wrap", "input": [7], "output": [[7]]}])},
+     "primeintellect", True, False),
+    # LiveCodeBench: exactly the JSON of the result
+    ({"tests": json.dumps([{"input": "7", "output": "[7]", "testtype": "functional"}]),
+      "metadata": json.dumps({"func_name": "wrap"})}, "lcbv5", True, False),
+])
+def test_call_based_outputs_follow_each_source_s_convention(row, source, correct, lenient):
+    """Neither shape of a one-element list result is unwrapped at preparation: a correct function
+    passes both TACO shapes (the old loader unwrapped [[7]] to [7] and failed it), and a bare
+    result passes only where the source's own runner would pass it."""
+    from geopd.train.rewards import reward
+
+    rec = normalise_code({"problem": "Return [x].", **row}, 0, source)
+    assert rec.get("call_match", "exact") == ("exact" if source == "lcbv5" else "value-or-first")
+    assert reward(rec, RETURNS_LIST) == float(correct)
+    assert reward(rec, RETURNS_BARE) == float(lenient)
 
 
 @pytest.mark.parametrize("tests", ["[]", json.dumps({"inputs": ["1"], "outputs": []}), "not json",
@@ -174,18 +205,61 @@ def test_dapo_is_deduplicated_with_counts(fixture_grid, tmp_path):
     assert not any("Answer:" in r["prompt"] for r in records)
 
 
-def test_deepcoder_every_config_with_dropped_counts(fixture_grid, tmp_path):
-    assert fixture_grid.data_spec("deepcoder")["subsets"] == ["codeforces", "lcbv5", "primeintellect", "taco"]
+def test_deepcoder_trains_on_its_three_training_configs(fixture_grid, tmp_path):
+    """DeepCoder's training set is primeintellect + taco + lcbv5's train split; its codeforces
+    config has only a test split (held out), as on the hub, and is not read."""
+    assert fixture_grid.data_spec("deepcoder")["subsets"] == ["primeintellect", "taco", "lcbv5"]
     records, counts, info = _prepared(fixture_grid, "deepcoder", tmp_path)
-    assert info["stats"] == {"rows": {"codeforces": 3, "lcbv5": 3, "primeintellect": 2, "taco": 4},
-                             "dropped_no_tests": {"codeforces": 1, "lcbv5": 0, "primeintellect": 0, "taco": 1}}
+    assert info["stats"] == {"rows": {"primeintellect": 3, "taco": 5, "lcbv5": 3},
+                             "dropped_no_tests": {"primeintellect": 0, "taco": 1, "lcbv5": 0}}
     by_source = {}
     for r in records:
         by_source.setdefault(r["source"], []).append(r)
         assert r["tests"] and all(set(t) == {"input", "output"} and all(isinstance(v, str) for v in t.values())
                                   for t in r["tests"])
-    assert sorted(by_source) == ["codeforces", "lcbv5", "primeintellect", "taco"]
-    assert {r.get("fn_name") for r in records} == {None, "sumList", "add", "max_of", "pair_list"}
+    assert sorted(by_source) == ["lcbv5", "primeintellect", "taco"]
+    assert {r.get("fn_name") for r in records} == {None, "sumList", "add", "max_of", "wrap", "pair_list", "singleton"}
+    assert {r["fn_name"]: r.get("call_match") for r in records if "fn_name" in r} == {
+        "sumList": None, "add": None, "max_of": "value-or-first", "wrap": "value-or-first",
+        "pair_list": "value-or-first", "singleton": "value-or-first"}
+    singleton = next(r for r in records if r.get("fn_name") == "singleton")
+    assert [t["output"] for t in singleton["tests"]] == ["[[1]]", "[7]"]  # both shapes, as stored
+    spec = fixture_grid.data_spec("deepcoder")
+    with pytest.raises(UserError, match="codeforces.*split train"):
+        next(hub_rows(spec, "codeforces", "train"))
+    assert len(list(hub_rows(spec, "codeforces", "test"))) == 3
+
+
+def sft_spec(tmp_path, rows: list[dict]) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "sft"
+    (root / "data").mkdir(parents=True)
+    msg = pa.struct([("content", pa.string()), ("role", pa.string())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("messages", pa.list_(msg))])),
+                   root / "data" / "train-00000-of-00001.parquet")
+    return {"name": "sft", "kind": "hub-sft", "hub": "x/sft", "path": str(root), "split": "train", "seed": 0}
+
+
+def conversation(i: int, role: str = "assistant") -> dict:
+    return {"id": str(i), "messages": [{"role": "user", "content": "q"}, {"role": role, "content": "a"}]}
+
+
+def test_sft_dropped_conversations_are_counted_and_fail_above_one_percent(tmp_path, capsys):
+    # 1 unusable of 100 (1%): prepared, the count and its reason reported
+    rows = [conversation(i) for i in range(99)] + [conversation(99, role="function")]
+    counts = prepare(sft_spec(tmp_path / "ok", rows), tmp_path / "ok" / "out")
+    info = json.loads((tmp_path / "ok" / "out" / "info.json").read_text())
+    assert counts["train"] == 99 and info["stats"]["dropped_unusable"] == 1
+    assert info["stats"]["dropped_reasons"] == {"role 'function'": 1}
+    assert "dropped 1 of 100 conversations (role 'function': 1)" in capsys.readouterr().err
+    # 2 of 100: more than the 1% a readable data set has; nothing is published
+    rows[0] = {"id": "0", "messages": [{"role": "user", "content": "q"}]}
+    with pytest.raises(UserError, match=r"2 of 100 conversations are unusable \(.*no assistant answer: 1.*\), "
+                                        r"more than 1%"):
+        prepare(sft_spec(tmp_path / "bad", rows), tmp_path / "bad" / "out")
+    assert not (tmp_path / "bad" / "out").exists()
 
 
 def test_sft_keeps_conversations_and_samples_n_train(fixture_grid, tmp_path):

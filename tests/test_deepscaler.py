@@ -131,3 +131,15 @@ def test_sympy_that_does_not_finish_counts_as_wrong(monkeypatch):
     assert deepscaler.deepscaler_reward("</think>\\boxed{x+1}", "1+x") == 0.0
     assert time.perf_counter() - start < 2
     assert SYMPY_SECONDS >= 1
+
+
+def test_the_trainer_s_reward_is_this_one():
+    """geopd.train.rewards.deepscaler (objective.reward: deepscaler) returns slime's reward on
+    every case of the table, through the trainer's reward() of a math record too."""
+    from geopd.train.rewards import deepscaler, reward
+
+    for response, label, slime in CASES:
+        expect = 0.0 if slime == "raises" else float(slime)  # where slime raises, 0 (never raises)
+        assert deepscaler(response, label) == expect, (response, label)
+        assert reward({"id": "c", "answer": label}, response, "deepscaler") == expect, (response, label)
+

@@ -120,7 +120,7 @@ def brute(w0, w1, k, r, alpha=0.5, eta=1e-3, hill_k=None):
     return {
         "bf16_sparsity": 1 - upd.mean(), "update_density": upd.mean(),
         "nss": np.linalg.norm(s1 - s0) / np.linalg.norm(s0),
-        "princ_overlap": (princ & u).sum() / u.sum(), "low_overlap": (low & u).sum() / u.sum(),
+        f"princ_overlap@{alpha:g}": (princ & u).sum() / u.sum(), f"low_overlap@{alpha:g}": (low & u).sum() / u.sum(),
         "frobenius": fro, "stable_rank": fro**2 / s[0] ** 2,
         "hill_alpha": 1 / np.mean(np.log(s[: kk - 1] / s[kk - 1])),
         "spectral_norm": s[0], "spectral_frobenius_ratio": s[0] / fro,
@@ -153,16 +153,40 @@ def test_every_metric_matches_brute_force(tmp_path, shape):
     assert row["module"] == "up" and row["layer"] == 0 and row["shape"] == f"{shape[0]}x{shape[1]}"
 
 
+def test_overlaps_at_every_mask_fraction_match_brute_force(tmp_path):
+    """The paper's two readings of alpha (Fig. 3's 0.3, App. C.3's 0.5) in one diagnosis: each
+    overlap and its count column equal the brute force at that alpha."""
+    g = torch.Generator().manual_seed(7)
+    w0 = torch.randn(20, 30, generator=g, dtype=torch.float64) * 0.05
+    w1 = w0 + 3e-3 * torch.randn(20, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 30, generator=g, dtype=torch.float64)
+    w1[:, :10] = w0[:, :10]  # a third of the entries unchanged: overlaps differ from alpha
+    name = "model.layers.0.self_attn.q_proj.weight"
+    b, t = write_ckpt(tmp_path / "b", {name: w0}), write_ckpt(tmp_path / "t", {name: w1})
+    res = diagnose(str(b), str(t), Options(k=5, r=4, alphas=(0.3, 0.5)))
+    row = res.table.iloc[0]
+    for alpha in (0.3, 0.5):
+        ref = brute(w0.numpy(), w1.numpy(), k=5, r=4, alpha=alpha)
+        for kind in ("princ_overlap", "low_overlap"):
+            assert row[f"{kind}@{alpha:g}"] == pytest.approx(ref[f"{kind}@{alpha:g}"], rel=1e-12), (kind, alpha)
+        assert row[f"n_low_changed@{alpha:g}"] == round(row[f"low_overlap@{alpha:g}"] * row["n_changed"])
+    assert row["princ_overlap@0.3"] != row["princ_overlap@0.5"]
+    assert "princ_overlap" not in res.table.columns  # every overlap names its alpha
+    s = res.summary
+    assert s["random_overlap_baseline"] == [0.3, 0.5]
+    assert s["overall"]["low_overlap_pooled@0.3"] == pytest.approx(row["low_overlap@0.3"])
+    assert s["overall"]["mean"]["update_density"] == pytest.approx(row["update_density"])
+
+
 def test_pipeline_matches_brute_force_on_bf16_model(pair):
     b, t, base, tuned = pair
     res = diagnose(str(b), str(t), OPTS)
     assert len(res.table) == LAYERS * 7
     assert list(res.table["module"][:7]) == ["q", "k", "v", "o", "gate", "up", "down"]
-    for row in res.table.itertuples():
-        ref = brute(base[row.name].float().numpy(), tuned[row.name].float().numpy(), k=6, r=3)
-        for key in ("bf16_sparsity", "nss", "princ_overlap", "low_overlap", "stable_rank", "effective_rank",
+    for _, row in res.table.iterrows():
+        ref = brute(base[row["name"]].float().numpy(), tuned[row["name"]].float().numpy(), k=6, r=3)
+        for key in ("bf16_sparsity", "nss", "princ_overlap@0.5", "low_overlap@0.5", "stable_rank", "effective_rank",
                     "angle_u_max_deg", "angle_v_mean_deg", "hill_alpha"):
-            assert getattr(row, key) == pytest.approx(ref[key], rel=1e-6, abs=1e-9), (row.name, key)
+            assert row[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), (row["name"], key)
     # summary: parameter-count-weighted sparsity, module norms, layer norms
     tab, s = res.table, res.summary
     assert s["overall"]["bf16_sparsity"] == pytest.approx(
@@ -180,6 +204,7 @@ def test_pipeline_matches_brute_force_on_bf16_model(pair):
     e0, e1 = (x["model.embed_tokens.weight"].float().numpy() for x in (base, tuned))
     emb_changed = np.abs(e1 - e0) > 1e-3 * np.maximum(np.abs(e0), np.abs(e1))
     assert s["extra_tensors"]["embedding"]["bf16_sparsity"] == pytest.approx(1 - emb_changed.mean())
+    assert s["extra_tensors"]["embedding"]["n_changed"] == int(emb_changed.sum())  # Table 1's column with embeddings
     assert s["timing"]["cache_misses"] == LAYERS * 7
     assert s["warnings"] == []
 
@@ -199,11 +224,12 @@ def test_attention_only_and_qkv_fused(tmp_path, pair):
     ft = write_ckpt(tmp_path / "ft", fuse(tuned))
     att = diagnose(str(fb), str(ft), Options(k=6, r=3, matrices="attention")).table
     assert list(att["module"][:4]) == ["q", "k", "v", "o"] and len(att) == 4 * LAYERS
-    for row in att.itertuples():
-        orig = row.name.replace("qkv_proj.weight[", "").replace("]", "_proj.weight") if "[" in row.name else row.name
-        assert row.name.endswith(f"[{row.module}]") or row.module == "o"
-        for key in ("bf16_sparsity", "nss", "stable_rank", "angle_u_mean_deg", "low_overlap"):
-            assert getattr(row, key) == pytest.approx(ref.loc[orig, key], rel=1e-9), (row.name, key)
+    for _, row in att.iterrows():
+        name = row["name"]
+        orig = name.replace("qkv_proj.weight[", "").replace("]", "_proj.weight") if "[" in name else name
+        assert name.endswith(f"[{row['module']}]") or row["module"] == "o"
+        for key in ("bf16_sparsity", "nss", "stable_rank", "angle_u_mean_deg", "low_overlap@0.5"):
+            assert row[key] == pytest.approx(ref.loc[orig, key], rel=1e-9), (name, key)
 
 
 # ---- known answers ---------------------------------------------------------------------------
@@ -215,7 +241,7 @@ def test_identical_checkpoints(tmp_path, pair):
     assert (tab["bf16_sparsity"] == 1).all() and (tab["update_density"] == 0).all()
     for c in ("angle_u_max_deg", "angle_v_max_deg", "nss", "frobenius", "spectral_norm"):
         assert (tab[c].abs() < 1e-9).all(), c
-    assert tab["princ_overlap"].isna().all() and tab["stable_rank"].isna().all()
+    assert tab["princ_overlap@0.5"].isna().all() and tab["stable_rank"].isna().all()
     assert res.summary["overall"]["bf16_sparsity"] == 1.0
     assert res.summary["module_norms"]["total"] == 0.0
 

@@ -165,3 +165,17 @@ def test_off_policy_rollouts_cannot_score_candidates():
     trainer.spec.rollout = trainer.spec.rollout.updated(source="teacher")
     with pytest.raises(UserError, match="source: teacher"):
         make_extrapolator(trainer)
+
+
+def test_a_validation_set_larger_than_the_training_data_is_refused():
+    """The score's resolution is 1 / validation_prompts: a set silently cut to the training data's
+    size would score in coarser steps than the config states (on main it was cut)."""
+    from geopd.errors import UserError
+    from geopd.train.effopd import make_extrapolator
+
+    trainer = fake_trainer(tiny_model(), [])
+    trainer.spec.extrapolation = trainer.spec.extrapolation.updated(validation_prompts=11)
+    with pytest.raises(UserError, match=r"validation_prompts 11 > the 10 prompts of its training data"):
+        make_extrapolator(trainer)
+    trainer.spec.extrapolation = trainer.spec.extrapolation.updated(validation_prompts=10)
+    make_extrapolator(trainer)

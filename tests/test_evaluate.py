@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from geopd.evaluate import hooks
-from geopd.evaluate.metrics import (answer_groups, avg_at_k, maj_at_k, majority_index, pass_at_k,
+from geopd.evaluate.metrics import (answer_groups, avg_at_k, maj_at_k, majority_groups, pass_at_k,
                                     problem_scores, summarize)
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -25,14 +25,17 @@ def test_avg_and_pass():
 def test_majority_plain_and_ties():
     # "7" x3 beats "5" x2: the vote is the majority answer's correctness, not any sample's.
     assert maj_at_k(["5", "7", "7", "5", "7"], [True, False, False, True, False]) == 0.0
-    # Tie 2-2: the group whose first member came first wins (here "5", correct).
-    assert majority_index(["5", "7", "7", "5"]) == 0
-    assert maj_at_k(["5", "7", "7", "5"], [True, False, False, True]) == 1.0
-    assert maj_at_k(["7", "5", "5", "7"], [False, True, True, False]) == 0.0
+    # Tie rule: a 2-2 tie scores the mean of the tied groups (expected value of a random
+    # tie-break), whichever group came first; on main the earlier group won (1.0, then 0.0).
+    assert majority_groups(["5", "7", "7", "5"]) == [[0, 3], [1, 2]]
+    assert maj_at_k(["5", "7", "7", "5"], [True, False, False, True]) == 0.5
+    assert maj_at_k(["7", "5", "5", "7"], [False, True, True, False]) == 0.5
+    assert maj_at_k(["1", "2", "3"], [False, True, False]) == pytest.approx(1 / 3)  # 1-1-1
+    assert maj_at_k(["1", "1", "2", "2"], [True, True, True, True]) == 1.0          # both right
     # Missing answers do not vote; none at all scores 0.
     assert maj_at_k([None, None, "3"], [False, False, True]) == 1.0
     assert maj_at_k([None, None], [False, False]) == 0.0
-    assert majority_index([None]) is None
+    assert majority_groups([None]) == []
     # Surrounding whitespace does not split a vote.
     assert answer_groups([" 4", "4 ", "5"]) == [[0, 1], [2]]
 
@@ -41,8 +44,23 @@ def test_majority_merges_equivalent_answers():
     same = lambda a, b: {a, b} <= {"1/2", "0.5"}  # noqa: E731
     answers, correct = ["0.5", "3", "1/2", "3"], [True, False, True, False]
     assert answer_groups(answers, same) == [[0, 2], [1, 3]]
-    assert maj_at_k(answers, correct, same) == 1.0   # 2-2 tie, first group (0.5 ~ 1/2) wins
+    assert maj_at_k(answers, correct, same) == 0.5   # 2-2 tie: half right
     assert maj_at_k(answers, correct) == 0.0         # without merging "3" wins 2-1-1
+    assert maj_at_k(["0.5", "1/2", "1/2", "3"], [False, True, True, False], same) == 1.0
+
+
+def test_maj_at_8_groups_votes_by_math_verify_under_the_aime_rule():
+    """The issue's example: 12 x3, 33 x3, "33.0" x2 with answer 33. Under AIME's integer rule
+    "33.0" is graded wrong (accuracy), but it is the value 33 and votes with it: 5 votes to 3.
+    On main "33.0" cast no vote and the 3-3 tie went to the earlier group (12): maj@8 = 0."""
+    responses = [f"\\boxed{{{a}}}" for a in ("12", "12", "12", "33", "33", "33", "33.0", "33.0")]
+    out = hooks.process_math_aime({"answer": "33"}, [responses])
+    assert [g["correct"] for g in out["graded"]] == [False] * 3 + [True] * 3 + [False] * 2
+    assert out["avg@k"] == 3 / 8 and out["maj@k"] == 1.0
+    # Without the "33.0" votes it is a 3-3 tie: the mean of a wrong and a right group.
+    assert hooks.process_math_aime({"answer": "33"}, [responses[:6]])["maj@k"] == 0.5
+    # A majority written only in a refused form: no member graded correct, the group scores 0.
+    assert hooks.process_math_aime({"answer": "33"}, [["\\boxed{33.0}"] * 3 + ["\\boxed{12}"]])["maj@k"] == 0.0
 
 
 def test_summarize_means_over_problems():
@@ -143,9 +161,9 @@ PROBLEMS = [{"id": "p0", "prompt": "What is 2+3?", "answer": "5", "task": "math"
 CANNED = {
     "What is 2+3?": ["\\boxed{5}"] * 4,                                          # avg 1, pass 1, maj 1
     "What is 5+7?": ["\\boxed{12}", "\\boxed{13}", "\\boxed{13}", "12"],          # avg .25, pass 1, maj 0
-    "What is 1/4+1/4?": ["\\boxed{0.5}", "\\boxed{3}", "\\boxed{\\frac{1}{2}}", "\\boxed{3}"],  # .5, 1, 1 (tie)
+    "What is 1/4+1/4?": ["\\boxed{0.5}", "\\boxed{3}", "\\boxed{\\frac{1}{2}}", "\\boxed{3}"],  # .5, 1, .5 (a 2-2 tie)
 }
-CANNED_METRICS = {"avg@4": (1 + 0.25 + 0.5) / 3, "pass@4": 1.0, "maj@4": 2 / 3}
+CANNED_METRICS = {"avg@4": (1 + 0.25 + 0.5) / 3, "pass@4": 1.0, "maj@4": (1 + 0 + 0.5) / 3}
 
 
 def _write_jsonl(path: Path, records) -> Path:

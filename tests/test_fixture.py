@@ -125,6 +125,39 @@ def test_tuned_models_are_their_base_plus_a_sparse_change(paper_mirror):
     assert (base[name] != rl[name]).float().mean() > changed
 
 
+def test_deepcoder_configs_and_splits_are_the_hub_s(paper_mirror):
+    """As on the hub: codeforces holds only a test split (DeepCoder's held-out evaluation), lcbv5
+    train and test, primeintellect and taco train; `datasets` resolves them from the card."""
+    import datasets
+
+    root = mirror.repo_dir(paper_mirror, "datasets", "agentica-org/DeepCoder-Preview-Dataset")
+    splits = {c: sorted(datasets.load_dataset_builder(str(root), c).config.data_files)
+              for c in ("codeforces", "lcbv5", "primeintellect", "taco")}
+    assert splits == {"codeforces": ["test"], "lcbv5": ["test", "train"], "primeintellect": ["train"],
+                      "taco": ["train"]}
+
+
+def test_rollout_text_keeps_think_for_the_deepscaler_reward(paper_mirror):
+    """Qwen3's </think> is an added token that is not special: a rollout decoded with
+    skip_special_tokens (geopd.engines.rollout.assemble, both engines) keeps it and drops the
+    end-of-turn token, so the deepscaler reward finds the answer after the thinking."""
+    from geopd.engines.rollout import assemble, eos_ids
+    from geopd.train.rewards import deepscaler
+
+    tok = _tokenizer(paper_mirror, "Qwen/Qwen3-8B-Base")
+    close = tok.convert_tokens_to_ids("</think>")
+    assert tok.convert_ids_to_tokens(close) == "</think>" and not tok.added_tokens_decoder[close].special
+    body = tok("<think>\n3 + 4, maybe \\boxed{8}", add_special_tokens=False)["input_ids"]
+    answer = tok("\n\nSo the answer is \\boxed{7}.", add_special_tokens=False)["input_ids"]
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    prompt = tok("What is 3+4?", add_special_tokens=False)["input_ids"]
+    ro = assemble(tok, [prompt], 2, [body + [close] + answer + [im_end, 5, 6], body + answer + [im_end]], None,
+                  eos_ids(tok))
+    assert ro.texts[0] == "<think>\n3 + 4, maybe \\boxed{8}</think>\n\nSo the answer is \\boxed{7}."
+    assert [deepscaler(t, "7") for t in ro.texts] == [1.0, 0.0]  # no </think>: no solution part, 0
+    assert deepscaler(ro.texts[0], "8") == 0.0                  # the answer inside the thinking earns 0
+
+
 def test_fixture_is_deterministic(paper_mirror, tmp_path):
     ftok.backend_json.cache_clear()               # retrain the vocabulary too
     repos = [("models", "Qwen/Qwen3-8B"), ("models", "Qwen/Qwen3-30B-A3B"),

@@ -139,17 +139,17 @@ def test_a_cold_process_grades_a_correct_answer_within_a_short_timer(thread):
 
 # ---- maj@k -------------------------------------------------------------------------------------
 
-def test_maj_at_k_uses_the_aime_integer_rule_and_grades_the_groups_answer():
+def test_maj_at_k_groups_aime_votes_by_value():
     from geopd.evaluate import hooks
 
-    # 42.0 and 7.0 are no AIME answers: they do not vote. The 2-2 tie goes to "42" (first),
-    # and "42" is graded as the group's answer, not as its first member "42.0" was.
+    # "42.0" is no AIME answer for accuracy, but it votes with "42" and "042": 3 votes to 3
+    # for 7 (one of them 7.0): a tie, scored as the mean of a right and a wrong group.
     responses = ["\\boxed{42.0}", "\\boxed{42}", "\\boxed{042}", "\\boxed{7}", "\\boxed{7}", "\\boxed{7.0}"]
     out = hooks.process_math_aime({"answer": "42"}, [responses])
     assert [g["correct"] for g in out["graded"]] == [False, True, True, False, False, False]
-    assert out["maj@k"] == 1.0
+    assert out["maj@k"] == 0.5
     out = hooks.process_math_aime({"answer": "7"}, [responses + ["\\boxed{\\frac{14}{2}}"]])
-    assert out["maj@k"] == 1.0  # 3 votes for 7 (one of them a fraction that is the integer 7)
+    assert out["maj@k"] == 1.0  # 4 votes for 7 (one a fraction that is the integer 7)
 
 
 def test_maj_at_k_scores_the_group_not_its_first_member():
@@ -157,8 +157,5 @@ def test_maj_at_k_scores_the_group_not_its_first_member():
 
     same = lambda a, b: {a, b} <= {"1/2", "0.5"}  # noqa: E731
     answers, correct = ["0.5", "1/2", "1/2", "3"], [False, True, True, False]
-    assert maj_at_k(answers, correct, same) == 1.0                      # most of the group is correct
-    assert maj_at_k(answers, correct, same, grade=lambda a: a in ("0.5", "1/2")) == 1.0
-    assert maj_at_k(answers, correct, same, grade=lambda a: False) == 0.0
-    assert maj_at_k(["4", "4", "x"], [True, False, True]) == 1.0          # a tie inside: its first member
-    assert maj_at_k(["4", "4"], [True, True], key=lambda a: None) == 0.0  # no votes
+    assert maj_at_k(answers, correct, same) == 1.0                      # a member is correct
+    assert maj_at_k(["4", "4", "x"], [False, False, True]) == 0.0        # the majority is wrong

@@ -21,7 +21,7 @@ FLOORS = {
     3: ("geopd.engines",),
     4: ("geopd.train", "geopd.evaluate", "geopd.diagnostics", "geopd.report", "geopd.fixture",
         "geopd.world.build", "geopd.costmodel"),
-    5: ("geopd.plan", "geopd.workflow", "geopd.launch"),
+    5: ("geopd.plan", "geopd.workflow", "geopd.launch", "geopd.status"),
     6: ("geopd.cli",),
 }
 MAX_LOCAL = 25

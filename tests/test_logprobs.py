@@ -155,18 +155,21 @@ def test_micro_batches_respect_the_budget_and_cover_every_row_once():
 
 # ---- the global batch in samples ----------------------------------------------------------------
 
-def test_global_batch_counts_samples_as_slime_and_drops_none():
+@pytest.mark.parametrize("split", ["contiguous", "interleaved"])
+def test_global_batch_counts_samples_as_slime_and_drops_none(split):
     assert num_updates(300 * 8, 64) == 37 and num_updates(1024 * 8, 512) == 16 and num_updates(5, 64) == 1
     counts = [150] * 16  # 300 prompts x 8 samples on 16 ranks
-    which = torch.tensor([u for r in range(16) for u in update_of_samples(counts, r, 37)])
+    which = torch.tensor([u for r in range(16) for u in update_of_samples(counts, r, 37, split)])
     sizes = torch.bincount(which, minlength=37)
     assert sizes.sum() == 2400 and set(sizes.tolist()) == {64, 65}
-    for r in range(16):  # every rank takes part in every update, near-equally
-        per = torch.bincount(torch.tensor(update_of_samples(counts, r, 37)), minlength=37)
-        assert per.min() >= 4 and per.max() <= 5
+    if split == "interleaved":
+        for r in range(16):  # every rank takes part in every update, near-equally
+            per = torch.bincount(torch.tensor(update_of_samples(counts, r, 37, split)), minlength=37)
+            assert per.min() >= 4 and per.max() <= 5
     # which samples share an update does not depend on how they fall onto ranks
     uneven = [19 * 8] * 12 + [18 * 8] * 4
-    assert [u for r in range(16) for u in update_of_samples(uneven, r, 37)] == update_of_samples([2400], 0, 37)
+    assert [u for r in range(16) for u in update_of_samples(uneven, r, 37, split)] == update_of_samples(
+        [2400], 0, 37, split)
     with pytest.raises(UserError, match="global_batch_size"):
         num_updates(10, 0)
 

@@ -284,6 +284,43 @@ def test_token_mean_vs_seq_mean_on_unequal_lengths():
         obj.clipped_policy_loss(logp, logp, adv, mask, aggregation="seq-mean-token-sum")
 
 
+def slime_policy_loss(logp, old, adv, mask, eps, eps_high, per_token: bool):
+    """slime's policy loss for one update of B samples, written from its code: per token
+    max(-r A, -clip(r, 1 - eps, 1 + eps_high) A) (ppo_utils.compute_policy_loss); reduced by
+    get_sum_of_sample_mean (cp_utils.py: each sample's masked sum over max(its mask sum, 1),
+    summed) then scaled by 1 / step_global_batch_size (loss.py, loss_function), or with
+    --calculate-per-token-loss the masked sum over the update's token count."""
+    ratio = (logp - old).exp()
+    per = torch.maximum(-ratio * adv, -ratio.clamp(1 - eps, 1 + eps_high) * adv)
+    if per_token:
+        return (per * mask).sum() / mask.sum()
+    return sum((per[i] * mask[i]).sum() / mask[i].sum().clamp_min(1) for i in range(len(per))) / len(per)
+
+
+@pytest.mark.parametrize("eps_high", [0.2, 0.28])
+def test_seq_mean_is_slime_s_per_sample_loss_and_token_mean_its_per_token_loss(eps_high):
+    """What the trainer computes per update (geopd.train.loop._policy_updates: each micro-batch's
+    "seq-sum" or "sum" over the update's samples or tokens) is slime's loss, value and gradient,
+    for samples of unequal lengths with ratios inside and outside the clip range."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]])
+    old = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    start = old + 0.4 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    adv = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    for per_token, aggregation, denom in ((False, "seq-sum", 3.0), (True, "sum", mask.sum())):
+        logp = start.clone().requires_grad_()
+        loss, _ = obj.clipped_policy_loss(logp, old, adv, mask, eps_low=0.2, eps_high=eps_high,
+                                          aggregation=aggregation)
+        (loss / denom).backward()
+        ref_logp = start.clone().requires_grad_()
+        ref = slime_policy_loss(ref_logp, old, adv, mask, 0.2, eps_high, per_token)
+        ref.backward()
+        assert close(loss / denom, ref, 1e-12) and close(logp.grad, ref_logp.grad, 1e-12)
+        named = "token-mean" if per_token else "seq-mean-token-mean"  # the same on one micro-batch
+        assert close(obj.clipped_policy_loss(start, old, adv, mask, eps_low=0.2, eps_high=eps_high,
+                                             aggregation=named)[0], ref, 1e-12)
+
+
 # ---- SFT and KL logging ------------------------------------------------------------------------------
 
 def test_sft_loss_equals_cross_entropy_on_masked_tokens():

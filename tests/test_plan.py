@@ -3,6 +3,7 @@ passing, undersized resources failing with the rule and run named, shapes from t
 mirror, and the memory model against peaks measured on the miniature trainer."""
 import copy
 import json
+import math
 import re
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from geopd import costmodel as cm
 from geopd.config import read_yaml
 from geopd.errors import UserError
 from geopd.grid import Grid
-from geopd.plan import Shapes, build_jobs, estimate_jobs, evaluation_spec, problems
+from geopd.plan import (Shapes, Sizing, benchmark_problems, build_jobs, estimate_jobs, evaluation_spec, problems,
+                        suggest_evaluate, suggest_train)
 from geopd.spec import VLLM, Benchmark, Engine
 from geopd.train.batching import rollout_split
 
@@ -44,8 +46,11 @@ def changed(config: dict, *path_and_value) -> dict:
 
 
 def run_plan(repo, configfile, *args):
-    return subprocess.run([sys.executable, "-m", "geopd.cli", "plan", "--configfile", str(configfile), *args],
-                          cwd=repo, capture_output=True, text=True, timeout=120)
+    """`geopd plan --configfile CONFIGFILE [more config files] [options]`."""
+    files = [a for a in args if not a.startswith("-") and a.endswith(".yaml")]
+    options = [a for a in args if a not in files]
+    return subprocess.run([sys.executable, "-m", "geopd.cli", "plan", "--configfile", str(configfile), *files,
+                           *options], cwd=repo, capture_output=True, text=True, timeout=120)
 
 
 # ---- known values ------------------------------------------------------------------------
@@ -126,22 +131,43 @@ def test_evaluate_rules_run_the_parallelism_the_plan_checked(paper, backend):
 
 # ---- the paper config --------------------------------------------------------------------
 
-def test_paper_plan_passes_with_memory_time_and_updates(repo):
-    proc = run_plan(repo, repo / PAPER)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
-    grid = Grid.from_file(repo / PAPER)
+def training_rows(out: str) -> dict[str, list[str]]:
+    """The plan's table of training runs: run -> its columns."""
     lines = [re.sub(r" \([a-z ]+\)", "", line)  # the peak's phase, e.g. "(teacher scoring)"
              for line in out.split("training runs")[1].split("\n\n")[0].splitlines()[1:]
              if line.startswith("  ") and not line.startswith("  (")]
-    rows = {line.split()[0]: line.split() for line in lines}
+    return {line.split()[0]: line.split() for line in lines}
+
+
+OPD_FAMILY = ("opd", "teacher-scale", "student-scale", "code", "moe-teacher", "seed", "off-policy", "alpha-mix",
+              "effopd")
+
+
+@pytest.mark.parametrize("overlay, opd, rlvr", [
+    # slime's --num-rollout reading: 8 (64 / 8) and 64 (512 / 8) prompts a step, one update each
+    ((), ["1", "299"], ["1", "1023"]),
+    # the literal reading: 300 x 8 samples in updates of 64, 1024 x 8 in updates of 512
+    (("config/paper-literal.yaml",), ["37+", str(299 * 37)], ["16", str(1023 * 16)]),
+])
+def test_paper_plan_passes_with_memory_time_and_updates(repo, overlay, opd, rlvr):
+    proc = run_plan(repo, repo / PAPER, *[str(repo / o) for o in overlay])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    grid = Grid.from_files([repo / PAPER, *[repo / o for o in overlay]])
+    rows = training_rows(out)
     assert set(rows) == set(grid.runs)
     for name, row in rows.items():
         peak, limit = map(float, row[3].split("/"))
         assert 0 < peak <= limit, name
         assert float(row[4]) > 0 and float(row[5]) >= 0.5 * float(row[4]), name  # estimated vs requested hours
-    assert rows["opd-8b-t32b"][6:] == ["37+", str(299 * 37)]
-    assert rows["rlvr-8b"][6:] == ["16", str(1023 * 16)]
+    full = [n for n, r in grid.runs.items() if r.family in OPD_FAMILY]
+    assert len(full) == 16 and all(rows[n][6:] == opd for n in full)  # 299 steps each
+    per_step = int(opd[0].rstrip("+"))
+    for name in [n for n, r in grid.runs.items() if r.method != "sft" and r.family not in OPD_FAMILY]:
+        run = grid.runs[name]  # the shorter ones: token-sparse (255 steps), rank16-opd (from step 63)
+        expect = rlvr if run.method == "rlvr" else [opd[0], str((run.steps - run.start_step) * per_step)]
+        assert rows[name][6:] == expect, name
+    assert rows["rlvr-8b"][6:] == rlvr
     assert rows["sft-8b"][6:] == ["1", "5375"]
     for rule in ("evaluate", "evaluate_model", "diagnose", "similarity"):
         line = next(l for l in out.splitlines() if l.startswith(f"  {rule} "))
@@ -253,7 +279,8 @@ def test_degenerate_training_resources_are_refused_by_plan_and_workflow(repo, pa
     """The ZeroDivisionError `geopd plan` died with on 1 GPU, and the rest of the family: a clear
     refusal in the plan and in `snakemake -n`, never a traceback."""
     config = changed(paper, "resources", "train", {**paper["resources"]["train"], **resources})
-    for run in config["runs"].values():  # the runs' own node counts would hide the class's
+    config["train_resources"] = None  # the runs' own node counts would hide the class's
+    for run in config["runs"].values():
         run.pop("resources", None)
     if expected is None:
         Grid(config, ["test"])
@@ -262,7 +289,7 @@ def test_degenerate_training_resources_are_refused_by_plan_and_workflow(repo, pa
     with pytest.raises(UserError, match=expected):
         Grid(config, ["test"])
     path = tmp_path / "degenerate.yaml"
-    path.write_text(yaml.safe_dump({"resources": {"train": resources}, "runs": {
+    path.write_text(yaml.safe_dump({"resources": {"train": resources}, "train_resources": None, "runs": {
         n: {"resources": {}} for n in config["runs"]}}))
     for cmd in ([sys.executable, "-m", "geopd.cli", "plan", "--configfile", PAPER, str(path)],
                 [sys.executable, "-m", "snakemake", "-n", "--configfile", PAPER, str(path), "-d", str(tmp_path)]):
@@ -289,6 +316,100 @@ def test_estimate_train_places_engines_before_dividing_by_them(paper):
     est = cm.estimate_train(run, shapes.run(run.name), shapes.model(run.teacher),
                             {**grid.resources("train", run.name), "gpus": 1, "nodes": 1}, device="cuda")
     assert est.problems and all("spans more than the 1 GPU(s) of a node" in p for p in est.problems)
+
+
+@pytest.mark.parametrize("files", [(PAPER,), (PAPER, "config/paper-literal.yaml")])
+def test_paper_resources_are_the_suggested_ones(repo, files):
+    """config/paper.yaml's train_resources and evaluate runtime (and the literal overlay's) are
+    what `geopd plan --suggest-resources` prints: rerun it after a change to a run or the cost
+    model and paste its block."""
+    grid = Grid.from_files([repo / f for f in files])
+    suggested = {s.run: s for s in suggest_train(grid)}
+    assert set(suggested) == set(grid.runs)
+    stale = [f"{name}: config {res['nodes']} nodes x {res['runtime']} min, suggested {s.nodes} x {s.runtime}"
+             for name, s in suggested.items()
+             if ((res := grid.resources("train", name))["nodes"], res["runtime"]) != (s.nodes, s.runtime)]
+    jobs = build_jobs(grid)
+    runtime, _ = suggest_evaluate(grid, jobs, estimate_jobs(grid, jobs))
+    if grid.resources("evaluate")["runtime"] != runtime:
+        stale.append(f"resources.evaluate.runtime {grid.resources('evaluate')['runtime']}, suggested {runtime}")
+    assert not stale, (f"rerun `geopd plan --configfile {' '.join(files)} --suggest-resources`:\n  "
+                       + "\n  ".join(stale))
+    # requested GPU-hours follow the estimate: the margin and whole hours, nothing more
+    estimates = estimate_jobs(grid, jobs)
+    train = [(jobs[j], e) for j, e in estimates.items() if jobs[j].rule == "train"]
+    for job, e in train:
+        capped = job.resources["runtime"] == job.resources["max_runtime"]
+        assert capped or e.hours * 1.25 <= job.hours < e.hours * 1.25 + 1, job.id
+
+
+def test_suggested_nodes_are_the_fewest_that_fit(paper):
+    grid = Grid(paper)
+    by_run = {s.run: s for s in suggest_train(grid)}
+    # a 32B teacher beside an 8B student needs the trainer's state sharded over 2 nodes; a 4B
+    # student beside its teacher fits on one; SFT-8B needs 2 nodes to stay within 72 h x 1.25
+    assert (by_run["opd-8b-t32b"].nodes, by_run["opd-4b-t8b"].nodes, by_run["sft-8b"].nodes) == (2, 1, 2)
+    assert by_run["opd-8b-t32b"].runtime == 60 * math.ceil(by_run["opd-8b-t32b"].est_hours * 1.25)
+    # a longer limit lets SFT-8B run on one node; a wider margin asks for more time, not nodes
+    assert {s.run: s for s in suggest_train(grid, Sizing(max_hours=96))}["sft-8b"].nodes == 1
+    wide = {s.run: s for s in suggest_train(grid, Sizing(margin=2.0, max_hours=1000))}["opd-4b-t8b"]
+    assert wide.nodes == 1 and wide.runtime == 60 * math.ceil(2 * wide.est_hours)
+    # RLVR is bound by decoding its longest responses: no node count reaches 72 h x 1.25, and
+    # 16 nodes would buy ~13% for 4x the GPUs: the fewest within 25% of the shortest
+    rlvr = by_run["rlvr-8b"]
+    assert rlvr.nodes == 4 and "over 72 h on every node count" in rlvr.note
+
+
+def test_suggest_resources_prints_a_block_the_config_takes(repo, paper, tmp_path):
+    proc = run_plan(repo, repo / PAPER, "--suggest-resources", "--margin", "1.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    block = yaml.safe_load(proc.stdout)
+    assert set(block) == {"train_resources"} and set(block["train_resources"]) == set(Grid(paper).runs)
+    assert "estimate x 1.5" in proc.stdout and "resources.evaluate.runtime:" in proc.stdout
+    config = {**paper, **block}
+    grid = Grid(config)
+    assert all(grid.resources("train", n)["nodes"] == r["nodes"] for n, r in block["train_resources"].items())
+    # a run's own resources still win over its train_resources entry
+    assert Grid(changed(config, "runs", "rlvr-8b", "resources", "nodes", 3)).resources("train", "rlvr-8b")["nodes"] == 3
+    with pytest.raises(UserError, match="train_resources.nope"):
+        Grid(changed(config, "train_resources", "nope", {"nodes": 1}))
+
+
+def test_dynamic_sampling_rounds_in_the_cost_model(paper):
+    grid = Grid(paper)
+    rollout = grid.runs["rlvr-8b"].settings.rollout
+    # half the groups dropped (the planning guess): 64 prompts a round keep 32, two rounds fill 64
+    assert cm.ASSUMPTIONS.zero_variance_fraction == 0.5 and cm.sampling_rounds(rollout) == 2
+    assert cm.sampling_rounds(rollout.updated(dynamic_sampling=None)) == 1
+    a = cm.Assumptions(zero_variance_fraction=0.9)  # ceil(64 / 6.4) = 10 rounds, capped at 8
+    assert cm.sampling_rounds(rollout, a) == 8
+    shapes = Shapes(grid)
+    res = {**grid.resources("train", "rlvr-8b")}
+    run = grid.runs["rlvr-8b"]
+    est = cm.estimate_train(run, shapes.run("rlvr-8b"), None, res, device="cuda")
+    off = cm.estimate_train(replace_rollout(run, dynamic_sampling=None), shapes.run("rlvr-8b"), None, res,
+                            device="cuda")
+    assert est.info["sampling_rounds"] == 2 and off.info["sampling_rounds"] == 1
+    assert est.seconds["rollout generation"] == pytest.approx(2 * off.seconds["rollout generation"])
+    assert est.info["rollout_tokens"] == pytest.approx(2 * off.info["rollout_tokens"])
+    assert est.seconds["training forward + backward"] == off.seconds["training forward + backward"]
+
+
+def replace_rollout(run, **changes):
+    import dataclasses
+
+    settings = run.settings.updated(rollout=run.settings.rollout.updated(**changes))
+    return dataclasses.replace(run, settings=settings)
+
+
+def test_livecodebench_problems_from_the_prepared_data(paper, tmp_path):
+    # before preparation: 279, the public count for release_v5's window (not 280)
+    grid = Grid(changed(paper, "results", str(tmp_path)))
+    assert benchmark_problems(grid, "lcb-v5") == 279
+    test = tmp_path / "data" / "lcb-v5" / "test.jsonl"
+    test.parent.mkdir(parents=True)
+    test.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(277)))
+    assert benchmark_problems(grid, "lcb-v5") == 277  # prepared: what is there
 
 
 def test_plan_needs_no_torch(repo):

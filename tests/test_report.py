@@ -33,16 +33,17 @@ def profile(spec: dict, frac: float, flip: bool = False) -> dict:
     alpha = (spec.get("objective") or {}).get("alpha")
     if flip and kind in ("opd", "rlvr"):
         kind = "rlvr" if kind == "opd" else "opd"
+    # po / lo: overlaps at alpha 0.3 (the paper's Fig. 3 reading); po5 / lo5 at 0.5
     base = {
-        "sft": dict(sp=0.10, nss=2e-3, ang=12.0, po=0.52, lo=0.32, sr=5 + 10 * frac, fro=1 + 4 * frac,
-                    hill=2 + 2 * frac),
-        "opd": dict(sp=0.50, nss=3e-4, ang=1.0, po=0.45, lo=0.54, sr=3.0 + 0.1 * frac, fro=0.3 + 0.3 * frac,
-                    hill=2.5),
-        "rlvr": dict(sp=0.77, nss=2e-5, ang=0.3, po=0.40, lo=0.73, sr=8 - 5 * frac, fro=0.1 + 0.1 * frac,
-                     hill=3 - frac),
+        "sft": dict(sp=0.10, nss=2e-3, ang=12.0, po=0.32, lo=0.32, po5=0.52, lo5=0.52, sr=5 + 10 * frac,
+                    fro=1 + 4 * frac, hill=2 + 2 * frac),
+        "opd": dict(sp=0.50, nss=3e-4, ang=1.0, po=0.27, lo=0.54, po5=0.45, lo5=0.6, sr=3.0 + 0.1 * frac,
+                    fro=0.3 + 0.3 * frac, hill=2.5),
+        "rlvr": dict(sp=0.77, nss=2e-5, ang=0.3, po=0.24, lo=0.73, po5=0.40, lo5=0.8, sr=3.6 - 1.5 * frac,
+                     fro=0.1 + 0.1 * frac, hill=3 - frac),
     }[kind]
     if fam == "alpha-mix" and alpha is not None and alpha <= 0.05:
-        base["sr"] = 8 - 5 * frac  # weak OPD term: RLVR-like rank dynamics
+        base["sr"] = 3.6 - 1.5 * frac  # weak OPD term: RLVR-like rank dynamics
     if fam == "token-sparse":
         base["sr"] *= 1.05
     return base
@@ -61,10 +62,12 @@ def matrix_rows(spec: dict, frac: float, matrices: str, flip: bool = False) -> p
             rows.append({
                 "name": f"model.layers.{layer}.{m}", "tensor": f"model.layers.{layer}.{m}", "layer": layer,
                 "module": m, "group": "attention" if i < 4 else "mlp", "shape": "64x64", "numel": numel,
-                "n_changed": changed, "n_princ_changed": round(changed * p["po"]),
-                "n_low_changed": round(changed * p["lo"]),
+                "n_changed": changed,
+                "n_princ_changed@0.3": round(changed * p["po"]), "n_low_changed@0.3": round(changed * p["lo"]),
+                "n_princ_changed@0.5": round(changed * p["po5"]), "n_low_changed@0.5": round(changed * p["lo5"]),
                 "bf16_sparsity": 1 - changed / numel, "update_density": changed / numel,
-                "nss": p["nss"] * wiggle, "princ_overlap": p["po"], "low_overlap": p["lo"],
+                "nss": p["nss"] * wiggle, "princ_overlap@0.3": p["po"], "low_overlap@0.3": p["lo"],
+                "princ_overlap@0.5": p["po5"], "low_overlap@0.5": p["lo5"],
                 "frobenius": p["fro"] * wiggle, "stable_rank": p["sr"] * wiggle, "hill_alpha": p["hill"] * wiggle,
                 "spectral_norm": 0.01 * wiggle, "spectral_frobenius_ratio": 0.3, "effective_rank": 20.0,
                 "top1pct_norm_ratio": 0.8, "angle_u_mean_deg": p["ang"], "angle_v_mean_deg": p["ang"] * 1.1,
@@ -197,17 +200,50 @@ def _row(name, module, numel, sp, **kw):
 
 
 def test_summary_is_weighted_for_sparsity_and_finite_mean_otherwise():
-    df = pd.DataFrame([_row("a", "q", 100, 0.1, nss=1.0, hill_alpha=math.inf, princ_overlap=math.nan),
-                       _row("b", "up", 300, 0.5, nss=3.0, hill_alpha=2.0, princ_overlap=0.4)])
+    df = pd.DataFrame([_row("a", "q", 100, 0.1, nss=1.0, hill_alpha=math.inf, **{"princ_overlap@0.5": math.nan}),
+                       _row("b", "up", 300, 0.5, nss=3.0, hill_alpha=2.0, **{"princ_overlap@0.5": 0.4})])
     df["group"] = ["attention", "mlp"]
     s = aggregate.summarize_matrices(df)
     assert s["bf16_sparsity"] == pytest.approx((100 * 0.1 + 300 * 0.5) / 400)  # 0.4, not the plain mean 0.3
-    assert s["update_density"] == pytest.approx(0.6)
+    # Update density per matrix, then the mean (App. C.3): 0.7, not 1 - the weighted sparsity (0.6)
+    assert s["update_density"] == pytest.approx((0.9 + 0.5) / 2)
     assert s["nss"] == pytest.approx(2.0)
     assert s["hill_alpha"] == pytest.approx(2.0)          # inf left out
-    assert s["princ_overlap"] == pytest.approx(0.4)       # NaN left out
+    assert s["princ_overlap@0.5"] == pytest.approx(0.4)   # NaN left out
     assert s["numel"] == 400 and s["n_matrices"] == 2
-    assert math.isnan(s["princ_overlap_pooled"])          # no count columns: not invented
+    assert math.isnan(s["princ_overlap_pooled@0.5"])      # no count columns: not invented
+
+
+def test_overlaps_at_every_mask_fraction_and_the_sparsity_with_embeddings(tmp_path):
+    rows = [_row("q0", "q", 100, 0.5, n_changed=50, **{"princ_overlap@0.3": 0.2, "n_princ_changed@0.3": 10,
+                                                         "princ_overlap@0.5": 0.4, "n_princ_changed@0.5": 20}),
+            _row("up0", "up", 300, 0.9, n_changed=30, **{"princ_overlap@0.3": 0.5, "n_princ_changed@0.3": 15,
+                                                          "princ_overlap@0.5": 0.6, "n_princ_changed@0.5": 18})]
+    path = tmp_path / "diagnostics" / "opd" / "step-40.all.csv"
+    _matrix_csv(path, rows)
+    # 1000 embedding entries of which 100 changed: (50 + 30 + 100) / (400 + 1000) changed in all
+    path.with_suffix(".json").write_text(json.dumps({"extra_tensors": {"embedding": {
+        "n_tensors": 2, "numel": 1000, "n_changed": 100, "bf16_sparsity": 0.9}}}))
+    summary, _, _ = aggregate.aggregate_diagnostics(tmp_path, [DIAGNOSES[1]])
+    s = summary[summary["scope"] == "all"].iloc[0]
+    assert s["princ_overlap@0.3"] == pytest.approx(0.35) and s["princ_overlap@0.5"] == pytest.approx(0.5)
+    assert s["princ_overlap_pooled@0.3"] == pytest.approx(25 / 80)
+    assert s["princ_overlap_pooled@0.5"] == pytest.approx(38 / 80)
+    assert s["bf16_sparsity"] == pytest.approx(1 - 80 / 400)
+    assert s["bf16_sparsity_with_embeddings"] == pytest.approx(1 - 180 / 1400)
+    grid = {**small_grid(), "diagnostics": {"alpha": [0.3, 0.5], "endpoint_matrices": "all"}}
+    data = ReportData(grid={**grid, "runs": {"opd-8b-t32b": {**grid["runs"]["opd-8b-t32b"], "checkpoints": [40]}}},
+                      summary=summary.assign(run="opd-8b-t32b"))
+    t = tables.update_masks(data).frame.set_index("run")
+    assert t.loc["opd-8b-t32b", "princ_overlap_pct@0.3"] == pytest.approx(35.0)
+    assert t.loc["opd-8b-t32b", "princ_overlap_pct@0.5"] == pytest.approx(50.0)
+    assert t.loc["opd-8b-t32b", "princ_vs_random@0.3"] == "at/above"
+    assert t.loc["opd-8b-t32b", "princ_vs_random@0.5"] == "at/above"
+    assert t.loc["opd-8b-t32b", "update_density_pct"] == pytest.approx(30.0)          # (50% + 10%) / 2
+    assert t.loc["opd-8b-t32b", "update_density_weighted_pct"] == pytest.approx(20.0)  # 80 / 400
+    t1 = tables.table1_sparsity(data).frame.set_index("run")
+    assert t1.loc["opd-8b-t32b", "with_embeddings_pct"] == pytest.approx(100 * (1 - 180 / 1400))
+    assert t1.loc["opd-8b-t32b", "sparsity_pct"] == pytest.approx(80.0)
 
 
 DIAGNOSES = [Expected("diagnostics", "opd", 20, "attention", "diagnostics/opd/step-20.attention.csv"),
@@ -362,13 +398,13 @@ def test_run_order_restores_config_order():
 
 def test_update_masks_baseline_and_paper_by_role():
     data = ReportData(grid=small_grid(), summary=summary_rows({
-        ("opd-8b-t32b", 20, "all"): {"update_density": 0.5, "princ_overlap": 0.45, "low_overlap": 0.6},
-        ("sft-8b", 20, "all"): {"update_density": 0.9, "princ_overlap": 0.55, "low_overlap": 0.3}}))
+        ("opd-8b-t32b", 20, "all"): {"update_density": 0.5, "princ_overlap@0.5": 0.45, "low_overlap@0.5": 0.6},
+        ("sft-8b", 20, "all"): {"update_density": 0.9, "princ_overlap@0.5": 0.55, "low_overlap@0.5": 0.3}}))
     t = tables.update_masks(data).frame.set_index("run")
-    assert t.loc["opd-8b-t32b", "random_baseline_pct"] == 50.0
-    assert t.loc["opd-8b-t32b", "princ_vs_random"] == "below" and t.loc["sft-8b", "princ_vs_random"] == "at/above"
+    assert t.loc["opd-8b-t32b", "princ_vs_random@0.5"] == "below"
+    assert t.loc["sft-8b", "princ_vs_random@0.5"] == "at/above"
     assert t.loc["opd-8b-t32b", "paper_update_density_pct"] == 46.28
-    assert t.loc["rlvr-8b", "paper_low_overlap_pct"] == 73.48 and math.isnan(t.loc["rlvr-8b", "low_overlap_pct"])
+    assert t.loc["rlvr-8b", "paper_low_overlap_pct"] == 73.48 and math.isnan(t.loc["rlvr-8b", "low_overlap_pct@0.5"])
     assert math.isnan(t.loc["opd-4b-t8b", "paper_update_density_pct"])
 
 
@@ -407,19 +443,68 @@ def test_teachers_table_names_an_anchor_the_config_never_evaluates():
 
 def test_effopd_speedup_known_answer():
     acc = acc_rows({("sft-8b", 20): 0.4, ("opd-8b-t32b", 10): 0.45, ("opd-8b-t32b", 20): 0.6,
-                    ("effopd", 10): 0.58, ("effopd", 20): 0.61})
-    s = tables.effopd_speedup(ReportData(grid=small_grid(), accuracy=acc)).iloc[0]
+                    ("effopd", 10): 0.61, ("effopd", 20): 0.62})
+    data = ReportData(grid=small_grid(), accuracy=acc,
+                      searches={"effopd": [{"step": 1, "accepted_factor": 2.0}, {"step": 2, "accepted_factor": 0.0}]})
+    s = tables.effopd_speedup(data).iloc[0]
     assert s["vanilla"] == "opd-8b-t32b"
-    assert s["threshold"] == pytest.approx(0.4 + 0.9 * 0.2)
+    assert s["threshold"] == pytest.approx(0.6)            # vanilla OPD's final accuracy (was 90% of its gain)
     assert s["vanilla_steps"] == 20 and s["effopd_steps"] == 10 and s["speedup"] == pytest.approx(2.0)
-    md = render(tables.effopd_spectral(ReportData(grid=small_grid(), accuracy=acc)))
-    assert "steps to reach an accuracy threshold" in md and "| effopd | opd-8b-t32b |" in md
+    assert s["accepted_extrapolations"] == "1:x2, 2:x0"
+    assert math.isnan(s["speedup_ci_low"]) and "no confidence interval" in s["note"]  # no per-problem scores
+    md = render(tables.effopd_spectral(data))
+    assert "steps to reach vanilla OPD's final accuracy" in md and "| effopd | opd-8b-t32b |" in md
 
 
 def test_effopd_speedup_undefined_without_gain():
     acc = acc_rows({("sft-8b", 20): 0.7, ("opd-8b-t32b", 20): 0.6, ("effopd", 20): 0.65})
     s = tables.effopd_speedup(ReportData(grid=small_grid(), accuracy=acc)).iloc[0]
     assert math.isnan(s["threshold"]) and "did not improve" in s["note"]
+
+
+def effopd_tree(root: Path, correct: dict[tuple[str, int], set[int]], n: int = 40) -> ReportData:
+    """Per-sample files of `n` problems (2 samples each, both right for the problems in the set)
+    and the matching accuracy rows, for the EffOPD run and its vanilla reference."""
+    grid, rows, inputs = small_grid(), {}, []
+    for (run, step), right in correct.items():
+        f = f"eval/{run}/step-{step}/math.json"
+        path = root / f
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".samples.jsonl").write_text("".join(
+            json.dumps({"id": i, "sample": j, "correct": i in right}) + "\n" for i in range(n) for j in range(2)))
+        rows[(run, step)] = len(right) / n
+        inputs.append([run, str(step), "math", f])
+    grid["inputs"] = {"eval": inputs}
+    return ReportData(grid=grid, accuracy=acc_rows({("sft-8b", 20): 0.1, **rows}, n=n), results=root)
+
+
+def test_effopd_speedup_confidence_interval_is_a_paired_bootstrap(tmp_path):
+    v10, v20 = set(range(8)), set(range(24))
+    # EffOPD at step 10 solves every problem vanilla solves at 20, and two more: in every resample
+    # it reaches vanilla's final accuracy at step 10, vanilla only at 20: the interval is [2, 2].
+    data = effopd_tree(tmp_path / "a", {("opd-8b-t32b", 10): v10, ("opd-8b-t32b", 20): v20,
+                                        ("effopd", 10): v20 | {30, 31}, ("effopd", 20): v20 | {30, 31}})
+    s = tables.effopd_speedup(data).iloc[0]
+    assert (s["speedup"], s["speedup_ci_low"], s["speedup_ci_high"]) == (2.0, 2.0, 2.0)
+    assert s["p_never"] == 0.0 and s["problems"] == 40 and s["effopd_steps_ci"] == "10 .. 10"
+    c = claims.judge(data, claims.effopd_headline(data))
+    assert c.reproduced == claims.YES and c.runs == "effopd, opd-8b-t32b"
+    # EffOPD's weights equal vanilla's (every extrapolation rejected): speed-up 1 in every
+    # resample, the interval lies at 1, and the claim is "no".
+    same = {("opd-8b-t32b", 10): v10, ("opd-8b-t32b", 20): v20, ("effopd", 10): v10, ("effopd", 20): v20}
+    data = effopd_tree(tmp_path / "b", same)
+    s = tables.effopd_speedup(data).iloc[0]
+    assert (s["speedup"], s["speedup_ci_low"], s["speedup_ci_high"]) == (1.0, 1.0, 1.0)
+    assert claims.judge(data, claims.effopd_headline(data)).reproduced == claims.NO
+    # EffOPD at step 10 solves as many problems as vanilla's final, but different ones: the
+    # point estimate is 2, yet resamples go both ways, and the claim cannot be decided.
+    data = effopd_tree(tmp_path / "c", {("opd-8b-t32b", 10): v10, ("opd-8b-t32b", 20): v20,
+                                        ("effopd", 10): set(range(16, 40)), ("effopd", 20): v20})
+    s = tables.effopd_speedup(data).iloc[0]
+    assert s["speedup"] == 2.0 and s["speedup_ci_low"] == 1.0 and s["speedup_ci_high"] == 2.0
+    assert s["effopd_steps_ci"] == "10 .. 20" and s["p_never"] == 0.0
+    c = claims.judge(data, claims.effopd_headline(data))
+    assert c.reproduced == claims.INSUFFICIENT and "contains 1" in c.reason
 
 
 # ---- claims ---------------------------------------------------------------------------------------------
@@ -431,9 +516,10 @@ def verdicts(data) -> dict:
 def test_claims_hold_on_paper_shaped_results(good):
     v = verdicts(good)
     for cid in ("C1", "C2", "C3", "C4", "C6", "C7", "C8", "C9", "C10", "C11", "C12", "C13", "C14",
-                "C15", "C16", "C17", "C18"):
+                "C15", "C16", "C17", "C18", "C19", "C20"):
         assert v[cid] == claims.YES, (cid, claims.check_all(good).set_index("id").loc[cid].to_dict())
     assert v["C5"] == claims.YES  # fixture NSS 2e-3 / 3e-4 / 2e-5
+    assert v["C21"] == claims.INSUFFICIENT  # no per-problem scores in this tree: no interval
 
 
 def test_claims_fail_when_numbers_contradict(flipped):
@@ -473,6 +559,133 @@ def test_projection_claims_use_standard_error_tolerance():
     acc = acc_rows({("opd-8b-t32b", 20): 0.60, ("rank16-opd", 20): 0.45})
     c = claims.projection_keeps_opd(ReportData(grid=small_grid(), accuracy=acc))
     assert c.reproduced == claims.NO and "tolerance 0.09" in c.numbers
+
+
+def role_matrices(values: dict[str, dict[int, dict]], step: int = 20) -> pd.DataFrame:
+    """{run: {layer: {column: value}}} -> per-matrix rows (two matrices a layer) at the endpoint."""
+    rows = [{"kind": "run", "run": run, "step": step, "matrices": "all", "name": f"{run}.{layer}.{m}", "layer": layer,
+             "module": m, **cols} for run, layers in values.items() for layer, cols in layers.items() for m in ("q", "up")]
+    return pd.DataFrame(rows)
+
+
+def test_rotation_and_nss_levels_at_the_representative_layer_and_over_all_matrices():
+    angles = {"sft-8b": 12.0, "opd-8b-t32b": 1.0, "rlvr-8b": 0.3}
+    nss = {"sft-8b": 9e-4, "opd-8b-t32b": 1.1e-4, "rlvr-8b": 2e-5}   # 9e-4 is at the 1e-3 level
+    summary = summary_rows({(r, 20, "all"): {"angle_mean_deg": angles[r], "nss": nss[r]} for r in angles})
+    # Layers 0..3: the representative layer is the middle one, 2; there OPD rotates more than SFT.
+    per_layer = {r: {layer: {"angle_u_mean_deg": a, "angle_v_mean_deg": a, "nss": nss[r]} for layer in range(4)}
+                 for r, a in angles.items()}
+    per_layer["opd-8b-t32b"][2] = {"angle_u_mean_deg": 20.0, "angle_v_mean_deg": 30.0, "nss": 1.1e-4}
+    data = ReportData(grid=small_grid(), summary=summary, matrices=role_matrices(per_layer))
+    assert data.representative_layer("opd-8b-t32b") == 2
+    assert data.layer_mean("opd-8b-t32b", 2, "angle_mean_deg") == 25.0
+    c3 = claims.rotation_order(data)
+    assert c3.reproduced == claims.NO and "representative layer 2 (the middle layer, L // 2)" in c3.numbers
+    c5 = claims.nss_levels(data)
+    assert c5.reproduced == claims.YES and "SFT log10 -3.05" in c5.numbers   # floor(log10) said -4: "no"
+    grid = small_grid()
+    grid["diagnostics"] = {**grid["diagnostics"], "representative_layer": 1}
+    data = ReportData(grid=grid, summary=summary, matrices=role_matrices(per_layer))
+    assert claims.rotation_order(data).reproduced == claims.YES
+    nss["opd-8b-t32b"] = 3e-5                                             # more than half a decade off: -4.52
+    summary = summary_rows({(r, 20, "all"): {"angle_mean_deg": angles[r], "nss": nss[r]} for r in angles})
+    assert claims.nss_levels(ReportData(grid=grid, summary=summary, matrices=role_matrices(per_layer))
+                             ).reproduced == claims.NO
+
+
+def test_mask_claims_use_the_first_mask_fraction():
+    grid = {**small_grid(), "diagnostics": {**small_grid()["diagnostics"], "alpha": [0.3, 0.5]}}
+    values = {"sft-8b": (0.55, 0.52), "opd-8b-t32b": (0.40, 0.45), "rlvr-8b": (0.35, 0.40)}
+    summary = summary_rows({(r, 20, "all"): {"princ_overlap@0.3": a, "princ_overlap@0.5": b}
+                            for r, (a, b) in values.items()})
+    c8 = claims.principal_overlap(ReportData(grid=grid, summary=summary))
+    assert c8.reproduced == claims.NO and "alpha = 0.3" in c8.test    # 40% and 35% are above 30%
+    grid["diagnostics"]["alpha"] = [0.5, 0.3]
+    assert claims.principal_overlap(ReportData(grid=grid, summary=summary)).reproduced == claims.YES
+
+
+def sim_rows(curves: dict[str, dict[int, float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"run": r, "step": s, "name": "m", "sim": v} for r, c in curves.items() for s, v in c.items()])
+
+
+def test_sim_claim_compares_at_equal_fractions_and_tests_gradual_convergence():
+    grid = small_grid()
+    grid["runs"]["sft-8b"]["checkpoints"] = [5, 20, 40, 100]
+    grid["runs"]["rlvr-8b"]["checkpoints"] = [12, 25, 50, 100]
+    grid["runs"]["opd-8b-t32b"]["checkpoints"] = [21, 42, 100]
+    opd = {21: 0.85, 42: 0.9, 100: 1.0}
+    rlvr = {12: 0.2, 25: 0.3, 50: 0.7, 100: 1.0}
+    # SFT's first checkpoint (5%) is low, but at 21% of training it is already above OPD: on main
+    # the first checkpoints were compared (SFT 0.3 at 5% vs OPD 0.85 at 21%) and the claim held.
+    sft = {5: 0.3, 20: 0.9, 40: 0.95, 100: 1.0}
+    c = claims.sim_first_checkpoint(ReportData(grid=grid, similarity=sim_rows(
+        {"sft-8b": sft, "opd-8b-t32b": opd, "rlvr-8b": rlvr})))
+    assert c.reproduced == claims.NO and "at 21% of training" in c.numbers
+    sft = {5: 0.1, 20: 0.3, 40: 0.6, 100: 1.0}
+    c = claims.sim_first_checkpoint(ReportData(grid=grid, similarity=sim_rows(
+        {"sft-8b": sft, "opd-8b-t32b": opd, "rlvr-8b": rlvr})))
+    assert c.reproduced == claims.YES, c.numbers
+    # RLVR above 0.5 already at 12%, before OPD's first checkpoint, yet below OPD at 21%: it did
+    # not converge more gradually.
+    rlvr = {12: 0.6, 25: 0.55, 50: 0.7, 100: 1.0}
+    c = claims.sim_first_checkpoint(ReportData(grid=grid, similarity=sim_rows(
+        {"sft-8b": sft, "opd-8b-t32b": opd, "rlvr-8b": rlvr})))
+    assert c.reproduced == claims.NO and "RLVR at 12%" in c.numbers
+
+
+def mix_grid(*alphas: float) -> dict:
+    grid = small_grid()
+    for a in alphas:
+        grid["runs"][f"mix-{a}"] = {**grid["runs"]["opd-8b-t32b"], "family": "alpha-mix", "method": "mix",
+                                     "objective": {"alpha": a}}
+    return grid
+
+
+def trajectories(values: dict[str, list[float]]) -> pd.DataFrame:
+    return summary_rows({(r, s, "attention"): {"stable_rank": v} for r, vs in values.items()
+                         for s, v in zip((10, 20), vs)})
+
+
+def test_opd_dominant_means_alpha_above_one_half_and_flat_rewards_are_no_evidence():
+    grid = mix_grid(0.75, 0.5)
+    summary = trajectories({"opd-8b-t32b": [3.0, 3.0], "mix-0.75": [3.1, 3.1], "mix-0.5": [4.5, 5.0]})
+    c = claims.high_alpha_tracks(ReportData(grid=grid, summary=summary))
+    assert c.reproduced == claims.YES and "mix-0.5" not in c.numbers   # on main 0.5 counted: "no"
+    # The fixture's case: random models earn no reward, so the mix's RLVR term is 0 at every
+    # step and the mix is scaled OPD: no evidence for the mix, whatever its numbers.
+    logs = {"mix-0.75": log([1, 1, 1], reward=[0.0, 0.0, 0.0])}
+    data = ReportData(grid=grid, summary=summary, metrics=logs)
+    c = claims.judge(data, claims.high_alpha_tracks(data))
+    assert c.reproduced == claims.INSUFFICIENT
+    assert "mix-0.75 is no evidence for the mix: every reward was 0 in 3 logged steps" in c.reason
+    # Rewards that never differ within a group (the logged count), though their mean moves.
+    logs = {"mix-0.75": log([1, 1], reward=[0.5, 0.25], reward_varied_samples=[0.0, 0.0])}
+    data = ReportData(grid=grid, summary=summary, metrics=logs)
+    assert claims.judge(data, claims.high_alpha_tracks(data)).reproduced == claims.INSUFFICIENT
+    missing = claims.missing_table(data).frame
+    assert list(missing.loc[missing["problem"] == "reward never varied", "subject"]) == ["mix-0.75"]
+    logs = {"mix-0.75": log([1, 1], reward=[0.5, 0.25], reward_varied_samples=[4.0, 0.0])}
+    data = ReportData(grid=grid, summary=summary, metrics=logs)
+    assert claims.judge(data, claims.high_alpha_tracks(data)).reproduced == claims.YES
+    assert ReportData(grid=grid, metrics={"rlvr-8b": log([1], reward=[0.0])}).no_reward_signal("rlvr-8b") == []
+
+
+def test_frobenius_and_hill_claims():
+    def data_with(values):
+        return ReportData(grid=small_grid(), summary=summary_rows(
+            {(r, s, "attention"): dict(zip(("frobenius", "stable_rank", "hill_alpha"), v))
+             for r, steps in values.items() for s, v in zip((10, 20), steps)}))
+    base = {"sft-8b": [(1, 5, 2.0), (3, 9, 2.5)], "opd-8b-t32b": [(0.5, 3, 2.5), (0.8, 3.1, 2.6)],
+            "rlvr-8b": [(0.1, 4, 3.0), (0.2, 2.5, 2.5)]}
+    assert claims.frobenius_at_comparable_rank(data_with(base)).reproduced == claims.YES   # 4x, 3.1 vs 2.5
+    assert claims.hill_trends(data_with(base)).reproduced == claims.YES
+    rank_apart = {**base, "rlvr-8b": [(0.1, 4, 3.0), (0.2, 1.5, 2.5)]}                     # 3.1 / 1.5 > 1.5
+    assert claims.frobenius_at_comparable_rank(data_with(rank_apart)).reproduced == claims.NO
+    smaller = {**base, "rlvr-8b": [(0.1, 4, 3.0), (0.9, 2.5, 2.5)]}
+    assert claims.frobenius_at_comparable_rank(data_with(smaller)).reproduced == claims.NO
+    opd_moves = {**base, "opd-8b-t32b": [(0.5, 3, 2.0), (0.8, 3.1, 2.6)]}                   # range 0.26
+    assert claims.hill_trends(data_with(opd_moves)).reproduced == claims.NO
+    assert claims.hill_trends(ReportData(grid=small_grid())).reproduced == claims.INSUFFICIENT
 
 
 def test_stable_rank_band_and_trend_thresholds():
@@ -708,8 +921,10 @@ def test_report_partial_builds_from_what_exists_and_the_full_dag_still_waits(tmp
                 if m.group(1) not in ("total", "all")}
 
     # The complete DAG still waits for every evaluation and diagnosis ...
+    # (and each run's training curves, which this tree lacks)
     assert jobs(smk("-n", "--quiet", "rules")) == {"evaluate": 1, "diagnose": 1, "aggregate_eval": 1,
-                                                  "aggregate_diagnostics": 1, "tables": 1, "figures": 1, "claims": 1}
+                                                  "aggregate_diagnostics": 1, "tables": 1, "figures": 1, "claims": 1,
+                                                  "run_curves": 3}
     # ... report_partial makes none of them, only the report from the rest.
     assert jobs(smk("-n", "--quiet", "rules", "--", "report_partial")) == {"report_partial": 1}
     smk("report_partial")
@@ -721,3 +936,27 @@ def test_report_partial_builds_from_what_exists_and_the_full_dag_still_waits(tmp
     assert "missing diagnostics/opd-8b-t32b/step-4.all.csv" in claims_.loc["C1", "reason"]
     assert (out / "figures" / "fig2_angles_nss.png").stat().st_size > 1000
     assert not (results / lost[0]).exists() and not (results / "tables").exists()
+
+
+def test_a_teacher_no_stronger_than_the_anchor_is_no_evidence_of_distillation():
+    """The fixture's case: random teacher and student both score 0, so an OPD run matched one
+    random model to another; C9 (and every claim on such a run) is then insufficient data."""
+    summary = trajectories({"opd-8b-t32b": [3.0, 3.3]})                     # band 0.095: "yes" by its numbers
+    flat = acc_rows({("sft-8b", 20): 0.0, ("T", None): 0.0, ("opd-8b-t32b", 20): 0.0})
+    data = ReportData(grid=small_grid(), summary=summary, accuracy=flat)
+    assert claims.stable_rank_band(data).reproduced == claims.YES
+    c = claims.judge(data, claims.stable_rank_band(data))
+    assert c.reproduced == claims.INSUFFICIENT
+    assert "opd-8b-t32b is no evidence of distillation: its teacher T is no stronger than its anchor" in c.reason
+    missing = claims.missing_table(data).frame
+    assert "opd-8b-t32b" in set(missing.loc[missing["problem"] == "teacher no stronger", "subject"])
+    assert data.no_teacher_signal("rlvr-8b") == []                           # no teacher, nothing to say
+    # A weaker teacher voids too; a stronger one, or none evaluated, does not.
+    weaker = ReportData(grid=small_grid(), summary=summary,
+                        accuracy=acc_rows({("sft-8b", 20): 0.4, ("T", None): 0.3}))
+    assert claims.judge(weaker, claims.stable_rank_band(weaker)).reproduced == claims.INSUFFICIENT
+    stronger = ReportData(grid=small_grid(), summary=summary,
+                          accuracy=acc_rows({("sft-8b", 20): 0.4, ("T", None): 0.41}))
+    assert claims.judge(stronger, claims.stable_rank_band(stronger)).reproduced == claims.YES
+    unevaluated = ReportData(grid=small_grid(), summary=summary, accuracy=acc_rows({("sft-8b", 20): 0.4}))
+    assert unevaluated.no_teacher_signal("opd-8b-t32b") == []

@@ -420,3 +420,37 @@ def test_early_signal_reaches_every_rank_through_srun_and_torchrun(slurm_conf, t
     records = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
     assert [(r["rank"], r["signal"]) for r in records] == [("0", "USR1"), ("1", "USR1")], records
     assert {r["omp"] for r in records} == {"1"}  # --cpus-per-task 1 shared by one worker per task
+
+
+def _status(workdir: Path) -> dict[str, dict]:
+    """`geopd status --json` of the slice, as a user runs it where Snakemake was started."""
+    proc = subprocess.run([sys.executable, "-m", "geopd.cli", "status", "--configfile", str(SLICE), "-d", str(workdir),
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {s["run"]: s for s in map(json.loads, proc.stdout.splitlines())}
+
+
+def test_geopd_status_follows_a_run_through_the_queue(grid_slice, slurm_conf):
+    """Both runs done; then sft-8b retrained while a job holds both GPUs: queued (Slurm's reason),
+    running with its step, speed, ETA and job once the GPUs are free, done at the end."""
+    workdir, _ = grid_slice
+    assert {r: (s["state"], s["step"]) for r, s in _status(workdir).items()} == \
+        {"sft-8b": ("done", 6), "opd-8b-t32b": ("done", 4)}
+    blocker = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "--gres=gpu:2", "-c", "1", "--mem", "100",
+                              "-t", "10", "--wrap", "sleep 600"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        proc = _retrain_sft(workdir, slurm_conf, delay=2)
+        queued = _wait_for(lambda: (lambda s: s if s["state"] == "queued" else None)(_status(workdir)["sft-8b"]),
+                           120, "geopd status: sft-8b queued", proc)
+        assert "PENDING" in queued["slurm"], queued
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    running = _wait_for(lambda: (lambda s: s if s["state"] == "running" and (s["step"] or 0) >= 2 else None)(
+        _status(workdir)["sft-8b"]), 240, "geopd status: sft-8b running past step 2", proc)
+    job = running["slurm"].split()[0]
+    assert running["slurm"] == f"{job} RUNNING" and [j["state"] for j in _jobs() if j["id"] == job] == ["RUNNING"]
+    assert running["s_per_step"] >= 2 and running["eta_s"] is not None and running["steps"] == 6
+    assert running["evals"].startswith("2/2")  # sft-8b's evaluations from the first pass are still there
+    _finish(proc, 400)
+    assert {r: (s["state"], s["step"]) for r, s in _status(workdir).items()} == \
+        {"sft-8b": ("done", 6), "opd-8b-t32b": ("done", 4)}

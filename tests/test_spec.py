@@ -7,10 +7,10 @@ import pytest
 
 from geopd.errors import UserError
 from geopd.grid import Grid
-from geopd.spec import (Benchmark, Engine, Objective, Rollout, RunSpec, Settings, SpecError, VLLM, max_model_len,
-                        spec_json)
-from geopd.train.batching import (SFT_BUCKETS, largest_micro_batch, micro_batch_plan, num_updates, rollout_split,
-                                  update_of_samples)
+from geopd.spec import (Benchmark, DynamicSampling, Engine, Objective, Rollout, RunSpec, Settings, SpecError, VLLM,
+                        max_model_len, spec_json)
+from geopd.train.batching import (SFT_BUCKETS, groups_taken, largest_micro_batch, micro_batch_plan, num_updates,
+                                  rollout_split, update_of_samples)
 
 
 @pytest.fixture(scope="module", params=["config/config.yaml", "config/paper.yaml"])
@@ -41,8 +41,14 @@ def test_defaults_live_in_the_fields():
     assert (r.backend, r.source, r.top_p, r.global_batch_size, r.vllm.tensor_parallel) == ("hf", "student", 1.0, None, 1)
     assert r.samples_per_step == 8 and not r.off_policy
     assert r.to_dict() == {"prompts_per_step": 2, "samples": 4, "temperature": 1.0, "max_new_tokens": 8}
+    # slime's split (contiguous blocks), no dynamic sampling; with it, slime's defaults
+    assert (r.update_split, r.dynamic_sampling, r.prompts_per_round) == ("contiguous", None, 2)
+    ds = r.updated(dynamic_sampling=DynamicSampling())
+    assert (ds.dynamic_sampling.max_rounds, ds.dynamic_sampling.over_sampling_prompts, ds.prompts_per_round) == (8, None, 2)
+    assert r.updated(dynamic_sampling=DynamicSampling(over_sampling_prompts=5)).prompts_per_round == 5
     o = Objective()
     assert (o.coef, o.clip_low, o.clip_high, o.aggregation, o.zero_reward_patience) == (1.0, 0.2, 0.28, "token-mean", 10)
+    assert o.reward == "math-verify"
     assert o.to_dict() == {}
     assert Settings().rollout_source == "student"
     assert VLLM().gpu_dtype == "bfloat16" and VLLM(dtype="float32").gpu_dtype == "float32"
@@ -70,6 +76,20 @@ def test_checks_name_the_block():
         Objective().check_method("mix")
     with pytest.raises(SpecError, match="only used by 'mix'"):
         Objective(alpha=0.5).check_method("opd")
+    with pytest.raises(SpecError, match="objective.reward must be one of"):
+        Objective.from_dict({"reward": "lenient"})
+    with pytest.raises(SpecError, match="'opd' has none"):
+        Objective(reward="deepscaler").check_method("opd")
+    Objective(reward="deepscaler", alpha=0.5).check_method("mix")
+    Objective(reward="deepscaler").check_method("rlvr")
+    with pytest.raises(SpecError, match="update_split"):
+        Rollout.from_dict({**base, "update_split": "random"})
+    with pytest.raises(SpecError, match="max_rounds must be a positive integer"):
+        Rollout.from_dict({**base, "dynamic_sampling": {"max_rounds": 0}})
+    with pytest.raises(SpecError, match=r"rollout\.dynamic_sampling: unknown keys"):
+        Rollout.from_dict({**base, "dynamic_sampling": {"rounds": 2}})
+    with pytest.raises(SpecError, match="only 'rlvr' uses it, not 'mix'"):
+        Rollout.from_dict({**base, "dynamic_sampling": {}}).check_method("mix")
     spec = {"run": "r", "method": "opd", "seed": 0, "init": "m", "data": {"name": "d", "dir": "d"}, "steps": 1,
             "checkpoints": [1], "state_dir": "s", "optim": {"lr": 1.0}}
     with pytest.raises(UserError, match="needs a rollout block"):
@@ -91,7 +111,38 @@ def test_updates_per_step_trainer_and_planner():
     # The planner prints slime's full batches; the trainer takes at least one update (a rollout
     # batch smaller than global_batch_size): the two counts differ there, as they did before.
     assert rollout_split(4, 8) == (0, 4) and num_updates(4, 8) == 1
-    assert update_of_samples([3, 2], 1, 2) == [1, 0]
+    assert update_of_samples([3, 2], 1, 2, "interleaved") == [1, 0]
+    assert update_of_samples([3, 2], 0, 2) == [0, 0, 0] and update_of_samples([3, 2], 1, 2) == [1, 1]
+
+
+def test_contiguous_updates_are_slime_s_blocks():
+    # slime (slime/utils/dp_schedule.py, build_dp_schedule): step s trains rollouts
+    # [s * gbs, (s + 1) * gbs) of the batch, so a prompt's 8 samples train together
+    which = [u for rank in range(4) for u in update_of_samples([64, 64, 64, 64], rank, 4)]
+    assert which == [u for u in range(4) for _ in range(64)]
+    groups = [set(which[g * 8:(g + 1) * 8]) for g in range(32)]
+    assert all(len(g) == 1 for g in groups)
+    # the same cut whatever the ranks; a remainder goes one sample each to the first updates
+    # (slime drops it): 2400 samples in 37 updates, 32 of 65 then 5 of 64
+    one = update_of_samples([2400], 0, 37)
+    assert [u for r in range(16) for u in update_of_samples([150] * 16, r, 37)] == one
+    assert [one.count(u) for u in range(37)] == [65] * 32 + [64] * 5 and one == sorted(one)
+    # interleaved: a prompt's samples spread over 8 updates
+    spread = [u for rank in range(4) for u in update_of_samples([64] * 4, rank, 4, "interleaved")]
+    assert all(len(set(spread[g * 8:(g + 1) * 8])) == 4 for g in range(32))
+    with pytest.raises(UserError, match="update_split"):
+        update_of_samples([4], 0, 2, "random")
+
+
+@pytest.mark.parametrize("found", [[3, 1, 2], [0, 5, 0], [2, 2, 2], [0, 0, 0]])
+@pytest.mark.parametrize("room", [0, 1, 4, 10])
+def test_dynamic_sampling_takes_the_first_groups_whatever_the_ranks(found, room):
+    """Rank r found found[r] informative groups of a round: together the ranks take the first
+    `room` of them in rank-major order (the prompts' order), as one rank would."""
+    taken = [groups_taken(found, r, room) for r in range(len(found))]
+    order = [(r, i) for r in range(len(found)) for i in range(found[r])]
+    assert [(r, i) for r in range(len(found)) for i in range(taken[r])] == order[:room]
+    assert groups_taken([sum(found)], 0, room) == sum(taken) == min(room, sum(found))
 
 
 def test_micro_batches_trainer_and_planner():
@@ -101,3 +152,41 @@ def test_micro_batches_trainer_and_planner():
     assert largest_micro_batch(Engine(), "sft", 64, 2, 100) == 8 * 100   # 32 rows per rank in 4 buckets
     assert largest_micro_batch(Engine(), "rlvr", 64, 16, 100) == 4 * 100  # one micro-batch per update
     assert largest_micro_batch(Engine(micro_batch_tokens=50), "sft", 64, 2, 100) == 100  # one sequence at least
+
+
+def test_paper_settings_follow_slime(repo):
+    """config/paper.yaml's reading (README, "Reading the paper"): OPD, its variants and the
+    alpha-mix with slime's defaults; RLVR with DAPO's recipe and the deepscaler reward."""
+    grid = Grid.from_file(repo / "config/paper.yaml")
+    for name, run in grid.runs.items():
+        if run.method == "sft":
+            continue
+        r, o = run.settings.rollout, run.settings.objective
+        assert (r.prompts_per_step * r.samples, r.update_split) == (r.global_batch_size, "contiguous"), name
+        if run.method == "rlvr":
+            assert (r.prompts_per_step, o.clip_low, o.clip_high, o.aggregation, o.reward) == (
+                64, 0.2, 0.28, "token-mean", "deepscaler")
+            assert r.dynamic_sampling is not None and o.filter_zero_variance
+            continue
+        assert r.prompts_per_step == 8 and r.dynamic_sampling is None and o.aggregation == "seq-mean-token-mean", name
+        # --eps-clip 0.2 and --eps-clip-high = --eps-clip; off-policy: the ratio to the sampling
+        # teacher clipped at 1 +- 1.0
+        assert (o.clip_low, o.clip_high) == ((1.0, 1.0) if r.off_policy else (0.2, 0.2)), name
+        assert o.reward == ("deepscaler" if run.method == "mix" else "math-verify"), name
+    assert grid.datasets["deepcoder"]["subsets"] == ["primeintellect", "taco", "lcbv5"]
+
+
+@pytest.mark.parametrize("path, value, key", [
+    (("method_defaults", "opd", "objective", "reward"), "deepscaler", "runs.opd-8b-t32b.objective"),
+    (("method_defaults", "mix", "rollout", "dynamic_sampling"), {"max_rounds": 2}, "runs.opd-mix-0.75.rollout"),
+])
+def test_grid_refuses_a_key_the_method_cannot_use(repo, path, value, key):
+    from geopd.config import read_yaml
+
+    config = read_yaml(repo / "config/paper.yaml")
+    node = config
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        Grid(config)

@@ -306,6 +306,32 @@ def test_uneven_shares_on_two_processes_equal_one_process(world, tmp_path):
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=tol, msg=f"{name} {k}")
 
 
+def test_reward_varied_samples_counts_the_samples_of_groups_whose_rewards_differ(world, tmp_path, monkeypatch):
+    """The metric the report's "no reward signal" rule reads (geopd.report.data.no_reward_signal):
+    step 1 rewards one sample of the first group only (that group's samples varied), step 2
+    rewards none (no group varied)."""
+    from geopd.train.loop import Trainer
+
+    rlvr = world.run_spec("rlvr-8b").to_dict()
+    n = rlvr["rollout"]["samples"]
+    spec = respec(world, "rlvr-8b", tmp_path, steps=2, checkpoints=[2],
+                  objective={**rlvr["objective"], "zero_reward_patience": 0})
+    trainer = Trainer(spec, progress=False)
+    calls = iter(range(100))
+
+    def rewards(recs, texts):
+        out = torch.zeros(len(texts))
+        if next(calls) == 0:
+            out[0] = 1.0
+        return out
+
+    monkeypatch.setattr(trainer, "_rewards", rewards)
+    trainer.fit()
+    rows = [json.loads(l) for l in open(Path(spec["state_dir"]) / "metrics.jsonl")]
+    assert [(r["step"], r["reward_varied_samples"]) for r in rows] == [(1, float(n)), (2, 0.0)]
+    assert rows[0]["reward"] == pytest.approx(1 / (rlvr["rollout"]["prompts_per_step"] * n))
+
+
 def test_all_zero_rewards_stop_the_run(world, tmp_path, monkeypatch):
     """The slice's RLVR student never answers right: with zero_reward_patience 3 the run stops at
     step 3 with a message, also when it was resumed in between; one rewarded step disarms it."""
@@ -332,3 +358,132 @@ def test_all_zero_rewards_stop_the_run(world, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_rewards", lambda recs, texts: real(recs, texts) + (next(calls) == 0))
     trainer.fit()  # step 1 rewarded every sample: zeros afterwards are a result, not a broken setup
     assert trainer.step == 4
+
+
+# ---- how a step's samples split into updates, dynamic sampling, the reward ------------------------
+
+@pytest.mark.parametrize("split, expect", [("contiguous", [0, 0, 0, 0, 1, 1, 1, 1]),
+                                           ("interleaved", [0, 1, 0, 1, 0, 1, 0, 1])])
+def test_update_split_is_the_run_s(world, tmp_path, monkeypatch, split, expect):
+    """4 prompts x 2 samples in updates of 4: slime's contiguous blocks (prompts 0-1, then 2-3)
+    or sample g in update g mod 2; the trainer cuts its step as the run says."""
+    from geopd.train import loop
+
+    seen, real = [], loop.update_of_samples
+    monkeypatch.setattr(loop, "update_of_samples", lambda *a: seen.append(real(*a)) or seen[-1])
+    opd = world.run_spec("opd-8b-t32b").to_dict()
+    spec = respec(world, "opd-8b-t32b", tmp_path, steps=1, checkpoints=[1],
+                  rollout={**opd["rollout"], "update_split": split})
+    trainer = loop.Trainer(spec, progress=False)
+    trainer.fit()
+    assert seen == [expect]
+
+
+def scripted_rewards(monkeypatch, trainer, rounds: list[list[bool]]):
+    """Replace the task reward: round k's groups are informative (rewards 1, 0) where rounds[k]
+    says so, all-zero elsewhere; returns the records each round graded."""
+    graded, calls = [], iter(rounds)
+
+    def rewards(records, texts):
+        flags = next(calls)
+        n = trainer.spec.rollout.samples
+        graded.append([records[i * n]["id"] for i in range(len(records) // n)])
+        return torch.tensor([float(flags[i // n] and i % n == 0) for i in range(len(records))])
+
+    monkeypatch.setattr(trainer, "_rewards", rewards)
+    return graded
+
+
+def dynamic_spec(world, tmp_path, max_rounds: int):
+    rlvr = world.run_spec("rlvr-8b").to_dict()
+    return respec(world, "rlvr-8b", tmp_path, steps=1, checkpoints=[1],
+                  rollout={**rlvr["rollout"], "global_batch_size": 8, "dynamic_sampling": {"max_rounds": max_rounds}},
+                  objective={**rlvr["objective"], "zero_reward_patience": 0})
+
+
+def test_dynamic_sampling_refills_the_batch_with_informative_groups(world, tmp_path, monkeypatch):
+    """As slime's dynamic sampling: rounds of 4 prompts until 4 groups whose rewards differ are
+    kept, the first ones in draw order; the update trains on exactly those 4 x 2 samples."""
+    from geopd.train.data import RecordStream
+    from geopd.train.loop import Trainer
+
+    trainer = Trainer(dynamic_spec(world, tmp_path, max_rounds=4), progress=False)
+    graded = scripted_rewards(monkeypatch, trainer, [[True, False, False, True], [False, True, False, False],
+                                                     [True, True, True, True]])
+    trained, real = [], trainer.train_on
+    monkeypatch.setattr(trainer, "train_on", lambda ro, records, seed, rewards=None: trained.append(
+        ([r["id"] for r in records], ro.num_samples, rewards.tolist())) or real(ro, records, seed, rewards=rewards))
+    trainer.fit()
+    rows = [json.loads(l) for l in open(Path(trainer.spec.state_dir) / "metrics.jsonl")]
+    stream = RecordStream(trainer.records, trainer.spec.seed)
+    drawn = [[r["id"] for r in stream.next(4)] for _ in range(3)]
+    assert graded == drawn  # three rounds of the step's stream
+    expect = [drawn[0][0], drawn[0][3], drawn[1][1], drawn[2][0]]  # round 3: only the first is needed
+    assert trained == [(expect, 8, [1.0, 0.0] * 4)]
+    row = rows[0]
+    assert (row["sampling_rounds"], row["groups_kept"], row["groups_drawn"]) == (3, 4, 12)
+    assert (row["samples"], row["updates"]) == (8, 1)
+    assert row["reward"] == pytest.approx(7 / 24) and row["reward_trained"] == 0.5
+    assert trainer.stream.state() == stream.state()  # the next step draws after the last round
+
+
+def test_dynamic_sampling_stops_at_its_cap(world, tmp_path, monkeypatch):
+    """No informative group in max_rounds rounds: the step trains on what it has (here nothing:
+    no update, the weights stay), and says so."""
+    from geopd.train.loop import Trainer
+
+    trainer = Trainer(dynamic_spec(world, tmp_path, max_rounds=2), progress=False)
+    graded = scripted_rewards(monkeypatch, trainer, [[False] * 4, [False, False, True, False]])
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    row = json.loads(open(Path(trainer.spec.state_dir) / "metrics.jsonl").readline())
+    assert len(graded) == 2 and (row["sampling_rounds"], row["groups_kept"], row["groups_drawn"]) == (2, 1, 8)
+    assert (row["samples"], row["updates"]) == (2, 1)  # the one group it found
+    trainer = Trainer(dynamic_spec(world, tmp_path / "none", max_rounds=2), progress=False)
+    scripted_rewards(monkeypatch, trainer, [[False] * 4, [False] * 4])
+    trainer.fit()
+    row = json.loads(open(Path(trainer.spec.state_dir) / "metrics.jsonl").readline())
+    assert (row["sampling_rounds"], row["groups_kept"], row["samples"], row["updates"]) == (2, 0, 0, 0)
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_reward_is_the_run_s_grader(world, tmp_path):
+    """objective.reward picks the math grader: math-verify takes the last \\boxed{} anywhere,
+    deepscaler only what follows the last </think> (an answer inside the thinking earns 0)."""
+    from geopd.train.loop import Trainer
+
+    rlvr = world.run_spec("rlvr-8b").to_dict()
+    records = [{"id": "a", "answer": "3"}] * 3
+    texts = ["<think>3 it is: \\boxed{3}</think> so 4", "<think>hmm</think> \\boxed{3}", "\\boxed{3}"]
+    got = {}
+    for grader in ("math-verify", "deepscaler"):
+        spec = respec(world, "rlvr-8b", tmp_path / grader, objective={**rlvr["objective"], "reward": grader})
+        got[grader] = Trainer(spec, progress=False)._rewards(records, texts).tolist()
+    assert got == {"math-verify": [1.0, 1.0, 1.0], "deepscaler": [0.0, 1.0, 0.0]}
+
+
+@pytest.mark.parametrize("objective, split", [
+    ({"coef": 1.0, "clip_low": 0.2, "clip_high": 0.2, "aggregation": "seq-mean-token-mean"}, "contiguous"),  # paper
+    ({"coef": 1.0, "clip_low": 0.2, "clip_high": 0.28, "aggregation": "token-mean"}, "interleaved"),  # miniature
+])
+def test_opd_loss_is_the_run_s_aggregation(world, tmp_path, monkeypatch, objective, split):
+    """One OPD update of 8 samples (ratio 1 at its start): the logged loss is minus the mean of
+    each sample's token-mean advantage (slime's per-sample loss) or minus the token-mean over the
+    update (slime's --calculate-per-token-loss), as the run's objective says."""
+    from geopd.train.loop import Trainer
+
+    opd = world.run_spec("opd-8b-t32b").to_dict()
+    spec = respec(world, "opd-8b-t32b", tmp_path, steps=1, checkpoints=[1], objective=objective,
+                  rollout={**opd["rollout"], "global_batch_size": 8, "update_split": split})
+    trainer = Trainer(spec, progress=False)
+    seen, real = [], trainer._policy_updates
+    monkeypatch.setattr(trainer, "_policy_updates",
+                        lambda seq, attn, kept, old, adv: seen.append((kept, adv)) or real(seq, attn, kept, old, adv))
+    trainer.fit()
+    (kept, adv), = seen
+    row = json.loads(open(Path(trainer.spec.state_dir) / "metrics.jsonl").readline())
+    per_sample = -((adv * kept).sum(1) / kept.sum(1)).mean()
+    per_token = -(adv * kept).sum() / kept.sum()
+    assert row["updates"] == 1 and abs(float(per_sample - per_token)) > 1e-4  # unequal lengths tell them apart
+    expect = per_sample if objective["aggregation"] == "seq-mean-token-mean" else per_token
+    assert row["loss"] == pytest.approx(float(expect), rel=1e-5)

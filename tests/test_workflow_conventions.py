@@ -38,6 +38,12 @@ def test_every_report_result_has_a_caption_file(name):
         stems = {Path(f).stem for f in files}
         assert {p.stem for p in (captions / family).glob("*.rst")} == stems, family
     assert (captions / "workflow.rst").exists()
+    # Each run's training curves (one page per run) share one caption, which names the run
+    # through the rule's wildcard.
+    assert {p.name for p in (captions / "runs").glob("*.rst")} == {"run_curves.rst"}
+    assert "snakemake.wildcards.run" in (captions / "runs" / "run_curves.rst").read_text()
+    curves = grid.run_curves_files()
+    assert len(curves) == len(grid.runs) and set(curves) <= set(grid.final_targets())
     # That the report shows each with its caption: tests/test_workflow_local.py builds it.
 
 

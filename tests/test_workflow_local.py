@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,38 @@ def test_slice_builds_every_table_figure_and_the_claims_check(done):
         for row in csv.DictReader(f):
             assert row["reproduced"] == "insufficient data" or not still & set(row["runs"].split(", ")), row
     assert planned(done) == {}  # nothing left to do
+
+
+def test_each_runs_tensorboard_equals_its_metrics_and_status_says_done(done, tmp_path):
+    """After the slice, each run's TensorBoard scalars are its metrics.jsonl rows, in number and
+    value; `geopd status` says done for each; and changing the tracking settings (W&B here)
+    reruns nothing."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from geopd.grid import Grid
+    from geopd.train.tracking import scalars
+
+    grid = Grid.from_files(CONFIGS)
+    for run in grid.runs:
+        rows = [json.loads(l) for l in (done / grid.metrics_file(run)).read_text().splitlines()]
+        acc = EventAccumulator(str(done / grid.layout.run_files(run).tensorboard), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(r["step"], np.float32(r["loss"])) for r in rows]
+        for tag in {t for r in rows for t in scalars(r)}:
+            assert [(e.step, e.value) for e in acc.Scalars(tag)] == \
+                [(r["step"], np.float32(scalars(r)[tag])) for r in rows if tag in scalars(r)], (run, tag)
+    proc = subprocess.run([str(Path(sys.executable).parent / "geopd"), "status", "--configfile", *CONFIGS,
+                           "-d", str(done), "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    states = [json.loads(l) for l in proc.stdout.splitlines()]
+    assert [(s["run"], s["state"], s["step"]) for s in states] == \
+        [(r, "done", grid.runs[r].steps) for r in grid.runs]
+    overlay = tmp_path / "tracking.yaml"
+    overlay.write_text("tracking: {wandb: {project: p, mode: offline}, progress_interval: 5}\n")
+    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(done), "--configfile", *CONFIGS,
+                           str(overlay), "-n", "--quiet", "rules"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "Job stats:" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
 def test_grouped_jobs_write_every_per_checkpoint_file(done):
@@ -159,3 +192,6 @@ def test_report_collects_tables_and_figures(done):
     assert sorted(captioned) == sorted(2 * (TABLES + FIGURES))
     assert html.count('"labels": {"file": "claims"') == html.count('"labels": {"file": "missing"') == 2
     assert "var workflow_desc" in html and "reproduced on the grid" in html
+    # Each run's training curves, under "Training curves", with the caption naming the run.
+    for run in ("sft-8b", "opd-8b-t32b", "rlvr-8b"):
+        assert f"Training curves of run {run}" in html, run

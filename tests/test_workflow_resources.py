@@ -49,9 +49,9 @@ def test_paper_grid_retries_stay_within_its_partitions(repo):
         for run in grid.runs:
             assert _at(train, "mem_mb", run, attempt) == 900000
             assert _at(train, "runtime", run, attempt) <= 10080
-    assert [_at(train, "runtime", "sft-8b", a) for a in (1, 2, 3)] == [2160, 4320, 6480]
-    assert [_at(train, "runtime", "rlvr-8b", a) for a in (1, 2, 3)] == [8640, 10080, 10080]
-    assert [_at(train, "runtime", "opd-8b-t32b", a) for a in (1, 2, 3)] == [4320, 8640, 10080]
+    for run in ("sft-8b", "rlvr-8b", "opd-8b-t32b"):  # each its train_resources runtime, x attempt, capped
+        runtime = grid.resources("train", run)["runtime"]
+        assert [_at(train, "runtime", run, a) for a in (1, 2, 3)] == [min(runtime * a, 10080) for a in (1, 2, 3)]
     evaluate = snakemake_resources(grid, "evaluate_model")   # the evaluate class, as in the Snakefile
     assert [_at(evaluate, "mem_mb", attempt=a) for a in (1, 2, 3)] == [256000, 512000, 768000]
     diagnose = snakemake_resources(grid, "diagnose")         # a whole cpu node: not scaled
@@ -67,11 +67,16 @@ def _paper(tmp_path, edit) -> Path:
     return path
 
 
-def test_runtime_above_its_cap_names_the_run_and_key(tmp_path):
+@pytest.mark.parametrize("block, key", [("train_resources", r"train_resources\.rlvr-8b"),
+                                        ("runs", r"runs\.rlvr-8b\.resources")])
+def test_runtime_above_its_cap_names_the_run_and_key(tmp_path, block, key):
     def edit(c):
-        c["runs"]["rlvr-8b"]["resources"]["runtime"] = 11000
+        if block == "runs":
+            c["runs"]["rlvr-8b"]["resources"] = {"runtime": 11000}
+        else:
+            c["train_resources"]["rlvr-8b"]["runtime"] = 11000
     path = _paper(tmp_path, edit)
-    with pytest.raises(UserError, match=rf"{path}: runs\.rlvr-8b\.resources: runtime 11000 min exceeds "
+    with pytest.raises(UserError, match=rf"{path}: {key}: runtime 11000 min exceeds "
                                         r"max_runtime 10080 \(rule train, run rlvr-8b\)"):
         snakemake_resources(Grid.from_file(path), "train")
 
@@ -101,7 +106,8 @@ def test_snakemake_stops_on_a_request_above_its_cap(repo, tmp_path):
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert re.search(rf"{re.escape(str(path))}: (runs\.[\w.-]+\.)?resources(\.train)?: runtime \d+ min exceeds "
+    assert re.search(rf"{re.escape(str(path))}: (runs\.[\w.-]+\.resources|train_resources\.[\w.-]+|resources\.train): "
+                     r"runtime \d+ min exceeds "
                      r"max_runtime 2000 \(rule train, run [\w.-]+\)", out), out[-3000:]
 
 

@@ -99,3 +99,12 @@ def deep_merge(base: Any, override: Any) -> Any:
         return merged
     return override
 
+
+
+def mask_alphas(diagnostics: dict) -> tuple[float, ...]:
+    """The update-mask fractions of a config's `diagnostics.alpha` (a number or a list), in
+    order: the first is the reading the report's headline columns, Fig. 3 and the claims use;
+    the others are computed and shown beside it."""
+    value = diagnostics.get("alpha", 0.5)
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return tuple(float(a) for a in values)

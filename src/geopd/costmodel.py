@@ -127,6 +127,10 @@ class Assumptions:
     signal_margin: float = 1.5
     signal_resolution_s: float = 60.0
     default_signal_lead_s: float = 300.0
+    # RLVR with dynamic sampling: the fraction of prompt groups whose rewards all agree (all
+    # right or all wrong), which are dropped and sampled again. Not measured: a planning guess
+    # until a run's metrics (groups_drawn / groups_kept per step) measure it.
+    zero_variance_fraction: float = 0.5
 
 
 ASSUMPTIONS = Assumptions()
@@ -135,8 +139,9 @@ ASSUMPTIONS = Assumptions()
 BENCHMARK_PROBLEMS = {
     "HuggingFaceH4/aime_2024": 30, "yentinglin/aime_2025": 30, "HuggingFaceH4/MATH-500": 500,
     "math-ai/minervamath": 272, "Idavidrein/gpqa": 198,
-    # LiveCodeBench release_v5, problems dated 2024-08-01 .. 2025-02-01: an estimate.
-    "livecodebench/code_generation_lite": 280,
+    # LiveCodeBench release_v5, problems dated 2024-08-01 .. 2025-02-01: 279 by public counts
+    # (DeepCoder's lcbv5 test split, its evaluation set for this window, has 279 rows).
+    "livecodebench/code_generation_lite": 279,
 }
 
 
@@ -881,6 +886,18 @@ def host_memory(job: TrainJob, engines: list[_Colocated]) -> Breakdown:
     return host
 
 
+def sampling_rounds(rollout, a: Assumptions = ASSUMPTIONS) -> int:
+    """Sampling rounds of one rollout step: 1, or under dynamic sampling the rounds of
+    `prompts_per_round` prompts that yield `prompts_per_step` informative groups when a fraction
+    `zero_variance_fraction` of groups is dropped (at most max_rounds)."""
+    ds = rollout.dynamic_sampling
+    if ds is None:
+        return 1
+    kept_per_round = rollout.prompts_per_round * (1.0 - a.zero_variance_fraction)
+    needed = math.ceil(rollout.prompts_per_step / kept_per_round) if kept_per_round > 0 else ds.max_rounds
+    return max(1, min(ds.max_rounds, needed))
+
+
 def train_seconds(job: TrainJob, est: Estimate, engines: list[_Colocated]) -> None:
     """Time of each component into est.seconds (token counts into est.info)."""
     a, run, student, teacher, world = job.a, job.run, job.student, job.teacher, job.world
@@ -892,7 +909,7 @@ def train_seconds(job: TrainJob, est: Estimate, engines: list[_Colocated]) -> No
     save = (2 * student.params() + 16 * student.params()) / fs  # a checkpoint export and a state save
     est.info["state_save_s"] = save
     sec["start (load, engines)"] = 2 * student.params() / fs + a.engine_start_s * len(engines)
-    sec["checkpoints (export + state)"] = len([c for c in run.checkpoints if c > run.start_step]) * save
+    sec["checkpoints (export + state)"] = len([c for c in run.saved_steps if c > run.start_step]) * save
     if not job.rl:
         mean = a.sft_fraction * s.max_length
         tokens = s.batch_size * mean * steps
@@ -905,15 +922,18 @@ def train_seconds(job: TrainJob, est: Estimate, engines: list[_Colocated]) -> No
     mean_new = a.response_fraction * r.max_new_tokens
     tokens = samples * (a.prompt_tokens + mean_new)
     context = (a.prompt_tokens + mean_new) / 2
-    est.info.update(rollout_tokens=steps * samples * mean_new, train_tokens=steps * tokens)
+    # dynamic sampling generates `rounds` rounds of prompts_per_round prompts; the kept groups train
+    rounds, drawn = sampling_rounds(r, a), r.prompts_per_round * r.samples
+    est.info.update(rollout_tokens=steps * rounds * drawn * mean_new, train_tokens=steps * tokens,
+                    sampling_rounds=rounds)
     # off-policy: the teacher's engine samples
     sampler = rollout_engine if rollout_engine is not None else (teacher_engine if r.off_policy else None)
     replicas = max(1, world // sampler.tp) if sampler is not None else 1
     if sampler is not None:
-        sec["rollout generation"] = steps * generation_seconds(
-            sampler, replicas, samples, a.prompt_tokens, r.max_new_tokens, a)
+        sec["rollout generation"] = steps * rounds * generation_seconds(
+            sampler, replicas, drawn, a.prompt_tokens, r.max_new_tokens, a)
         est.info["decode_tokens_per_s_per_gpu"] = sampler.decode_tokens_per_s(
-            a.prompt_tokens + mean_new / 2, math.ceil(samples / replicas)) / sampler.tp
+            a.prompt_tokens + mean_new / 2, math.ceil(drawn / replicas)) / sampler.tp
     search = 0.0
     if rollout_engine is not None and run.extrapolation:
         ext = run.extrapolation

@@ -9,6 +9,9 @@ and the report (the aggregated files it reads). Pure string work: no I/O, no con
     <results>/runs/<run>/checkpoints/step-<N>/      checkpoints; state-<N>/ kept training states
     <results>/runs/<run>/metrics.jsonl              per-step training metrics
     <results>/runs/<run>/state/                     resume state (not an output)
+    <results>/runs/<run>/tensorboard/               TensorBoard event files (geopd.train.tracking)
+    <results>/runs/<run>/progress.json              where the run is (geopd status reads it)
+    <results>/runs/<run>/wandb/                     W&B's files (offline runs, for `wandb sync`)
     <results>/diagnostics/<run>/step-<N>.<set>.csv  per-matrix diagnostics (+ .json summary)
     <results>/diagnostics/<run>/similarity.csv      Sim_K of each checkpoint to the final one
     <results>/diagnostics/reference/<pair>.all.csv  reference (base, tuned) model pairs
@@ -18,6 +21,7 @@ and the report (the aggregated files it reads). Pure string work: no I/O, no con
     <results>/eval/accuracy.csv                     aggregated
     <results>/grid.json                             the grid description the report reads
     <results>/tables/, <results>/figures/           the paper's tables, figures, claims
+    <results>/figures/runs/<run>.png                each run's training curves
     <results>/logs/<rule>/...                       one log per job
 """
 from __future__ import annotations
@@ -26,7 +30,19 @@ from pathlib import Path
 
 TABLES = ("table1_sparsity", "update_masks", "effopd_spectral", "accuracy", "teachers")
 FIGURES = ("fig2_angles_nss", "fig3_mask_overlap", "fig4_trajectories", "fig5_sim16",
-           "fig6_projection", "fig7_controls", "training_curves", "effopd_accuracy")
+           "fig6_projection", "fig8_projection_benchmarks", "fig7_controls", "training_curves",
+           "effopd_accuracy")
+
+
+class RunFiles:
+    """What a training run writes into its folder beside its outputs while it trains (not
+    outputs: Snakemake neither makes nor removes them)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.tensorboard = self.run_dir / "tensorboard"   # TensorBoard event files
+        self.progress = self.run_dir / "progress.json"    # step, total, timing, host/pid/Slurm job
+        self.wandb_root = self.run_dir                     # W&B writes <wandb_root>/wandb/
 
 
 class Layout:
@@ -64,6 +80,13 @@ class Layout:
 
     def state_dir(self, run: str) -> str:
         return self._p("runs", run, "state")
+
+    def run_files(self, run: str) -> RunFiles:
+        return RunFiles(self.run_dir(run))
+
+    def run_curves(self, run: str) -> str:
+        """A run's training curves for the report (png; pdf beside it)."""
+        return self._p("figures", "runs", f"{run}.png")
 
     # ---- diagnostics --------------------------------------------------------------------
     def diagnostics_run_dir(self, run: str) -> str:

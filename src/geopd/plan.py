@@ -10,6 +10,7 @@ job does not fit the memory it asks for or asks for far less time than it needs.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from geopd.errors import UserError
 from geopd.io.table import Column, fixed
 from geopd.grid import Grid
 from geopd.grid.runs import Ref
-from geopd.spec import Benchmark
+from geopd.spec import DEFAULT_MAX_RUNTIME, Benchmark
 from geopd.world.tokenizer import vocabulary
 
 
@@ -130,6 +131,8 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
     add("tables", "tables", "report", {agg_d, agg_e, spec})
     add("figures", "figures", "report", {agg_d, agg_e, spec} | metrics)
     add("claims", "claims", "report", {agg_d, agg_e, spec})
+    for name in grid.runs:
+        add(f"run_curves:{name}", "run_curves", "report", {f"train:{name}"}, subject=name)
     return jobs
 
 
@@ -341,6 +344,105 @@ def problems(jobs: dict[str, Job], estimates: dict[str, cm.Estimate]) -> list[st
             if who not in found[(job.rule, problem)]:
                 found[(job.rule, problem)].append(who)
     return [f"rule {rule}, {', '.join(who)}: {problem}" for (rule, problem), who in found.items()]
+
+
+# ---- right-sizing the training jobs ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sizing:
+    """How `geopd plan --suggest-resources` sizes jobs from their estimates, so that requested
+    GPU-hours follow the estimates. A training run gets the fewest of `node_counts` nodes with
+    which it fits in GPU and host memory (and its engines' tensor-parallel groups fit) and its
+    estimate x `margin` stays within `max_hours`; where no node count gets there (a run bound
+    by decoding its longest responses one token at a time, which more GPUs do not speed up), the
+    fewest nodes whose estimate is within `tail_tolerance` of the shortest any count gives. Its
+    runtime is its estimate there x `margin`, rounded up to the hour. The evaluate rule gets
+    the longest evaluation's estimate x `margin`, rounded up. The margin covers the estimate's
+    error (the model is checked against the trainer's memory, its throughputs only against
+    their sources); a job that still runs out of time is retried with runtime x attempt (up to
+    max_runtime) and resumes from its last training state."""
+    margin: float = 1.25
+    max_hours: float = 72.0
+    tail_tolerance: float = 0.25
+    node_counts: tuple[int, ...] = (1, 2, 4, 8, 16)
+
+    def runtime(self, hours: float) -> int:
+        """Minutes to request for an estimate of `hours`: x margin, up to whole hours."""
+        return 60 * max(1, math.ceil(round(hours * self.margin, 6)))
+
+
+@dataclass
+class Suggestion:
+    run: str
+    nodes: int
+    runtime: int              # minutes
+    est_hours: float
+    note: str = ""
+
+
+def suggest_train(grid: Grid, sizing: Sizing = Sizing()) -> list[Suggestion]:
+    """Nodes and runtime of every training run (see Sizing); a UserError names a run that fits
+    at no node count."""
+    shapes, out = Shapes(grid), []
+    for name, run in grid.runs.items():
+        base = grid.resources("train", name)
+        if not base.get("gpus") or grid.device == "cpu":
+            continue  # not modelled (CPU training)
+        fits: list[tuple[int, cm.Estimate]] = []
+        for nodes in sizing.node_counts:
+            # no time limit in the trial: only what does not fit (memory, engines) is a problem
+            res = {**base, "nodes": nodes, "tasks": nodes, "runtime": 10 ** 9}
+            est = cm.estimate_train(run, shapes.run(name), shapes.model(run.teacher) if run.teacher else None,
+                                    res, device=grid.device)
+            if not est.problems and est.hours is not None:
+                fits.append((nodes, est))
+        if not fits:
+            raise UserError(f"run {name}: fits in memory on none of {list(sizing.node_counts)} nodes of "
+                            f"{base['gpus']} GPUs (geopd plan {name} --detail)")
+        within = [(n, e) for n, e in fits if e.hours * sizing.margin <= sizing.max_hours]
+        note = ""
+        if not within:
+            shortest = min(e.hours for _, e in fits)
+            within = [(n, e) for n, e in fits if e.hours <= (1 + sizing.tail_tolerance) * shortest]
+            note = (f"over {sizing.max_hours:g} h on every node count (shortest {shortest:.1f} h): the fewest "
+                    f"nodes within {sizing.tail_tolerance:.0%} of it")
+        nodes, est = within[0]
+        runtime, cap = sizing.runtime(est.hours), base.get("max_runtime", DEFAULT_MAX_RUNTIME)
+        if runtime > cap:  # Slurm refuses more than the partition's limit: the run resumes over several jobs
+            note += f"{'; ' if note else ''}capped at max_runtime: ~{math.ceil(runtime / cap)} jobs, each resuming the last"
+            runtime = cap
+        out.append(Suggestion(name, nodes, runtime, est.hours, note))
+    return out
+
+
+def suggest_evaluate(grid: Grid, jobs: dict[str, Job], estimates: dict[str, cm.Estimate],
+                     sizing: Sizing = Sizing()) -> tuple[int, float] | None:
+    """(runtime in minutes, the longest estimate in hours) of the evaluate rule's jobs."""
+    hours = [e.hours for j, e in estimates.items()
+             if jobs[j].rule in ("evaluate", "evaluate_model") and e.hours is not None]
+    return None if not hours else (sizing.runtime(max(hours)), max(hours))
+
+
+def render_suggestion(grid: Grid, config_name: str, sizing: Sizing = Sizing()) -> str:
+    """The train_resources block (and the evaluate runtime) to paste into the config."""
+    jobs = build_jobs(grid)
+    train = suggest_train(grid, sizing)
+    evaluate = suggest_evaluate(grid, jobs, estimate_jobs(grid, jobs), sizing)
+    counts = ", ".join(str(n) for n in sizing.node_counts)
+    lines = [f"# Written by `geopd plan --configfile {config_name} --suggest-resources` (geopd.plan.Sizing):",
+             f"# nodes = the fewest of {counts} with which the run fits in memory and its estimate x "
+             f"{sizing.margin:g} stays within {sizing.max_hours:g} h",
+             f"# (none does: the fewest within {sizing.tail_tolerance:.0%} of the shortest estimate); "
+             f"runtime (minutes) = the estimate there x {sizing.margin:g}, rounded up to the hour.",
+             "train_resources:"]
+    width = max((len(s.run) for s in train), default=0) + 2
+    for s in train:
+        lines.append(f"  {s.run + ':':<{width}}{{nodes: {s.nodes}, runtime: {s.runtime}}}"
+                     f"   # est {s.est_hours:.1f} h{'; ' + s.note if s.note else ''}")
+    if evaluate is not None:
+        lines += [f"# resources.evaluate.runtime: {evaluate[0]}   (the longest evaluation, est {evaluate[1]:.1f} h, "
+                  f"x {sizing.margin:g}, rounded up to the hour)"]
+    return "\n".join(lines)
 
 
 # ---- summary ---------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ TEACHER_METHODS = ("opd", "mix")           # scored by a teacher
 REWARD_METHODS = ("rlvr", "mix")           # a verifiable task reward
 SPARSIFY_MODES = ("topkl", "random")     # geopd.train.objectives.sparsify
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
+UPDATE_SPLITS = ("contiguous", "interleaved")  # geopd.train.batching.update_of_samples
+REWARDS = ("math-verify", "deepscaler")     # a math record's grader (geopd.train.rewards)
 TRAINER_DTYPES = ("float32", "bfloat16")
 
 
@@ -245,11 +247,31 @@ class Optim(Spec):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DynamicSampling(Spec):
+    """DAPO's dynamic sampling as slime runs it (--dynamic-sampling-filter-path
+    check_reward_nonzero_std, --over-sampling-batch-size): a group whose rewards all agree is
+    dropped and more prompts are sampled, `over_sampling_prompts` at a time, until the step holds
+    `prompts_per_step` informative groups; at most `max_rounds` sampling rounds per step (slime
+    has no cap; a capped step trains on the groups it has). rlvr only (geopd.train.loop)."""
+    WHERE = "dynamic_sampling"
+
+    max_rounds: int = 8
+    over_sampling_prompts: int | None = None   # None: rollout.prompts_per_step (slime's default)
+
+    def check(self) -> None:
+        for key in ("max_rounds", "over_sampling_prompts"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise SpecError(f"rollout.dynamic_sampling.{key} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Rollout(Spec):
     """How an on-policy step samples: prompts x samples, split into optimizer updates of
-    `global_batch_size` samples (geopd.train.batching)."""
+    `global_batch_size` samples (geopd.train.batching), contiguous blocks of the step's samples
+    as slime trains them, or interleaved."""
     WHERE = "rollout"
-    NESTED = {"vllm": VLLM}
+    NESTED = {"vllm": VLLM, "dynamic_sampling": DynamicSampling}
 
     prompts_per_step: int
     samples: int
@@ -260,10 +282,29 @@ class Rollout(Spec):
     source: str = "student"                # student | teacher (off-policy: the teacher samples)
     backend: str = "hf"                    # hf | vllm
     vllm: VLLM = field(default_factory=VLLM)
+    update_split: str = "contiguous"       # contiguous (slime) | interleaved: sample g in update g mod U
+    dynamic_sampling: DynamicSampling | None = None  # None: one sampling round, groups kept as drawn
+
+    def check(self) -> None:
+        if self.update_split not in UPDATE_SPLITS:
+            raise SpecError(f"rollout.update_split must be one of {list(UPDATE_SPLITS)}, got {self.update_split!r}")
+
+    def check_method(self, method: str) -> None:
+        """What the rollout of `method` can use (SpecError otherwise)."""
+        if self.dynamic_sampling is not None and method != "rlvr":
+            raise SpecError(f"rollout.dynamic_sampling refills groups whose task rewards all agree: only 'rlvr' "
+                            f"uses it, not {method!r}")
 
     @property
     def samples_per_step(self) -> int:
         return self.prompts_per_step * self.samples
+
+    @property
+    def prompts_per_round(self) -> int:
+        """Prompts one sampling round draws: over_sampling_prompts under dynamic sampling, else
+        prompts_per_step."""
+        ds = self.dynamic_sampling
+        return self.prompts_per_step if ds is None or ds.over_sampling_prompts is None else ds.over_sampling_prompts
 
     @property
     def off_policy(self) -> bool:
@@ -293,6 +334,7 @@ class Objective(Spec):
     clip_high: float = 0.28
     aggregation: str = "token-mean"        # token-mean | seq-mean-token-mean
     filter_zero_variance: bool = True      # rlvr: drop groups whose rewards are all equal
+    reward: str = "math-verify"            # rlvr/mix: a math record's grader (code records run their tests)
     # rlvr/mix: a run whose task rewards are all zero for this many first steps stops (the answer
     # format or the grader does not fit the data: training would learn nothing). 0: never.
     zero_reward_patience: int = 10
@@ -301,6 +343,8 @@ class Objective(Spec):
         if self.aggregation not in AGGREGATIONS:
             raise SpecError(f"objective.aggregation must be token-mean or seq-mean-token-mean, "
                             f"got {self.aggregation!r}")
+        if self.reward not in REWARDS:
+            raise SpecError(f"objective.reward must be one of {list(REWARDS)}, got {self.reward!r}")
 
     def check_method(self, method: str) -> None:
         """What the objective of `method` can use: SpecError for an unknown objective, or a key
@@ -311,6 +355,8 @@ class Objective(Spec):
             raise SpecError(f"objective.alpha is only used by 'mix', not {method!r}")
         if method == "mix" and not self.given("alpha"):
             raise SpecError("objective 'mix' needs alpha")
+        if self.given("reward") and method not in REWARD_METHODS:
+            raise SpecError(f"objective.reward grades a task reward: {method!r} has none")
         sp = self.sparsify
         if sp is not None:
             if method == "rlvr":
@@ -402,6 +448,11 @@ class Settings(Spec):
 # so that a node failure loses at most this much: `geopd train --state-every-min`, from the train
 # resources' state_every_min (0: never by the clock).
 STATE_EVERY_MIN = 30.0
+# A job's longest runtime in minutes where its resources name no max_runtime (geopd.workflow caps
+# retries at it, geopd.plan's suggestions too). 48 h: a common time limit of GPU partitions
+# (`sinfo -o "%P %l"` shows yours); jobs that ask for more must state their partition's limit as
+# max_runtime.
+DEFAULT_MAX_RUNTIME = 2880
 
 @dataclass(frozen=True, kw_only=True)
 class DataSource(Spec):
@@ -468,6 +519,7 @@ class RunSpec(Settings):
             if self.rollout is None:
                 raise SpecError(f"run {self.run}: method {self.method!r} needs a rollout block")
             self.objective.check_method(self.method)
+            self.rollout.check_method(self.method)
 
     @property
     def rl(self) -> bool:
@@ -476,6 +528,48 @@ class RunSpec(Settings):
     @property
     def rewarded(self) -> bool:
         return self.method in REWARD_METHODS
+
+
+# ---- how a training run reports while it trains (`geopd train --tracking`) --------------------
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WandB(Spec):
+    """Weights & Biases logging of a run (geopd.train.tracking): the same scalars as
+    TensorBoard, the run's spec as the W&B config, one W&B run per grid run (resumed by id after
+    a retry). `offline` writes under the run's folder for `wandb sync` (compute nodes without
+    network); `disabled` logs nothing."""
+    WHERE = "tracking.wandb"
+
+    project: str
+    entity: str | None = None              # None: the W&B default entity of the key
+    mode: str = "online"                   # online | offline | disabled
+    group: str | None = None               # the grid groups its runs (the grid's name)
+    tags: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise SpecError(f"tracking.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {self.mode!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tracking(Spec):
+    """What a training run writes beside its metrics while it trains (geopd.train.tracking):
+    TensorBoard event files and a progress file under `run_dir` (geopd.paths.RunFiles), W&B
+    when `wandb` is set, and a progress line every `progress_interval` seconds. Not a training
+    setting: no weight depends on it (the train rule passes it outside its params)."""
+    WHERE = "tracking"
+    NESTED = {"wandb": WandB}
+
+    run_dir: str | None = None             # None: no TensorBoard or progress file (model builds, tests)
+    wandb: WandB | None = None
+    progress_interval: float = 60.0        # seconds between the training log's progress lines
+
+    def check(self) -> None:
+        if not self.progress_interval >= 0:
+            raise SpecError(f"tracking.progress_interval must be >= 0 seconds, got {self.progress_interval!r}")
 
 
 # ---- what `geopd evaluate` gets -------------------------------------------------------------------

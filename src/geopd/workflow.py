@@ -32,13 +32,26 @@ from pathlib import Path
 from geopd.errors import UserError
 from geopd.grid import Grid
 from geopd.plan import signal_lead
-from geopd.spec import STATE_EVERY_MIN
+from geopd.spec import DEFAULT_MAX_RUNTIME, STATE_EVERY_MIN
 
-# 48 h: a common time limit of GPU partitions (`sinfo -o "%P %l"` shows yours). Jobs that ask
-# for more must state their partition's limit as max_runtime.
-DEFAULT_MAX_RUNTIME = 2880
 DEFAULT_GPU_ENVIRONMENT = ".venv-gpu"
 GPU_RULE_CLASSES = ("train", "evaluate")  # the resource classes whose jobs may request GPUs
+
+
+class Unversioned:
+    """A rule parameter that is not a setting of the job's outputs (e.g. where a run also logs):
+    Snakemake records only parameters of plain types (str, numbers, containers) to decide
+    whether a job must rerun, so changing this one reruns nothing. In a shell command it formats
+    as its text (`{params.x:q}` quotes it)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Unversioned({self.text!r})"
 
 
 def retry_runtime(res: dict, attempt: int) -> int:
@@ -57,6 +70,8 @@ def _origin(grid: Grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str
     """The config block a resolved value came from (the most specific that sets one of keys)."""
     if run is not None and any(k in grid.runs[run].resources for k in keys):
         return f"runs.{run}.resources"
+    if run is not None and any(k in (grid.config.get("train_resources") or {}).get(run, {}) for k in keys):
+        return f"train_resources.{run}"
     for block in (cls, "default"):
         if any(k in grid.config["resources"].get(block, {}) for k in keys):
             return f"resources.{block}"

@@ -114,7 +114,7 @@ def test_subset_runs_end_to_end(done):
         assert [row["step"] for row in rows] == list(range(r.start_step + 1, r.steps + 1)), run
         assert all(row["loss"] == row["loss"] for row in rows), run  # no NaN
         assert sorted(p.name for p in (done / "runs" / run / "checkpoints").glob("step-*")) == \
-            sorted(f"step-{s}" for s in r.checkpoints), run
+            sorted(f"step-{s}" for s in r.saved_steps), run  # checkpoints and eval_at's steps
     for row in (json.loads(line) for line in (done / "runs/opd-8b-t32b/metrics.jsonl").read_text().splitlines()):
         assert row["updates"] == 2 and row["samples"] == 8  # 4 prompts x 2 samples, 4 samples an update
     for path in done.glob("eval/**/*.json"):

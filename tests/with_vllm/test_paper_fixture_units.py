@@ -108,3 +108,33 @@ def test_code_sandbox_isolates_in_the_paper_paths_env():
     from geopd.sandbox import summary
 
     assert summary()["isolated"], summary()
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_rollout_text_keeps_think_and_earns_the_deepscaler_reward(base_dir, tmp_path, backend):
+    """A Base-derived student that answers "<think>x</think>\\boxed{7}<|im_end|>": the rollout
+    engine's text keeps Qwen3's </think> (an added, non-special token) and drops <|im_end|>, so the
+    paper's RLVR reward (objective.reward: deepscaler, the answer after the last </think>) is 1."""
+    from geopd.engines.chat import end_of_turn_id, format_prompt
+    from geopd.engines.models import load_model, load_tokenizer
+    from geopd.engines.rollout import HFRollout, VLLMRollout
+    from geopd.train.rewards import reward
+
+    tok = load_tokenizer(base_dir)
+    prompt = format_prompt(tok, "What is 3+4?")
+    prompt_last = tok(prompt, add_special_tokens=False)["input_ids"][-1]
+    answer = tok("\\boxed{7}", add_special_tokens=False)["input_ids"]
+    think, close = (tok.convert_tokens_to_ids(t) for t in ("<think>", "</think>"))
+    (x,) = tok("x", add_special_tokens=False)["input_ids"]
+    chain = [think, x, close, *answer, end_of_turn_id(tok)]
+    assert len(set(chain)) == len(chain) and prompt_last not in chain
+    model = _chain_model(base_dir, tmp_path / "student", tok, prompt_last, chain)
+    if backend == "hf":
+        engine = HFRollout(load_model(model), tok)
+    else:
+        engine = VLLMRollout(model, tokenizer=tok, settings={"dtype": "float32", "kv_cache_gib": 0.0625,
+                                                             "max_model_len": 256})
+    ro = engine.generate([prompt], 2, temperature=0.05, top_p=1.0, max_new_tokens=12, seed=0)
+    assert ro.texts == ["<think>x</think>\\boxed{7}"] * 2, ro.texts
+    assert [reward({"id": "p", "answer": "7"}, t, "deepscaler") for t in ro.texts] == [1.0, 1.0]
+    assert reward({"id": "p", "answer": "7"}, "<think>\\boxed{7}</think>", "deepscaler") == 0.0

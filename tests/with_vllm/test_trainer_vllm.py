@@ -26,14 +26,10 @@ def spec_for(world, tmp_path, **changes):
     return spec
 
 
-def test_opd_with_effopd_search_samples_from_the_weights_being_tested(world, tmp_path):
-    from geopd.train.loop import Trainer
-    from geopd.engines.rollout import VLLMRollout
-    from geopd.engines.teacher import VLLMTeacher
-
-    spec = spec_for(world, tmp_path, extrapolation={"candidates": 3, "factor_step": 2.0, "validation_prompts": 4})
-    trainer = Trainer(spec, threads=1, progress=False)
-    assert isinstance(trainer.rollout, VLLMRollout) and isinstance(trainer.teacher, VLLMTeacher)
+def record_gaps(trainer) -> list[float]:
+    """Wrap the trainer's rollout engine: for every generation, the largest gap between the
+    engine's log-probs and the trainer's own on the same tokens (0 when the engine samples from
+    the weights the trainer holds)."""
     gaps, real = [], trainer.rollout.generate
 
     def generate(prompts, n, **kw):
@@ -44,6 +40,18 @@ def test_opd_with_effopd_search_samples_from_the_weights_being_tested(world, tmp
         return ro
 
     trainer.rollout.generate = generate
+    return gaps
+
+
+def test_opd_with_effopd_search_samples_from_the_weights_being_tested(world, tmp_path):
+    from geopd.train.loop import Trainer
+    from geopd.engines.rollout import VLLMRollout
+    from geopd.engines.teacher import VLLMTeacher
+
+    spec = spec_for(world, tmp_path, extrapolation={"candidates": 3, "factor_step": 2.0, "validation_prompts": 4})
+    trainer = Trainer(spec, threads=1, progress=False)
+    assert isinstance(trainer.rollout, VLLMRollout) and isinstance(trainer.teacher, VLLMTeacher)
+    gaps = record_gaps(trainer)
     trainer.fit()
     trainer.publish(tmp_path / "out", tmp_path / "metrics.jsonl")
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -89,3 +97,30 @@ def test_off_policy_rollouts_come_from_the_teacher_checkpoint(world, tmp_path):
     trainer.rollout.generate = generate
     trainer.fit()
     assert len(gaps) == 1 and gaps[0] <= 1e-5, gaps
+
+
+def test_rlvr_dynamic_sampling_rounds_sample_from_the_trainer_s_weights(world, tmp_path, monkeypatch):
+    """RLVR with vLLM rollouts and dynamic sampling: every sampling round of a step comes from the
+    weights the trainer holds (after the previous step's update), and a step stops sampling once
+    its 4 informative groups are in."""
+    from geopd.train.loop import Trainer
+
+    spec = spec_for(world, tmp_path, run="rlvr-vllm", family="rlvr", method="rlvr", teacher=None,
+                    objective={"clip_low": 0.2, "clip_high": 0.28, "zero_reward_patience": 0, "reward": "deepscaler"})
+    del spec["teacher_engine"]
+    spec["rollout"] = {**spec["rollout"], "global_batch_size": 8, "dynamic_sampling": {"max_rounds": 3}}
+    trainer = Trainer(spec, threads=1, progress=False)
+    flags = iter([[True, False, True, False], [True, True, False, False],    # step 1: 2 + 2 groups
+                  [True, True, True, True]])                                 # step 2: 4 in one round
+
+    def rewards(records, texts):
+        f = next(flags)
+        return torch.tensor([float(f[i // 2] and i % 2 == 0) for i in range(len(texts))])
+
+    monkeypatch.setattr(trainer, "_rewards", rewards)
+    gaps = record_gaps(trainer)
+    trainer.fit()
+    rows = [json.loads(line) for line in open(tmp_path / "state" / "metrics.jsonl")]
+    assert [(r["sampling_rounds"], r["groups_kept"], r["samples"], r["updates"]) for r in rows] == [
+        (2, 4, 8, 1), (1, 4, 8, 1)]
+    assert len(gaps) == 3 and max(gaps) <= 1e-5, gaps

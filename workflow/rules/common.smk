@@ -12,13 +12,13 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from geopd.config import explain
+from geopd.config import explain, mask_alphas
 from geopd.grid import Grid
 from geopd.spec import spec_json
 from geopd.paths import Layout, samples_file, summary_file
 from geopd.plan import evaluation_spec
 from geopd.report.gridfile import input_files, write_grid
-from geopd.workflow import check_environments, geopd_commands, snakemake_resources, threads_of
+from geopd.workflow import Unversioned, check_environments, geopd_commands, snakemake_resources, threads_of
 
 
 try:
@@ -85,8 +85,8 @@ def diagnose_args(base, tuned, out, matrices, threads):
     """`geopd diagnose`'s arguments for one checkpoint pair (every grouping, and reference pairs)."""
     d = config["diagnostics"]
     return ["diagnose", "--base", base, "--tuned", tuned, "--out", out, "--summary", summary_file(out),
-            "--matrices", matrices, "--k", str(d["k"]), "--r", str(d["r"]), "--alpha", str(d["alpha"]),
-            "--eta", str(d["eta"]), "--workers", str(threads), "--cache-dir", f"{R}/cache/svd"]
+            "--matrices", matrices, "--k", str(d["k"]), "--r", str(d["r"]),
+            "--alpha", *[str(a) for a in mask_alphas(d)], "--eta", str(d["eta"]), "--workers", str(threads), "--cache-dir", f"{R}/cache/svd"]
 
 
 def checkpoint_diagnosis(run, step, matrices, threads):

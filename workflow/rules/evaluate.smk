@@ -9,7 +9,7 @@ if G.grouping("evaluate") == "run":
     rule evaluate_run:
         input:
             checkpoints=L.checkpoints_dir("{run}"),
-            data=lambda wc: sorted({benchmark_data(b) for b in G.runs[wc.run].eval}),
+            data=lambda wc: sorted({benchmark_data(b) for b in G.runs[wc.run].benchmarks}),
         output:
             directory(L.eval_run_dir("{run}")),
         params:

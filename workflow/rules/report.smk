@@ -64,6 +64,7 @@ rule figures:
 rule claims:
     input:
         diagnostics=L.diagnostics_summary(),
+        matrices=L.diagnostics_matrices(),
         similarity=L.similarity_summary(),
         accuracy=L.accuracy_file(),
         metrics=[L.metrics_file(r) for r in G.runs],
@@ -80,6 +81,25 @@ rule claims:
         "../envs/geopd.yaml"
     shell:
         "geopd report claims --results {params.results} --grid {input.grid} 2> {log}"
+
+
+# Each run's training curves, in the report's "Training curves" category beside the paper's
+# tables and figures, one page per run (made as soon as the run has trained).
+rule run_curves:
+    input:
+        metrics=L.metrics_file("{run}"),
+    output:
+        png=report(L.run_curves("{run}"), caption="../report/runs/run_curves.rst", category="Training curves",
+                   subcategory="{run}", labels={"run": "{run}", "figure": "training curves"}),
+        pdf=L.run_curves("{run}").removesuffix(".png") + ".pdf",
+    log:
+        L.log("run_curves", "{run}.log"),
+    resources:
+        **res("report"),
+    conda:
+        "../envs/geopd.yaml"
+    shell:
+        "geopd report run-curves --metrics {input.metrics} --run {wildcards.run} --out {output.png} 2> {log}"
 
 
 # ---- the report from what exists ---------------------------------------------------------------

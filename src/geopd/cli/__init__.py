@@ -14,7 +14,7 @@ from geopd.errors import UserError
 # Each subcommand is the module geopd.cli.<name> ("-" -> "_") with `configure(parser)` and
 # `main(args)`; its docstring's first line is the help. The list fixes the order of `--help`.
 COMMANDS = ("data", "prefetch", "fixture", "make-model", "train", "launch", "diagnose", "similarity",
-            "evaluate", "batch", "report", "plan", "validate")
+            "evaluate", "batch", "report", "plan", "status", "validate")
 # Help texts without importing every module (an import may pull torch; `geopd plan` must not).
 HELP = {
     "data": "prepare a data set as local JSONL files",
@@ -29,6 +29,7 @@ HELP = {
     "batch": "several evaluate / diagnose / similarity commands in one process",
     "report": "tables, figures and the claims check",
     "plan": "list jobs and GPU-hours before anything runs",
+    "status": "where every run of the grid is: state, step, loss or reward, ETA, Slurm job, evals",
     "validate": "validate a config file against the schema",
 }
 

@@ -18,6 +18,7 @@ import time
 from geopd.cli import module_of
 from geopd.errors import UserError
 from geopd.io.jsonarg import parse_json_arg
+from geopd.io.progress import Progress
 
 # Commands that may run in a batch: those that leave no state behind in the process
 # (their own RNG seeding, thread count set per call, no global configuration).
@@ -50,6 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     commands = parse_commands(args.commands)
+    progress = Progress("geopd batch", len(commands), unit="commands", interval=0)
+    progress.begin()
     for i, argv in enumerate(commands, 1):
         what = f"command {i}/{len(commands)}: geopd {' '.join(argv[:1])}"
         print(f"geopd batch: {what} {' '.join(argv[1:3])}", file=sys.stderr, flush=True)
@@ -63,4 +66,5 @@ def main(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return status
         print(f"geopd batch: {what} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        progress.update(i)
     return 0

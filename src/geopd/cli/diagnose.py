@@ -53,7 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="all attention + MLP matrices, or q/k/v/o only (default: all)")
     parser.add_argument("--k", type=positive_int, default=512, help="principal-angle subspace size")
     parser.add_argument("--r", type=positive_int, default=64, help="rank of the W0 reconstruction for M_princ")
-    parser.add_argument("--alpha", type=fraction, default=0.5, help="mask fraction")
+    parser.add_argument("--alpha", type=fraction, nargs="+", default=[0.5],
+                        help="mask fraction(s): the overlaps are computed at each (columns princ_overlap@A, ...)")
     parser.add_argument("--eta", type=positive_float, default=1e-3, help="bf16 relative tolerance")
     parser.add_argument("--hill-k", type=positive_int, default=None,
                         help="top singular values for the Hill estimate (default: --k)")
@@ -67,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     check_table_path(args.out)  # fail before minutes of SVDs, not after
     # --workers is the core budget: each process (this one when workers == 1) uses one thread.
     torch.set_num_threads(1)
-    opts = Options(matrices=args.matrices, k=args.k, r=args.r, alpha=args.alpha, eta=args.eta,
+    opts = Options(matrices=args.matrices, k=args.k, r=args.r, alphas=tuple(args.alpha), eta=args.eta,
                    hill_k=args.hill_k, workers=args.workers, cache_dir=args.cache_dir,
                    spectra=bool(args.spectra))
     result = diagnose(args.base, args.tuned, opts)

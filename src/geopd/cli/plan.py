@@ -6,7 +6,8 @@ import json
 
 from geopd.errors import UserError
 from geopd.grid import Grid
-from geopd.plan import build_jobs, estimate_jobs, estimate_json, problems, render, select, summarize
+from geopd.plan import (Sizing, build_jobs, estimate_jobs, estimate_json, problems, render, render_suggestion,
+                        select, summarize)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +18,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--detail", action="store_true",
                         help="print each estimate's memory terms per phase and its time components")
+    parser.add_argument("--suggest-resources", action="store_true",
+                        help="print the train_resources block (nodes and runtime per training run) and the "
+                             "evaluate runtime that the estimates and the margin give (geopd.plan.Sizing)")
+    parser.add_argument("--margin", type=float, default=Sizing.margin,
+                        help=f"--suggest-resources: runtime = estimate x this (default {Sizing.margin:g})")
+    parser.add_argument("--max-hours", type=float, default=Sizing.max_hours,
+                        help=f"--suggest-resources: more nodes until a run's runtime fits this (default {Sizing.max_hours:g})")
 
 
 def main(args: argparse.Namespace) -> int:
     grid = Grid.from_files(args.configfile)
     names = " + ".join(args.configfile)
+    if args.suggest_resources:
+        print(render_suggestion(grid, " ".join(args.configfile), Sizing(margin=args.margin, max_hours=args.max_hours)))
+        return 0
     jobs = select(build_jobs(grid), grid, args.targets)
     estimates = estimate_jobs(grid, jobs)
     summary = summarize(jobs, estimates)

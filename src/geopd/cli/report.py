@@ -5,6 +5,7 @@
   aggregate-eval         --results R [--grid FILE.json] --out F
   tables | figures | claims   --results R [--grid FILE.json] [--out-dir DIR]
   partial                --results R [--grid FILE.json] --out-dir DIR
+  run-curves             --metrics R/runs/<run>/metrics.jsonl --run NAME --out R/figures/runs/<run>.png
 
 The grid description (default R/grid.json) lists every per-checkpoint file the grid expects,
 relative to R; the aggregates read exactly those (all must exist). tables, figures and claims
@@ -59,6 +60,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--grid", default=None, help=GRID_HELP)
         p.add_argument("--out-dir", default=None, help=f"output folder (default: RESULTS/{default})")
         p.set_defaults(default_out=default)
+
+    p = sub.add_parser("run-curves", help="one run's training curves (every scalar of its metrics), png and pdf")
+    p.add_argument("--metrics", required=True, help="the run's metrics.jsonl")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="the PNG (the PDF is written beside it)")
 
     p = sub.add_parser("partial", help="tables, figures, claims and missing.md from whatever inputs exist")
     p.add_argument("--results", required=True)
@@ -123,4 +129,10 @@ def main(args: argparse.Namespace) -> int:
         return _aggregate_eval(args)
     if cmd == "partial":
         return _partial(args)
+    if cmd == "run-curves":
+        from geopd.report.figures import run_curves  # heavy: matplotlib
+
+        paths = run_curves.draw(args.metrics, args.run, Path(args.out).with_suffix(""))
+        print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+        return 0
     return _render(args)

@@ -12,8 +12,9 @@ import sys
 
 from geopd.io.jsonarg import parse_json_arg
 from geopd.launch import threads_per_rank
-from geopd.spec import STATE_EVERY_MIN, RunSpec
+from geopd.spec import STATE_EVERY_MIN, RunSpec, Tracking
 from geopd.train.signals import install_early_handlers
+from geopd.train.tracking import announce
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,19 +26,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-every-min", type=float, default=STATE_EVERY_MIN,
                         help=f"save the training state every this many minutes (default {STATE_EVERY_MIN:g}; 0: only "
                              "at checkpoints and on a stop signal)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines in the log")
+    parser.add_argument("--tracking", default=None,
+                        help="JSON tracking spec (geopd.spec.Tracking, from geopd.grid): the run's folder for its "
+                             "TensorBoard and progress files, W&B, the progress interval; or @file.json")
 
 
 def main(args: argparse.Namespace) -> int:
     install_early_handlers()  # before torch loads: a stop signal from now on is kept for the loop
-    from geopd.train import loop  # heavy: torch and the trainer
     spec = RunSpec.from_dict(parse_json_arg(args.spec, "--spec", dict))
+    tracking = Tracking.from_dict(parse_json_arg(args.tracking, "--tracking", dict) if args.tracking else None)
+    announce(spec, tracking)  # before torch loads too: `geopd status` sees the job from its start
+    from geopd.train import loop  # heavy: torch and the trainer
     threads = threads_per_rank(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     print(f"geopd train {spec.run}: {sys.executable}, {threads or 'default'} CPU thread(s) per process",
           file=sys.stderr, flush=True)
     try:
         loop.train(spec, args.out, args.metrics, threads=threads, progress=not args.no_progress,
-                   state_every_min=args.state_every_min)
+                   state_every_min=args.state_every_min, tracking=tracking)
     except loop.Stop:
         print(f"run {spec.run}: stopped on request; state saved in {spec.state_dir}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: a retry resumes

@@ -8,9 +8,10 @@ network. Records are normalised to one schema per kind:
   sft     {"id", "messages", "task": "sft"}         SFT conversations as they are (system turns,
                                                     multi-turn), hub
   math    {"id", "prompt", "answer", "task": "math"} OPD / RLVR prompts, math benchmarks
-  code    {"id", "prompt", "tests", "fn_name"?, "task": "code", "source"?}
+  code    {"id", "prompt", "tests", "fn_name"?, "call_match"?, "task": "code", "source"?}
                                                     tests [{"input", "output"}]: stdin/stdout,
-                                                    or call-based with fn_name (see code_tests)
+                                                    or call-based with fn_name, compared by
+                                                    call_match (see code_tests)
   lcb     LiveCodeBench problems (geopd.data.lcb)
   mcq     {"id", "prompt", "answer", "task": "mcq"}  multiple choice, answer is a letter
 
@@ -26,6 +27,7 @@ import json
 import random
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -232,31 +234,53 @@ def math_records(spec: dict, stats: dict) -> Iterator[dict]:
     stats["unique"] = len(seen)
 
 
+# Preparation fails when more than this fraction of the sampled SFT conversations is unusable
+# (an unknown role, non-text content, no assistant answer): that many means the loader does not
+# understand the data set's schema, and training on the rest would silently skew the mix. Below
+# it, the count and its reasons are printed and recorded in info.json.
+SFT_MAX_DROPPED_FRACTION = 0.01
+
+SFT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def sft_problem(row: dict) -> str | None:
+    """Why a conversation cannot be trained on as it is (None: it can)."""
+    messages = row.get("messages") or row.get("conversations")
+    if not isinstance(messages, list) or not messages:
+        return "no messages"
+    for m in messages:
+        if not isinstance(m, dict):
+            return "a message is not a mapping"
+        if m.get("role") not in SFT_ROLES:
+            return f"role {m.get('role')!r}"
+        if not isinstance(m.get("content"), str):
+            return f"{type(m.get('content')).__name__} content"
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        return "no assistant answer"
+    return None
+
+
 def normalise_sft(row: dict, index: int) -> dict | None:
     """A conversation as it is: system turns and every turn of a multi-turn dialogue kept, in
     order (the trainer formats it with the chat template and masks the loss). None when it has
-    no usable assistant turn."""
+    no usable assistant turn (`sft_problem` says why)."""
+    if sft_problem(row) is not None:
+        return None
     messages = row.get("messages") or row.get("conversations")
-    if not isinstance(messages, list) or not messages:
-        return None
-    out = []
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool") \
-                or not isinstance(m.get("content"), str):
-            return None
-        out.append({k: v for k, v in m.items() if v is not None})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
-        return None
+    out = [{k: v for k, v in m.items() if v is not None} for m in messages]
     return {"id": str(row.get("id", index)), "messages": out, "task": "sft"}
 
 
 def sft_records(spec: dict, stats: dict) -> Iterator[dict]:
     """Conversations streamed to disk; with `n_train`, a seeded sample of that many rows (chosen
-    by row index before any row is read, so memory holds the indices, never the rows)."""
+    by row index before any row is read, so memory holds the indices, never the rows). Unusable
+    conversations are dropped, counted by reason (stats, stderr); above SFT_MAX_DROPPED_FRACTION
+    of the sample, preparation fails."""
     total = row_count(spec)
     n = spec.get("n_train")
     chosen = None if n is None or n >= total else sorted(random.Random(spec["seed"]).sample(range(total), n))
     stats.update(rows=total, sampled=total if chosen is None else len(chosen), dropped_unusable=0)
+    reasons: dict[str, int] = {}
     nxt = 0
     for i, row in enumerate(hub_rows(spec)):
         if chosen is not None:
@@ -265,11 +289,22 @@ def sft_records(spec: dict, stats: dict) -> Iterator[dict]:
             if i != chosen[nxt]:
                 continue
             nxt += 1
-        rec = normalise_sft(row, i)
-        if rec is None:
+        problem = sft_problem(row)
+        if problem is not None:
             stats["dropped_unusable"] += 1
+            reasons[problem] = reasons.get(problem, 0) + 1
             continue
-        yield rec
+        yield normalise_sft(row, i)
+    dropped, sampled = stats["dropped_unusable"], stats["sampled"]
+    if reasons:
+        stats["dropped_reasons"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+        print(f"data set {spec['name']}: dropped {dropped} of {sampled} conversations "
+              f"({', '.join(f'{k}: {v}' for k, v in stats['dropped_reasons'].items())})", file=sys.stderr, flush=True)
+    if dropped > SFT_MAX_DROPPED_FRACTION * sampled:
+        raise UserError(f"data set {spec['name']}: {dropped} of {sampled} conversations are unusable "
+                        f"({', '.join(f'{k}: {v}' for k, v in stats['dropped_reasons'].items())}), more than "
+                        f"{SFT_MAX_DROPPED_FRACTION:.0%}: the loader does not read this data set's schema "
+                        "(geopd.data.sft_problem)")
 
 
 # ---- code ----------------------------------------------------------------------------------
@@ -278,7 +313,8 @@ def sft_records(spec: dict, stats: dict) -> Iterator[dict]:
 # "fn_name" (call-based only), "task": "code", "source"}. With fn_name the tests are call-based in
 # LiveCodeBench's functional convention (input: one JSON value per line, the positional
 # arguments; output: JSON of the return value); without it they are stdin/stdout texts.
-# DeepCoder's four configs store tests four ways (see geopd/fixture/datasets.py: deepcoder).
+# DeepCoder's four configs store tests four ways (see geopd/fixture/datasets.py: deepcoder); its
+# training set is primeintellect + taco + lcbv5's train split (codeforces has a test split only).
 
 def _parse(value):
     if not isinstance(value, str):
@@ -313,54 +349,59 @@ def _call_input(args) -> str | None:
     return None
 
 
-def _call_output(value, *, wrapped: bool) -> str | None:
-    """The expected return value as JSON; APPS/TACO and PrimeIntellect store it wrapped in a
-    one-element list (their runner compares against outputs[0] too)."""
-    if isinstance(value, str) and not wrapped:
+def _call_output(value, *, as_text: bool) -> str | None:
+    """The expected return value as JSON text, stored as the source stores it: LiveCodeBench's
+    functional outputs are JSON text already (`as_text`); APPS/TACO and PrimeIntellect store a
+    value, usually the result wrapped in a one-element list, which is kept as it is: their runner
+    accepts the stored value or its first element (call_match "value-or-first",
+    geopd.grading.code.CALL_MATCHES), so unwrapping here would grade a function that truly
+    returns a one-element list wrong."""
+    if isinstance(value, str) and as_text:
         return value
-    if wrapped and isinstance(value, list) and len(value) == 1:
-        value = value[0]
     try:
         return json.dumps(value)
     except (TypeError, ValueError):
         return None
 
 
-def code_tests(tests, metadata=None) -> tuple[list[dict], str | None] | None:
-    """(tests, fn_name) in the one schema, or None when no usable test is left."""
+def code_tests(tests, metadata=None) -> tuple[list[dict], str | None, str] | None:
+    """(tests, fn_name, call_match) in the one schema, or None when no usable test is left.
+    call_match: how a call's return value is compared, by the source's own runner ("exact" for
+    stdin tests and LiveCodeBench's functional tests, "value-or-first" for APPS/TACO and
+    PrimeIntellect calls)."""
     tests, metadata = _parse(tests), _parse(metadata) or {}
-    pairs: list[tuple] = []  # (input, expected, wrapped): wrapped None = stdin, else call-based
+    pairs: list[tuple] = []  # (input, expected, convention): None = stdin, "lcb" or "apps" = call-based
     fn_name = None
     if isinstance(tests, dict) and "inputs" in tests and "outputs" in tests:          # taco (APPS)
         if not isinstance(tests["inputs"], list) or len(tests["inputs"]) != len(tests["outputs"]):
             return None
         fn_name = tests.get("fn_name") or None
-        pairs = [(i, o, True if fn_name else None) for i, o in zip(tests["inputs"], tests["outputs"])]
+        pairs = [(i, o, "apps" if fn_name else None) for i, o in zip(tests["inputs"], tests["outputs"])]
     elif isinstance(tests, list) and all(isinstance(t, dict) and "input" in t and "output" in t for t in tests):
         for t in tests:
             if t.get("type") == "function_call" or t.get("fn_name"):                 # primeintellect
                 fn_name = fn_name or t.get("fn_name")
-                pairs.append((t["input"], t["output"], True))
+                pairs.append((t["input"], t["output"], "apps"))
             elif t.get("testtype") == "functional":                                  # lcbv5
                 fn_name = fn_name or (metadata.get("func_name") if isinstance(metadata, dict) else None)
-                pairs.append((t["input"], t["output"], False))
+                pairs.append((t["input"], t["output"], "lcb"))
             else:                                                                    # stdin (all)
                 pairs.append((t["input"], t["output"], None))
     else:
         return None
-    kinds = {w is None for _, _, w in pairs}
-    if not pairs or len(kinds) > 1 or (fn_name is None) != (True in kinds):
+    conventions = {c for _, _, c in pairs}
+    if not pairs or len(conventions) > 1 or (fn_name is None) != (conventions == {None}):
         return None  # empty, or stdin and call-based tests mixed, or call-based without a name
     out = []
-    for inp, exp, wrapped in pairs:
+    for inp, exp, convention in pairs:
         if fn_name is None:
             pair = (_text(inp), _text(exp))
         else:
-            pair = (_call_input(inp), _call_output(exp, wrapped=bool(wrapped)))
+            pair = (_call_input(inp), _call_output(exp, as_text=convention == "lcb"))
         if None in pair:
             return None
         out.append({"input": pair[0], "output": pair[1]})
-    return out, fn_name
+    return out, fn_name, "value-or-first" if conventions == {"apps"} else "exact"
 
 
 def code_prompt(problem: str, starter_code: str | None, fn_name: str | None) -> str:
@@ -376,12 +417,14 @@ def normalise_code(row: dict, index: int, source: str = "") -> dict | None:
     problem = row.get("problem") or row.get("question")
     if parsed is None or not problem:
         return None
-    tests, fn_name = parsed
+    tests, fn_name, call_match = parsed
     rec = {"id": str(row.get("id", f"{source}-{index}" if source else index)),
            "prompt": code_prompt(str(problem), row.get("starter_code"), fn_name),
            "tests": tests, "task": "code", "source": source}
     if fn_name:
         rec["fn_name"] = fn_name
+    if call_match != "exact":  # the record keeps its source's runner rule (geopd.train.rewards)
+        rec["call_match"] = call_match
     return rec
 
 

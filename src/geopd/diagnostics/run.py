@@ -12,10 +12,14 @@ the per-matrix table (an SVD of a 151936 x 4096 embedding is costly and no figur
 with `all` they get elementwise figures (sparsity, update norm) in the summary, which also
 holds the module-wise (embedding / attention / MLP) and layer-wise update norms of EffOPD.
 
-Averaging (summary): bf16 sparsity and update density are parameter-count weighted (SPEC);
-every other metric is an unweighted mean over matrices of its finite values, so a NaN overlap
-(nothing changed) or an infinite Hill estimate (flat spectrum) is left out; overlaps are also
-given pooled over entries. Overall, per module type (q..down) and per group (attention, mlp).
+Averaging (summary): bf16 sparsity is parameter-count weighted (SPEC; App. C.3 "overall
+sparsity is parameter-count weighted"); every other metric, the update density included (App.
+C.3: "Metrics are first computed per matrix and then averaged across matrices"), is an
+unweighted mean over matrices of its finite values, so a NaN overlap (nothing changed) or an
+infinite Hill estimate (flat spectrum) is left out; overlaps are also given pooled over entries,
+each at every mask fraction of `Options.alphas`. Overall, per module type (q..down) and per
+group (attention, mlp); the extra tensors' changed counts, so that a sparsity over all weights
+(embeddings and lm_head too) can be formed.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import math
 import multiprocessing as mp
 import re
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -33,8 +37,9 @@ import torch
 
 from geopd.diagnostics import metrics as M
 from geopd.diagnostics.cache import SvdCache, compute_svd, content_key
-from geopd.diagnostics.columns import ATTENTION, METRICS, MODULES
+from geopd.diagnostics.columns import ATTENTION, METRICS, MODULES, OVERLAPS, at_alpha
 from geopd.errors import UserError
+from geopd.io.progress import Progress
 from geopd.io.tensors import Checkpoint, TensorInfo, check_finite, check_same_layout, read_raw, to_tensor
 
 PROJ = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
@@ -50,7 +55,7 @@ class Options:
     matrices: str = "all"          # all | attention
     k: int = 512                   # principal-angle subspace size (clamped to min(shape))
     r: int = 64                    # rank of the W0 reconstruction for M_princ
-    alpha: float = 0.5             # mask fraction
+    alphas: tuple[float, ...] = (0.5,)  # mask fractions; overlaps are computed at each
     eta: float = 1e-3              # bf16 relative tolerance
     hill_k: int | None = None      # top-k for the Hill estimate (default: k)
     workers: int = 1               # processes; each runs single-threaded
@@ -198,29 +203,32 @@ def analyse(job: MatrixJob, opts: Options) -> tuple[dict, dict, dict]:
     upd = M.changed_mask(w0, w1, opts.eta)
     del w1
     n_changed = int(upd.sum())
-    princ = M.top_fraction_mask(M.low_rank(svd0.U, svd0.s, svd0.Vh, r), opts.alpha)
-    n_princ = int((princ & upd).sum())
-    del princ
+    recon = M.low_rank(svd0.U, svd0.s, svd0.Vh, r)
     # |W0| ranks the same in fp32 for 16/32-bit weights (exact), at half the memory of fp64
-    low = M.bottom_fraction_mask(w0 if w0.dtype == torch.float64 else w0.to(torch.float32), opts.alpha)
-    n_low = int((low & upd).sum())
-    del low, upd
+    magnitude = w0 if w0.dtype == torch.float64 else w0.to(torch.float32)
+    masks = {}
+    for alpha in opts.alphas:
+        n_princ = int((M.top_fraction_mask(recon, alpha) & upd).sum())
+        n_low = int((M.bottom_fraction_mask(magnitude, alpha) & upd).sum())
+        for column, hits in (("princ_overlap", n_princ), ("low_overlap", n_low)):
+            masks[at_alpha(OVERLAPS[column], alpha)] = hits
+            masks[at_alpha(column, alpha)] = hits / n_changed if n_changed else float("nan")
+    del recon, magnitude, upd
     numel = m * n
     u_mean, u_max = _degrees(theta_u)
     v_mean, v_max = _degrees(theta_v)
     row = {
         "name": job.name, "tensor": job.tensor, "layer": job.layer, "module": job.module,
         "group": job.group, "shape": f"{m}x{n}", "rows": m, "cols": n, "numel": numel, "k": k,
-        "n_changed": n_changed, "n_princ_changed": n_princ, "n_low_changed": n_low,
+        "n_changed": n_changed,
         "bf16_sparsity": 1.0 - n_changed / numel,
         "update_density": n_changed / numel,
         "nss": M.nss(svd0.s, svd1.s),
-        "princ_overlap": n_princ / n_changed if n_changed else float("nan"),
-        "low_overlap": n_low / n_changed if n_changed else float("nan"),
         "frobenius": frobenius,
         **M.update_spectrum_metrics(s_upd, (m, n), opts.hill_k or opts.k),
         "angle_u_mean_deg": u_mean, "angle_v_mean_deg": v_mean,
         "angle_u_max_deg": u_max, "angle_v_max_deg": v_max,
+        **masks,
     }
     spectra = {}
     if opts.spectra:
@@ -255,22 +263,30 @@ def elementwise(name: str, a: TensorInfo, b: TensorInfo, eta: float) -> dict:
 
 # ---- whole pair ------------------------------------------------------------------------------
 
-def parallel_map(fn, items: list, workers: int, side_work=lambda: None) -> tuple[list, object]:
+def parallel_map(fn, items: list, workers: int, side_work=lambda: None,
+                 progress: Progress | None = None) -> tuple[list, object]:
     """[fn(item) for item in items] over a pool of single-threaded worker processes (in this
     process when workers <= 1); `side_work()` runs here meanwhile. The first error (a
-    UserError naming the tensor) stops the other workers and is raised here."""
+    UserError naming the tensor) stops the other workers and is raised here. `progress`
+    counts the items done."""
+    progress = progress or Progress("", len(items), enabled=False)
+    progress.begin()
     if workers <= 1 or len(items) <= 1:
-        return [fn(item) for item in items], side_work()
+        out = []
+        for item in items:
+            out.append(fn(item))
+            progress.advance()
+        return out, side_work()
     ctx = mp.get_context("spawn")  # fork after torch/OpenMP start-up is unsafe
     pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_init_worker)
     ok = False
     try:
         futures = [pool.submit(fn, item) for item in items]
         side = side_work()
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in futures:
-            if f in done and f.exception() is not None:
+        for f in as_completed(futures):
+            if f.exception() is not None:
                 raise f.exception()
+            progress.advance()
         ok = True
         return [f.result() for f in futures], side
     finally:
@@ -308,7 +324,8 @@ def diagnose(base: str, tuned: str, opts: Options = Options()) -> Diagnosis:
         return out
 
     order = sorted(jobs, key=cost, reverse=True)
-    results, extras = parallel_map(partial(analyse, opts=opts), order, opts.workers, side_work)
+    results, extras = parallel_map(partial(analyse, opts=opts), order, opts.workers, side_work,
+                                   Progress(f"geopd diagnose {tuned}", len(order), unit="matrices"))
     rows = [r for r, _, _ in results]
     table = pd.DataFrame(rows)
     table["_order"] = table["module"].map({m: i for i, m in enumerate(MODULES)})
@@ -356,25 +373,30 @@ def _finite_mean(x: pd.Series) -> float | None:
     return float(v.mean()) if v.size else None
 
 
-def _block(df: pd.DataFrame) -> dict:
+def _block(df: pd.DataFrame, alphas: tuple[float, ...]) -> dict:
     numel, changed = int(df["numel"].sum()), int(df["n_changed"].sum())
-    return {
+    out = {
         "n_matrices": int(len(df)),
         "numel": numel,
+        "n_changed": changed,
         "bf16_sparsity": 1.0 - changed / numel if numel else None,   # parameter-count weighted
-        "update_density": changed / numel if numel else None,
-        # pooled over entries: |M* & M_upd| summed / |M_upd| summed
-        "princ_overlap_pooled": int(df["n_princ_changed"].sum()) / changed if changed else None,
-        "low_overlap_pooled": int(df["n_low_changed"].sum()) / changed if changed else None,
         "mean": {m: _finite_mean(df[m]) for m in METRICS},             # unweighted over matrices
     }
+    for alpha in alphas:
+        for column, count in OVERLAPS.items():
+            out["mean"][at_alpha(column, alpha)] = _finite_mean(df[at_alpha(column, alpha)])
+            # pooled over entries: |M* & M_upd| summed / |M_upd| summed
+            out[at_alpha(f"{column}_pooled", alpha)] = (int(df[at_alpha(count, alpha)].sum()) / changed
+                                                        if changed else None)
+    return out
 
 
 def summarize(table: pd.DataFrame, extras: list[dict], opts: Options) -> dict:
     """Overall, per module type and per group figures; module- and layer-wise update norms."""
-    out = {"random_overlap_baseline": opts.alpha, "overall": _block(table)}
-    out["by_module"] = {m: _block(table[table["module"] == m]) for m in MODULES if (table["module"] == m).any()}
-    out["by_group"] = {g: _block(table[table["group"] == g]) for g in ("attention", "mlp")
+    a = opts.alphas
+    out = {"random_overlap_baseline": list(a), "overall": _block(table, a)}
+    out["by_module"] = {m: _block(table[table["module"] == m], a) for m in MODULES if (table["module"] == m).any()}
+    out["by_group"] = {g: _block(table[table["group"] == g], a) for g in ("attention", "mlp")
                        if (table["group"] == g).any()}
 
     # Update norms: matrices (Frobenius^2 per row) + every other tensor of the chosen set.
@@ -399,7 +421,7 @@ def summarize(table: pd.DataFrame, extras: list[dict], opts: Options) -> dict:
             continue
         numel, changed = sum(e["numel"] for e in es), sum(e["n_changed"] for e in es)
         out["extra_tensors"][g] = {
-            "n_tensors": len(es), "numel": numel,
+            "n_tensors": len(es), "numel": numel, "n_changed": changed,
             "bf16_sparsity": 1.0 - changed / numel if numel else None,
             "frobenius": math.sqrt(sum(e["sumsq"] for e in es)),
             "tensors": {e["name"]: {"numel": e["numel"],

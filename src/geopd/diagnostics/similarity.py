@@ -21,6 +21,7 @@ import torch
 from geopd.diagnostics import metrics as M
 from geopd.diagnostics.run import MatrixJob, cost, parallel_map, plan
 from geopd.errors import UserError
+from geopd.io.progress import Progress
 from geopd.io.tensors import Checkpoint, TensorInfo, check_same_layout, read_tensor
 
 _STEP = re.compile(r"step[-_]?(\d+)$")
@@ -75,7 +76,9 @@ def similarity_series(init: str, checkpoints: list[str], k: int = 16, matrices: 
     if not jobs:
         raise UserError(f"{init}: no attention/MLP weight matrices to compare")
     series = [SeriesJob(j, tuple(ck.info(j.tensor) for ck in cks)) for j in sorted(jobs, key=cost, reverse=True)]
-    sims, _ = parallel_map(partial(_series, k=k), series, workers)
+    sims, _ = parallel_map(partial(_series, k=k), series, workers,
+                           progress=Progress(f"geopd similarity {init} -> {len(checkpoints)} checkpoints", len(series),
+                                             unit="matrices"))
     rows = []
     for job, values in zip(series, sims):
         m = job.matrix

@@ -89,6 +89,46 @@ class Rollouts:
             raise ValueError("Rollouts.response_logprobs is non-zero outside the response")
 
 
+def select_groups(ro: Rollouts, groups: list[int]) -> Rollouts:
+    """The samples of prompt groups `groups` (in that order), widths unchanged."""
+    n = ro.group_size
+    rows = torch.tensor([g * n + j for g in groups for j in range(n)], dtype=torch.long)
+    return Rollouts(prompt_ids=[ro.prompt_ids[g] for g in groups], sequences=ro.sequences[rows],
+                    attention_mask=ro.attention_mask[rows], response_mask=ro.response_mask[rows],
+                    response_logprobs=ro.response_logprobs[rows], texts=[ro.texts[i] for i in rows.tolist()],
+                    prompt_index=[i // n for i in range(len(rows))], group_size=n, prompt_width=ro.prompt_width,
+                    finished=None if ro.finished is None else ro.finished[rows])
+
+
+def concat_rollouts(parts: list[Rollouts], group_size: int, pad: int) -> Rollouts:
+    """One batch of the groups of `parts` in order (e.g. several sampling rounds of one step):
+    prompt blocks left-padded to the widest, responses right-padded to the longest (`pad` in
+    the sequences, 0 in the masks and log-probs)."""
+    parts = [p for p in parts if p.num_samples]
+    if not parts:
+        return Rollouts.empty(group_size)
+    width = max(p.prompt_width for p in parts)
+    rlen = max(p.sequences.shape[1] - p.prompt_width for p in parts)
+    total = sum(p.num_samples for p in parts)
+    seq = torch.full((total, width + rlen), pad, dtype=torch.long)
+    attn, rmask = torch.zeros_like(seq), torch.zeros_like(seq)
+    lp = torch.zeros((total, width + rlen), dtype=torch.float32)
+    row = 0
+    for p in parts:
+        rows, cols = slice(row, row + p.num_samples), p.sequences.shape[1]
+        left = width - p.prompt_width  # where this part's columns start
+        for out, src in ((seq, p.sequences), (attn, p.attention_mask), (rmask, p.response_mask),
+                         (lp, p.response_logprobs)):
+            out[rows, left:left + cols] = src
+        row += p.num_samples
+    prompt_ids = [ids for p in parts for ids in p.prompt_ids]
+    finished = None if any(p.finished is None for p in parts) else torch.cat([p.finished for p in parts])
+    return Rollouts(prompt_ids=prompt_ids, sequences=seq, attention_mask=attn, response_mask=rmask,
+                    response_logprobs=lp, texts=[t for p in parts for t in p.texts],
+                    prompt_index=[i // group_size for i in range(total)], group_size=group_size,
+                    prompt_width=width, finished=finished)
+
+
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], n: int, *, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> Rollouts: ...  # no prompts: Rollouts.empty(n) (every rank calls it)

@@ -16,7 +16,7 @@ import re
 from functools import partial
 
 from geopd.evaluate.metrics import problem_scores
-from geopd.grading.math import grade_math, integer_answer, last_boxed
+from geopd.grading.math import grade_math, last_boxed
 
 AIME_RANGE = (0, 999)
 
@@ -27,9 +27,8 @@ def _responses(results) -> list[str]:
     return [str(r) for r in results]  # a single-sample filter (take_first) hands strings
 
 
-def _metrics(graded: list[dict], same, *, key=None, grade=None) -> dict:
-    scores = problem_scores([g["extracted"] for g in graded], [g["correct"] for g in graded], same, key=key,
-                            grade=grade)
+def _metrics(graded: list[dict], same) -> dict:
+    scores = problem_scores([g["extracted"] for g in graded], [g["correct"] for g in graded], same)
     return {"avg@k": scores["avg"], "pass@k": scores["pass"], "maj@k": scores["maj"], "graded": graded}
 
 
@@ -46,27 +45,12 @@ def grade_math_samples(responses: list[str], gold: str, *, integer_range=None) -
             for r in responses]
 
 
-def integer_vote(integer_range):
-    """An answer's maj@k vote under the integer rule: its integer value in the range, else
-    no vote (it could never be graded correct)."""
-    lo, hi = integer_range
-
-    def key(answer: str) -> str | None:
-        value = integer_answer(answer)
-        return str(value) if value is not None and lo <= value <= hi else None
-    return key
-
-
 def process_math(doc: dict, results, *, integer_range=None) -> dict:
     rng = tuple(integer_range) if integer_range is not None else None
     gold = str(doc["answer"])
-    graded = grade_math_samples(_responses(results), gold, integer_range=rng)
-
-    def grade(answer: str) -> bool:  # the majority's answer, graded as an answer of its own
-        return grade_math("\\boxed{" + answer + "}", gold, integer_range=rng)
-    if rng is not None:
-        return _metrics(graded, None, key=integer_vote(rng), grade=grade)
-    return _metrics(graded, same_math_answer, grade=grade)
+    # maj@k: votes grouped by math-verify equivalence, as the accuracy is graded (also under
+    # the integer rule: "33.0" votes with "33"; geopd.evaluate.metrics states the tie rule).
+    return _metrics(grade_math_samples(_responses(results), gold, integer_range=rng), same_math_answer)
 
 
 def process_math_aime(doc: dict, results) -> dict:

@@ -34,6 +34,7 @@ from geopd.grading.code import extract_last_code_block, grade_code
 from geopd.io.atomic import write_text
 from geopd.io.jsonarg import parse_json_arg
 from geopd.io.jsonl import read_jsonl, write_jsonl
+from geopd.io.progress import Progress, duration
 from geopd.sandbox import summary as sandbox_summary
 
 KINDS = ("math", "mcq", "code", "lcb")
@@ -202,9 +203,12 @@ def evaluate_data_parallel(spec: dict, model: str, records: list[dict], *, seed:
             log = open(shard / "log", "w")
             procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         failed = []
+        progress = Progress(f"geopd evaluate {spec['name']}", dp, unit="data-parallel shards", interval=0)
+        progress.begin()
         for i, (proc, log) in enumerate(procs):
             proc.wait()
             log.close()
+            progress.advance()
             if proc.returncode != 0:
                 failed.append(f"shard {i} (exit {proc.returncode}): "
                               + (Path(tmp) / f"shard-{i}" / "log").read_text()[-2000:])
@@ -251,6 +255,8 @@ def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file
     backend, device = resolve_backend(backend, spec)
     batch_size = int(batch_size or spec.get("batch_size", 128))
     kind = spec["kind"]
+    _say(spec, f"{len(records)} problems x {spec['samples']} samples, up to {spec['max_new_tokens']} new tokens, "
+               f"{backend} on {device}: {model}")
     common = dict(seed=seed, backend=backend, device=device, batch_size=batch_size, tokenizer=tokenizer)
     if int(spec.get("data_parallel", 1)) > 1:
         metrics, samples, extra = evaluate_data_parallel(spec, model, records, seed=seed, backend=backend,
@@ -280,4 +286,10 @@ def evaluate(spec: dict, model: str, *, seed: int, out: str | Path, samples_file
         result["sandbox"] = sandbox_summary()
     write_jsonl(samples_file, samples, default=str)
     write_text(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    _say(spec, f"done in {duration(result['elapsed_s'])}")
     return result
+
+
+def _say(spec: dict, message: str) -> None:
+    """A progress line in the evaluation's log (lm-eval and vLLM add their own bars)."""
+    print(f"geopd evaluate {spec['name']}: {message}", file=sys.stderr, flush=True)

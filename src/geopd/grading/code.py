@@ -34,7 +34,9 @@ tokens are compared lazily, numbers as Decimals, JSON with integers as Decimals)
            raises (a signalling NaN) is a runtime error, as in the runner.
   call     the returned value, sent as strict JSON, must equal json.loads(expected)
            under Python's ==; a value JSON cannot carry exactly (a set, a nested tuple, a
-           non-string dict key) is unequal, as it compares unequal there.
+           non-string dict key) is unequal, as it compares unequal there. DeepCoder's TACO
+           and PrimeIntellect records say call_match "value-or-first": the APPS runner's
+           rule, equal to the stored value or to its first element (CALL_MATCHES).
   time     each test's time is measured by the grader, from the input's delivery to the
            call's end, less the time the program waited for a CPU; over `timeout_s`
            (6 s) is a timeout. The module's execution has its own `timeout_s`.
@@ -141,11 +143,26 @@ def _json_value(text: str | bytes):
     return json.loads(text, parse_int=Decimal)
 
 
-def check_functional(result_json: str | bytes, expected: str) -> bool:
+# How a call's return value is compared with a test's stored output (a record's `call_match`):
+#   exact           LiveCodeBench's runner: equal to json.loads(output);
+#   value-or-first  the APPS/TACO runner (testing_util.py's call-based branch, which rllm also
+#                   runs for DeepCoder's primeintellect tests): equal to the stored value, or,
+#                   when that is a non-empty list, to its first element. TACO and PrimeIntellect
+#                   store a call's result wrapped in a one-element list ([v]) as a rule, but not
+#                   always; their runner accepts both shapes, so a function that truly returns a
+#                   one-element list [x] passes against [[x]] and against [x].
+CALL_MATCHES = ("exact", "value-or-first")
+
+
+def check_functional(result_json: str | bytes, expected: str, call_match: str = "exact") -> bool:
     """`result_json` is the runner's strict JSON of the returned value (a top-level tuple
-    already a list); equal iff it equals json.loads(expected) under Python's ==."""
+    already a list); equal iff it equals json.loads(expected) under Python's ==, or (call_match
+    "value-or-first") that value's first element when it is a non-empty list."""
     try:
-        return bool(_json_value(result_json) == _json_value(expected))
+        got, want = _json_value(result_json), _json_value(expected)
+        if got == want:
+            return True
+        return bool(call_match == "value-or-first" and isinstance(want, list) and want and got == want[0])
     except (ValueError, RecursionError, InvalidOperation, UnicodeDecodeError):
         return False
 
@@ -360,7 +377,7 @@ def _result(verdict: str, reply: sandbox.Reply | None, error: str = "") -> dict:
 
 
 def grade_tests(code: str, tests: list[dict], *, fn_name: str | None = None, timeout_s: float = TIMEOUT_S,
-                stop_at_first_failure: bool = True, **sandbox_kwargs) -> dict:
+                stop_at_first_failure: bool = True, call_match: str = "exact", **sandbox_kwargs) -> dict:
     """Run `code` on `tests` in one sandboxed process. Returns {"results": per-test
     verdict dicts (up to the first failure), "isolation": the sandbox's layers,
     "isolated": bool, "load": the module load's verdict dict}."""
@@ -404,7 +421,7 @@ def grade_tests(code: str, tests: list[dict], *, fn_name: str | None = None, tim
             elif header.get("status") == "unequal":
                 result = _result("wrong_answer", reply, f"a {header.get('type')} compares unequal")
             else:
-                ok = check_functional(reply.body, test["output"])
+                ok = check_functional(reply.body, test["output"], call_match)
                 result = _result("passed" if ok else "wrong_answer", reply)
             results.append(result)
             if stop_at_first_failure and not result["passed"]:
@@ -415,12 +432,13 @@ def grade_tests(code: str, tests: list[dict], *, fn_name: str | None = None, tim
 
 
 def grade_code(response: str, tests: list[dict], *, fn_name: str | None = None, timeout_s: float = TIMEOUT_S,
-               **sandbox_kwargs) -> bool:
+               call_match: str = "exact", **sandbox_kwargs) -> bool:
     """True iff the response's last code block passes every test (stdin tests, or
-    call-based ones when `fn_name` is given), in order, stopping at the first failure."""
+    call-based ones when `fn_name` is given, compared per `call_match`), in order, stopping at
+    the first failure."""
     code = extract_last_code_block(response)
     if code is None or not tests:
         return False
-    graded = grade_tests(code, tests, fn_name=fn_name, timeout_s=timeout_s, **sandbox_kwargs)
+    graded = grade_tests(code, tests, fn_name=fn_name, timeout_s=timeout_s, call_match=call_match, **sandbox_kwargs)
     results = graded["results"]
     return len(results) == len(tests) and all(r["passed"] for r in results)

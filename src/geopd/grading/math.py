@@ -122,12 +122,6 @@ def grade_math(response: str, gold, *, integer_range: tuple[int, int] | None = N
     return _bounded(_verify, (gold_s, pred), timeout_s)
 
 
-def integer_answer(content: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int | None:
-    """The integer a boxed answer's content states (see _as_integer), or None."""
-    pred = _strip_math(content)
-    return _as_integer(pred, timeout_s) if pred else None
-
-
 def _as_integer(pred: str, timeout_s: float) -> int | None:
     """The integer a boxed answer states: digits ("042" -> 42), or an expression math-verify
     evaluates to a sympy Integer ("\\frac{84}{2}"). Decimals such as "42.0" are not integers."""

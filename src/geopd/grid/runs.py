@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
 from geopd.config import deep_merge
-from geopd.spec import TEACHER_METHODS, Extrapolation, Projection, Settings
+from geopd.spec import RL_METHODS, TEACHER_METHODS, Extrapolation, Projection, Settings, SpecError
 
 Fail = Callable[[str, str], NoReturn]  # fail(config key, message) raises a UserError naming the sources
 
@@ -47,10 +47,28 @@ class Run:
     projection: Projection | None = None
     extrapolation: Extrapolation | None = None
     resources: dict = field(default_factory=dict)
+    eval_at: dict[str, list[int]] = field(default_factory=dict)  # benchmark -> further steps
 
     @property
     def final_step(self) -> int:
         return self.checkpoints[-1]
+
+    @property
+    def benchmarks(self) -> list[str]:
+        """Every benchmark the run is evaluated on: `eval` (at every checkpoint), then those
+        `eval_at` adds at its own steps."""
+        return list(dict.fromkeys([*self.eval, *self.eval_at]))
+
+    def eval_steps(self, bench: str) -> list[int]:
+        """The steps at which `bench` is evaluated: every checkpoint for a benchmark of `eval`,
+        and the steps `eval_at` lists for it."""
+        return sorted(set(self.checkpoints if bench in self.eval else []) | set(self.eval_at.get(bench, [])))
+
+    @property
+    def saved_steps(self) -> list[int]:
+        """The steps whose weights the trainer saves: the checkpoints (diagnosed and evaluated)
+        and the evaluation-only steps of `eval_at`."""
+        return sorted(set(self.checkpoints).union(*self.eval_at.values()))
 
 
 def resolve_runs(config: dict, fail: Fail) -> dict[str, Run]:
@@ -59,6 +77,9 @@ def resolve_runs(config: dict, fail: Fail) -> dict[str, Run]:
     check_model_builds(config, fail)
     runs = {name: make_run(config, name, raw, fail) for name, raw in raw_runs.items()}
     check_run_cycles(runs, fail)
+    for name in config.get("train_resources") or {}:
+        if name not in runs:
+            fail(f"train_resources.{name}", f"unknown run '{name}'")
     for ref in config.get("reference_pairs", []):
         for key in ("base", "tuned"):
             if ref[key] not in config["models"]:
@@ -85,8 +106,8 @@ def resolve_extends(runs: dict, fail: Fail) -> dict[str, dict]:
                 fail(f"runs.{name}.extends", f"cycle between runs: {cycle}")
             base = {k: v for k, v in resolve(parent, (*chain, name)).items()
                     # Identity and analysis choices are not inherited: a variant is its
-                    # own run and states its own family.
-                    if k not in ("family", "extends")}
+                    # own run and states its own family and its extra evaluations.
+                    if k not in ("family", "extends", "eval_at")}
             out = deep_merge(base, {k: v for k, v in raw.items() if k != "extends"})
         resolved[name] = out
         return out
@@ -170,11 +191,26 @@ def make_run(config: dict, name: str, raw: dict, fail: Fail) -> Run:
     bad = [c for c in checkpoints if c <= start or c > steps]
     if bad:
         fail(f"{key}.checkpoints", f"steps {bad} outside ({start}, {steps}]")
+    eval_at = {b: sorted(set(at)) for b, at in (merged.get("eval_at") or {}).items()}
+    for bench, at in eval_at.items():
+        if bench not in config["benchmarks"]:
+            fail(f"{key}.eval_at", f"unknown benchmark '{bench}'")
+        bad = [c for c in at if c <= start or c > steps]
+        if bad:
+            fail(f"{key}.eval_at.{bench}", f"steps {bad} outside ({start}, {steps}]")
     settings = Settings.from_dict({k: merged[k] for k in Settings.keys() if k in merged}, key)
     if settings.rollout_source == "teacher" and not needs_teacher:
         fail(f"{key}.rollout.source", "off-policy rollouts need a teacher")
     if method == "mix" and not settings.objective.given("alpha"):
         fail(f"{key}.objective.alpha", "method 'mix' needs alpha")
+    if method in RL_METHODS:  # what the method's objective and rollout can use (geopd.spec)
+        for block in ("objective", "rollout"):
+            value = getattr(settings, block)
+            try:
+                if value is not None:
+                    value.check_method(method)
+            except SpecError as exc:
+                fail(f"{key}.{block}", str(exc))
     projection = merged.get("projection")
     if projection is not None:
         projection = Projection.from_dict(projection, f"{key}.projection")
@@ -199,6 +235,7 @@ def make_run(config: dict, name: str, raw: dict, fail: Fail) -> Run:
         projection=projection,
         extrapolation=None if extrapolation is None else Extrapolation.from_dict(extrapolation, f"{key}.extrapolation"),
         resources=merged.get("resources", {}),
+        eval_at=eval_at,
     )
 
 
@@ -222,9 +259,9 @@ def check_run_cycles(runs: dict[str, Run], fail: Fail) -> None:
         state[name] = 1
         for key, ref in run_deps(runs[name]):
             target = runs[ref.name]
-            if ref.step is not None and ref.step not in target.checkpoints:
+            if ref.step is not None and ref.step not in target.saved_steps:
                 fail(f"runs.{name}.{key}",
-                     f"run '{ref.name}' saves no checkpoint at step {ref.step} (it saves {target.checkpoints})")
+                     f"run '{ref.name}' saves no checkpoint at step {ref.step} (it saves {target.saved_steps})")
             visit(ref.name, path + [ref.name])
         state[name] = 2
 

@@ -12,7 +12,8 @@ from geopd import mirror
 from geopd.config import deep_merge
 from geopd.data.lcb import RELEASE_FILES
 from geopd.grid.runs import Ref, continuation
-from geopd.spec import Benchmark, RunSpec, colocation_problems, engine_placement_problems, engine_tensor_parallels
+from geopd.spec import (Benchmark, RunSpec, Tracking, colocation_problems, engine_placement_problems,
+                        engine_tensor_parallels)
 
 
 class Specs:
@@ -21,7 +22,7 @@ class Specs:
                       "diagnose_run": "diagnose",
                       "aggregate_diagnostics": "report", "aggregate_eval": "report",
                       "tables": "report", "figures": "report", "claims": "report",
-                      "grid_spec": "report"}
+                      "grid_spec": "report", "run_curves": "report"}
 
     # ---- models and where they are read from ---------------------------------------------
 
@@ -145,7 +146,7 @@ class Specs:
             "teacher": self.model_source(run.teacher) if run.teacher else None,
             "data": {"name": run.data, "dir": self.data_dir(run.data), "kind": self.datasets[run.data]["kind"]},
             "steps": run.steps,
-            "checkpoints": run.checkpoints,
+            "checkpoints": run.saved_steps,
             "state_dir": self.state_dir(name),
             **run.settings.to_dict(),
         }
@@ -161,6 +162,14 @@ class Specs:
             spec["extrapolation"] = run.extrapolation.to_dict()
         spec.update(self.continuation_spec(name))
         return RunSpec.from_dict(spec, f"runs.{name}")
+
+    def tracking_spec(self, name: str) -> Tracking:
+        """What `geopd train --tracking` gets for run `name`: its folder (TensorBoard, progress
+        file, W&B's files) and the config's `tracking` block, W&B grouped by the grid's name."""
+        block = dict(self.config.get("tracking") or {})
+        if "wandb" in block:
+            block["wandb"] = {"group": self.config["name"], **block["wandb"]}
+        return Tracking.from_dict({**block, "run_dir": self.layout.run_dir(name)}, "tracking")
 
     def continuation_spec(self, name: str) -> dict:
         """Runs started from run@step continue that run (weights, Adam moments, data position,
@@ -203,7 +212,8 @@ class Specs:
             runs[name] = {
                 "family": run.family, "method": run.method, "teacher": run.teacher,
                 "init": str(run.init), "w0": str(run.w0), "start_step": run.start_step,
-                "checkpoints": run.checkpoints, "eval": run.eval, "diagnostics": run.diagnostics,
+                "checkpoints": run.checkpoints, "eval": run.benchmarks,
+                "eval_steps": {b: run.eval_steps(b) for b in run.benchmarks}, "diagnostics": run.diagnostics,
                 "projection": None if run.projection is None else run.projection.to_dict(),
                 "extrapolation": None if run.extrapolation is None else run.extrapolation.to_dict(),
                 "objective": run.settings.objective.to_dict(),
@@ -267,11 +277,13 @@ class Specs:
     # ---- resources -----------------------------------------------------------------------
 
     def resources(self, rule: str, run: str | None = None) -> dict:
-        """Resolved resources of one job: default < rule < run (train only)."""
+        """Resolved resources of one job: default < rule < (train only) the run's entry in
+        train_resources (the sizing `geopd plan --suggest-resources` writes) < the run's own."""
         res = self.config["resources"]
         rule = self.RESOURCE_CLASS.get(rule, rule)
         out = deep_merge(res["default"], res.get(rule, {}))
         if run is not None and rule == "train":
+            out = deep_merge(out, (self.config.get("train_resources") or {}).get(run, {}))
             out = deep_merge(out, self.runs[run].resources)
             # One launcher task per node: torchrun spawns the per-GPU workers.
             out.setdefault("tasks", out.get("nodes", 1))

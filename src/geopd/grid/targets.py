@@ -63,11 +63,12 @@ class Targets:
     # ---- evaluation ------------------------------------------------------------------------
 
     def eval_targets(self) -> list[tuple[str, str, str]]:
-        """(subject, step-or-'model', benchmark): every checkpoint of every run, and teachers."""
+        """(subject, step-or-'model', benchmark): every checkpoint of every run on its `eval`
+        benchmarks, the steps of its `eval_at`, and teachers."""
         out = []
         for run in self.runs.values():
-            for bench in run.eval:
-                out += [(run.name, str(s), bench) for s in run.checkpoints]
+            for bench in run.benchmarks:
+                out += [(run.name, str(s), bench) for s in run.eval_steps(bench)]
         for model, benches in self.teacher_benchmarks().items():
             out += [(model, "model", b) for b in benches]
         return out
@@ -82,12 +83,13 @@ class Targets:
 
     def eval_runs(self) -> list[str]:
         """Runs with at least one benchmark, in config order."""
-        return [r.name for r in self.runs.values() if r.eval]
+        return [r.name for r in self.runs.values() if r.benchmarks]
 
     def eval_run_targets(self, run: str) -> list[tuple[int, str]]:
-        """(step, benchmark) of every evaluation of one run, checkpoint by checkpoint."""
+        """(step, benchmark) of every evaluation of one run, step by step."""
         r = self.runs[run]
-        return [(s, b) for s in r.checkpoints for b in r.eval]
+        return sorted(((s, b) for b in r.benchmarks for s in r.eval_steps(b)),
+                      key=lambda sb: (sb[0], r.benchmarks.index(sb[1])))
 
     def eval_inputs(self) -> list[str]:
         """What aggregate_eval waits for: every evaluation file, or with evaluations grouped by
@@ -109,5 +111,9 @@ class Targets:
         process start-up and import per run). The per-checkpoint files are the same either way."""
         return self.config.get("job_grouping", {}).get(work, "checkpoint")
 
+    def run_curves_files(self) -> list[str]:
+        """Each run's training curves (the report's "Training curves" pages)."""
+        return [self.layout.run_curves(r) for r in self.runs]
+
     def final_targets(self) -> list[str]:
-        return self.table_files() + self.figure_files() + self.claims_files()
+        return self.table_files() + self.figure_files() + self.claims_files() + self.run_curves_files()

@@ -10,12 +10,15 @@ The summary is derived from the per-matrix CSVs alone (the JSON summaries beside
 the update norms of tensors outside the matrix set and a cross-check), so the tables never
 depend on the JSON layout:
 
-- bf16_sparsity and update_density are parameter-count weighted, sum(numel * x) / sum(numel)
-  (SPEC: "Overall figure is parameter-count weighted");
-- every other metric is the unweighted mean over matrices of its finite values (SPEC: "per
-  matrix, then averaged across matrices"); a NaN overlap (nothing changed) or an infinite Hill
-  estimate is left out, as `geopd diagnose` does;
-- *_overlap_pooled = sum |M* & M_upd| / sum |M_upd| when the count columns are there.
+- bf16_sparsity is parameter-count weighted, sum(numel * x) / sum(numel) (SPEC: "Overall
+  figure is parameter-count weighted"); with the JSON summary's embedding tensors
+  (embed_tokens, lm_head) also `bf16_sparsity_with_embeddings`, over those and the matrices;
+- every other metric, the update density included, is the unweighted mean over matrices of its
+  finite values (App. C.3: "Metrics are first computed per matrix and then averaged across
+  matrices"); a NaN overlap (nothing changed) or an infinite Hill estimate is left out, as
+  `geopd diagnose` does;
+- the overlaps at each mask fraction alpha the tables hold (`princ_overlap@0.3`, ...), and
+  *_overlap_pooled@alpha = sum |M* & M_upd| / sum |M_upd| when the count columns are there.
 Scopes: all matrices, each group (attention, mlp) and each module type (q .. down).
 
 Evaluation: each R/eval/<run>/step-<N>/<bench>.json and R/eval/models/<model>/<bench>.json ->
@@ -31,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopd.diagnostics.columns import ATTENTION, METRICS, MODULES
+from geopd.diagnostics.columns import ATTENTION, METRICS, MODULES, OVERLAPS, alphas_of, at_alpha, overlap_columns
 from geopd.errors import UserError
 from geopd.report.gridfile import Expected
 
 # Columns of `geopd diagnose`'s per-matrix table that the report reads.
 ID_COLUMNS = ("name", "layer", "module", "numel", "bf16_sparsity")
-WEIGHTED = ("bf16_sparsity", "update_density")
+WEIGHTED = ("bf16_sparsity",)
 MEANS = tuple(m for m in METRICS if m not in WEIGHTED) + ("angle_mean_deg", "angle_max_deg")
 KEYS = ("kind", "run", "step", "matrices")
 SIMILARITY_COLUMNS = ("step", "name", "sim")
@@ -70,7 +73,7 @@ def read_matrix_table(path: Path) -> pd.DataFrame:
              f"(update_density, when absent, is 1 - bf16_sparsity by definition)")
         for m in lacking:
             df[m] = 1.0 - df["bf16_sparsity"] if m == "update_density" else np.nan
-    for m in METRICS + ("numel",):
+    for m in METRICS + ("numel",) + tuple(overlap_columns(df.columns)):
         df[m] = pd.to_numeric(df[m], errors="coerce")
     if "group" not in df.columns:
         df["group"] = np.where(df["module"].isin(ATTENTION), "attention", "mlp")
@@ -89,7 +92,7 @@ def _columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """The numeric columns summaries read, as numpy arrays: summaries run for every scope of
     every diagnosis (hundreds at paper scale), and pandas indexing per scope dominated."""
     a = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
-         for c in (*METRICS, "numel", "n_changed", "n_princ_changed", "n_low_changed") if c in df.columns}
+         for c in (*METRICS, "numel", "n_changed", *overlap_columns(df.columns)) if c in df.columns}
     a["angle_mean_deg"] = (a["angle_u_mean_deg"] + a["angle_v_mean_deg"]) / 2
     a["angle_max_deg"] = np.fmax(a["angle_u_max_deg"], a["angle_v_max_deg"])
     return a
@@ -108,14 +111,16 @@ def _summarize(a: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict
     for m in WEIGHTED:
         ok = np.isfinite(a[m])
         out[m] = float((numel[ok] * a[m][ok]).sum() / numel[ok].sum()) if ok.any() else math.nan
-    for name, col in (("princ_overlap_pooled", "n_princ_changed"), ("low_overlap_pooled", "n_low_changed")):
-        if col in a and "n_changed" in a:
-            changed = float(a["n_changed"].sum())
-            out[name] = float(a[col].sum()) / changed if changed else math.nan
-        else:
-            out[name] = math.nan
     for m in MEANS:
         out[m] = _finite_mean(a[m])
+    changed = float(a["n_changed"].sum()) if "n_changed" in a else math.nan
+    for alpha in alphas_of(a):
+        for column, count in OVERLAPS.items():
+            if at_alpha(column, alpha) in a:
+                out[at_alpha(column, alpha)] = _finite_mean(a[at_alpha(column, alpha)])
+            pooled = at_alpha(f"{column}_pooled", alpha)
+            out[pooled] = (float(a[at_alpha(count, alpha)].sum()) / changed
+                           if at_alpha(count, alpha) in a and changed else math.nan)
     return out
 
 
@@ -138,6 +143,14 @@ def json_extras(path: Path, ours: dict) -> dict:
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     out = {}
+    emb = (summary.get("extra_tensors") or {}).get("embedding") or {}
+    if isinstance(emb.get("numel"), int) and emb["numel"] > 0 and math.isfinite(ours["bf16_sparsity"]):
+        # Table 1's "all analyzed weight parameters": the matrices and embed_tokens / lm_head
+        changed_emb = emb.get("n_changed")
+        if not isinstance(changed_emb, int):  # summaries before the count was written
+            changed_emb = round((1.0 - float(emb["bf16_sparsity"])) * emb["numel"])
+        changed = (1.0 - ours["bf16_sparsity"]) * ours["numel"] + changed_emb
+        out["bf16_sparsity_with_embeddings"] = 1.0 - changed / (ours["numel"] + emb["numel"])
     norms = summary.get("module_norms") or {}
     for g in NORM_GROUPS:
         if isinstance(norms.get(g), (int, float)):
@@ -197,8 +210,9 @@ def aggregate_diagnostics(results: str | Path, expected: list[Expected], errors:
             if scope == "all":
                 row.update(_tolerant(lambda p: json_extras(p, row), path.with_suffix(".json"), errors) or {})
             summaries.append(row)
-    summary_cols = list(KEYS) + ["scope", "n_matrices", "numel", *WEIGHTED, "princ_overlap_pooled",
-                                 "low_overlap_pooled", *MEANS] + [f"norm_{g}" for g in NORM_GROUPS]
+    per_alpha = list(dict.fromkeys(c for row in summaries for c in row if "@" in c))
+    summary_cols = (list(KEYS) + ["scope", "n_matrices", "numel", *WEIGHTED, "bf16_sparsity_with_embeddings",
+                                  *MEANS, *per_alpha] + [f"norm_{g}" for g in NORM_GROUPS])
     summary = pd.DataFrame(summaries).reindex(columns=summary_cols)
     matrices_df = (pd.concat(tables, ignore_index=True) if tables
                    else pd.DataFrame(columns=[*KEYS, *ID_COLUMNS, *METRICS[1:]]))

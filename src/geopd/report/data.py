@@ -10,6 +10,7 @@ read) under `results`; `stillness` says why a run is no evidence (it did not mov
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geopd.config import mask_alphas
+from geopd.diagnostics.columns import at_alpha
 from geopd.errors import UserError
 from geopd.io.jsonl import numbered_jsonl
-from geopd.paths import Layout
+from geopd.paths import Layout, samples_file
 from geopd.report import gridfile
 from geopd.report.aggregate import EVAL_COLUMNS, aggregate_diagnostics, aggregate_eval, warn
 from geopd.report.gridfile import EMPTY_GRID, read_grid
@@ -67,6 +70,7 @@ class ReportData:
     results: Path | None = None
     expected: list[gridfile.Expected] = field(init=False, repr=False)
     _still: dict[str, list[str]] = field(init=False, repr=False, default_factory=dict)
+    _scores: dict[tuple[str, str], pd.DataFrame] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self):
         self.grid = {**EMPTY_GRID, **(self.grid or {})}
@@ -169,9 +173,19 @@ class ReportData:
         return self.grid["diagnostics"].get("trajectory_matrices", "attention")
 
     @property
+    def mask_alphas(self) -> tuple[float, ...]:
+        """The update-mask fractions the diagnostics computed overlaps at (config order)."""
+        d = self.grid["diagnostics"]
+        return mask_alphas(d) if d.get("alpha") is not None else ()
+
+    @property
     def mask_alpha(self) -> float | None:
-        alpha = self.grid["diagnostics"].get("alpha")
-        return float(alpha) if alpha is not None else None
+        """The first of them: the reading Fig. 3, C7 and C8 use (the paper's 30% baseline)."""
+        return self.mask_alphas[0] if self.mask_alphas else None
+
+    def overlap_key(self, column: str, alpha: float | None = None) -> str:
+        """The summary column of an overlap at alpha (default: the first mask fraction)."""
+        return at_alpha(column, self.mask_alpha if alpha is None else alpha)
 
     @property
     def sim_k(self) -> int | None:
@@ -201,6 +215,39 @@ class ReportData:
         final = self.final_step(run)
         rows = rows[rows["step"] == final] if final is not None and not rows.empty else rows.iloc[0:0]
         return rows.iloc[0].to_dict() if len(rows) else None
+
+    def endpoint_matrix_rows(self, run: str) -> pd.DataFrame:
+        """Per-matrix rows of the run's final checkpoint on the endpoint matrix set."""
+        m, final = self.matrices, self.final_step(run)
+        if m.empty or final is None:
+            return m.iloc[0:0]
+        return m[(m["kind"] == "run") & (m["run"] == run) & (m["step"] == final)
+                 & (m["matrices"] == self.endpoint_matrices)]
+
+    def representative_layer(self, run: str) -> int | None:
+        """The layer the paper's "representative layer" figures stand for: the config's
+        `diagnostics.representative_layer`, else the middle one (L // 2 of the run's L
+        diagnosed layers; the paper's text does not say which layer it shows)."""
+        layer = self.grid["diagnostics"].get("representative_layer")
+        if layer is not None:
+            return int(layer)
+        layers = pd.to_numeric(self.endpoint_matrix_rows(run)["layer"], errors="coerce").dropna()
+        return int(layers.max() + 1) // 2 if len(layers) else None
+
+    def layer_mean(self, run: str, layer: int | None, column: str) -> float:
+        """Unweighted mean of a per-matrix metric over one layer's matrices at the endpoint
+        ("angle_mean_deg": the mean of the left and right mean angles, as the summary has it)."""
+        rows = self.endpoint_matrix_rows(run)
+        if layer is None or rows.empty:
+            return math.nan
+        rows = rows[pd.to_numeric(rows["layer"], errors="coerce") == layer]
+        if column == "angle_mean_deg":
+            v = (pd.to_numeric(rows["angle_u_mean_deg"], errors="coerce")
+                 + pd.to_numeric(rows["angle_v_mean_deg"], errors="coerce")) / 2
+        else:
+            v = pd.to_numeric(rows[column], errors="coerce") if column in rows.columns else pd.Series(dtype=float)
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if len(v) else math.nan
 
     def reference(self, pair: str, scope: str = "all") -> dict | None:
         rows = self.summary
@@ -233,6 +280,13 @@ class ReportData:
 
     def benchmarks(self, run: str) -> list[str]:
         return list(self.runs.get(run, {}).get("eval") or [])
+
+    def eval_steps(self, run: str, bench: str) -> list[int]:
+        """The steps at which the grid evaluates `bench` on `run` (checkpoints, and `eval_at`)."""
+        at = (self.runs.get(run, {}).get("eval_steps") or {}).get(bench)
+        if at is None:
+            return self.checkpoints(run) if bench in self.benchmarks(run) else []
+        return [int(s) for s in at]
 
     def primary_metric(self, bench: str) -> str | None:
         """avg@k where the benchmark has one (the papers' headline figure), else pass@1."""
@@ -274,6 +328,33 @@ class ReportData:
         rows = a[(a["subject"] == subject) & (a["kind"] == kind) & (a["benchmark"] == bench)]
         return rows[rows["step"].isna()] if step is None else rows[rows["step"] == step]
 
+    def problem_scores(self, run: str, bench: str) -> pd.DataFrame:
+        """Per-problem accuracy (mean correctness of its samples) of each evaluated step of a run:
+        problems x steps, from the evaluations' per-sample files (`<bench>.samples.jsonl` beside
+        each expected `<bench>.json`). Empty without a results tree; a step whose file is
+        missing or unreadable is left out. Cached: the table, a figure and a claim ask."""
+        if (run, bench) not in self._scores:
+            self._scores[run, bench] = self._problem_scores(run, bench)
+        return self._scores[run, bench]
+
+    def _problem_scores(self, run: str, bench: str) -> pd.DataFrame:
+        if self.results is None:
+            return pd.DataFrame()
+        columns = {}
+        for e in self.expected:
+            if e.kind != "eval" or e.subject != run or e.detail != bench or e.step is None:
+                continue
+            path = self.results / samples_file(e.file)
+            try:
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                hits = pd.DataFrame({"id": [str(r["id"]) for r in rows],
+                                     "correct": [float(bool(r["correct"])) for r in rows]})
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if len(hits):
+                columns[e.step] = hits.groupby("id", sort=True)["correct"].mean()
+        return pd.DataFrame(columns).sort_index(axis=1) if columns else pd.DataFrame()
+
     def model_accuracy(self, model: str, bench: str, metric: str | None = None) -> float | None:
         rows = self._acc(model, "model", bench, metric)
         return float(rows["value"].iloc[0]) if len(rows) else None
@@ -299,6 +380,53 @@ class ReportData:
         if run not in self._still:
             self._still[run] = self._stillness(run)
         return self._still[run]
+
+    def no_reward_signal(self, run: str) -> list[str]:
+        """Why an alpha-mix run is no evidence for the mix: its task reward never varied within
+        a group (every reward 0 on random models), so its RLVR advantage was 0 at every step and
+        it trained as a scaled OPD run (Adam turns that into OPD's update). From the training
+        log: `reward_varied_samples` 0 at every step, or (logs without it) the mean reward 0 at
+        every step, or 1 at every step. Empty for other methods, or when the log cannot say."""
+        if self.runs.get(run, {}).get("method") != "mix":
+            return []
+        log = self.metrics.get(run)
+        if log is None or log.empty:
+            return []
+        name = next((e.file for e in self.expected if e.subject == run and e.kind == "metrics"),
+                    RELATIVE.metrics_file(run))
+        if "reward_varied_samples" in log.columns:
+            if _all_zero(log, "reward_varied_samples"):
+                return [f"its reward never varied within a group in {len(log)} logged steps ({name}: "
+                        f"reward_varied_samples = 0): the mix's RLVR term was 0, it trained as scaled OPD"]
+            return []
+        for value in (0.0, 1.0):
+            if _all_at(log, "reward", value):
+                return [f"every reward was {value:g} in {len(log)} logged steps ({name}): the mix's RLVR "
+                        f"term was 0, it trained as scaled OPD"]
+        return []
+
+    def no_teacher_signal(self, run: str) -> list[str]:
+        """Why a run distilled from a teacher is no evidence of what distillation does: its
+        teacher is no stronger than the run's anchor (its init) on any benchmark where both
+        were evaluated (random fixture models all score 0), so there was nothing to distill and
+        the run's geometry is that of matching one random model to another. Empty when the
+        teacher is stronger somewhere, for runs without a teacher, or when no benchmark says."""
+        teacher = self.runs.get(run, {}).get("teacher")
+        if not teacher:
+            return []
+        pairs = []
+        for bench in self.benchmarks(run):
+            t_acc = self.model_accuracy(teacher, bench)
+            anchor = self.origin_accuracy(run, bench)
+            if t_acc is None or not math.isfinite(t_acc) or anchor is None:
+                continue
+            if t_acc > anchor[0]:
+                return []
+            pairs.append(f"{bench} {self.primary_metric(bench) or 'accuracy'} {t_acc:.3f} vs "
+                         f"{anchor[1]} {anchor[0]:.3f}")
+        if not pairs:
+            return []
+        return [f"its teacher {teacher} is no stronger than its anchor ({'; '.join(pairs)}): nothing to distill"]
 
     def _stillness(self, run: str) -> list[str]:
         files = {(e.kind, e.step, e.detail): e.file for e in self.expected if e.subject == run}

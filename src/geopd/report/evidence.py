@@ -7,8 +7,12 @@ Two things void a number, and both are named rather than skipped:
   but cannot be read;
 - a run that did not move (ReportData.stillness): it made no optimizer update (metrics.jsonl:
   updates = 0 at every step), its gradient was zero at every step, or its weights did not
-  change (the diagnosis of its final checkpoint: bf16 sparsity 100%, or dW = 0); and an
-  accuracy that is undefined (not evaluated, NaN, zero problems).
+  change (the diagnosis of its final checkpoint: bf16 sparsity 100%, or dW = 0); an alpha-mix
+  run whose reward never varied (ReportData.no_reward_signal: its RLVR term was 0, so it is no
+  evidence for the mix); a distilled run whose teacher scored no higher than its anchor on
+  every benchmark both were evaluated on (ReportData.no_teacher_signal: nothing to distill, as
+  on the fixture's random models); and an accuracy that is undefined (not evaluated, NaN, zero
+  problems).
 
 A claim lists the evidence it uses (`Use`); `problems` says what of it is missing or void,
 and the claim is then "insufficient data" with those reasons, never "yes" or "no".
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from geopd.report.data import ReportData
-from geopd.report.gridfile import MISSING, STILL, UNDEFINED, Expected, missing_row
+from geopd.report.gridfile import MISSING, NO_SIGNAL, NO_TEACHER, STILL, UNDEFINED, Expected, missing_row
 
 MISSING_COLUMNS = ["problem", "kind", "subject", "step", "detail", "file", "why", "claims"]
 
@@ -104,6 +108,10 @@ def problems(data: ReportData, uses: list[Use]) -> list[str]:
     for run in dict.fromkeys(u.run for u in uses):
         if data.stillness(run):
             out.append(f"{run} did not move: " + "; ".join(data.stillness(run)))
+        if data.no_reward_signal(run):
+            out.append(f"{run} is no evidence for the mix: " + "; ".join(data.no_reward_signal(run)))
+        if data.no_teacher_signal(run):
+            out.append(f"{run} is no evidence of distillation: " + "; ".join(data.no_teacher_signal(run)))
     for use in uses:
         gone = [missing[e.file] for e in needed(data, use) if e.file in missing]
         if gone:
@@ -124,10 +132,12 @@ def missing_frame(data: ReportData, claim_uses: dict[str, list[Use]] | None = No
     needs = {cid: {e.file for u in uses for e in needed(data, u)} for cid, uses in claim_uses.items()}
     rows = [dict(m) for m in data.missing]
     for run in data.runs:
-        for why in data.stillness(run):
-            rows.append({"problem": STILL, "kind": "run", "subject": run, "step": None, "detail": None,
-                         "file": None, "why": why,
-                         "claims": ", ".join(c for c, uses in claim_uses.items() if any(u.run == run for u in uses))})
+        for problem, whys in ((STILL, data.stillness(run)), (NO_SIGNAL, data.no_reward_signal(run)),
+                              (NO_TEACHER, data.no_teacher_signal(run))):
+            for why in whys:
+                rows.append({"problem": problem, "kind": "run", "subject": run, "step": None, "detail": None,
+                             "file": None, "why": why, "claims": ", ".join(
+                                 c for c, uses in claim_uses.items() if any(u.run == run for u in uses))})
     missing = {m["file"] for m in data.missing}
     for e in data.expected:
         if e.kind != "eval" or e.file in missing:
@@ -160,4 +170,14 @@ def notes(data: ReportData, kinds: tuple[str, ...], runs: list[str] | None = Non
     if still:
         out.append("**Runs that did not move** (no evidence for any claim): "
                    + "; ".join(f"{r}: {'; '.join(why)}" for r, why in still) + ".")
+    flat = [(r, data.no_reward_signal(r)) for r in (runs if runs is not None else list(data.runs))
+            if data.no_reward_signal(r)]
+    if flat:
+        out.append("**Mix runs whose reward never varied** (no evidence for the mix): "
+                   + "; ".join(f"{r}: {'; '.join(why)}" for r, why in flat) + ".")
+    weak = [(r, data.no_teacher_signal(r)) for r in (runs if runs is not None else list(data.runs))
+            if data.no_teacher_signal(r)]
+    if weak:
+        out.append("**Runs whose teacher was no stronger than their anchor** (no evidence of distillation): "
+                   + "; ".join(f"{r}: {'; '.join(why)}" for r, why in weak) + ".")
     return out

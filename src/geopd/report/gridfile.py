@@ -24,6 +24,8 @@ EMPTY_GRID = {"name": "", "runs": {}, "benchmarks": {}, "teachers": {}, "referen
 # Problems, as missing.csv names them.
 MISSING, UNREADABLE, STILL, UNDEFINED = ("missing input", "unreadable input", "did not move",
                                          "accuracy undefined")
+NO_SIGNAL = "reward never varied"   # an alpha-mix run that trained as scaled OPD
+NO_TEACHER = "teacher no stronger"  # a distilled run whose teacher scored no higher than its anchor
 KINDS = ("diagnostics", "similarity", "reference", "eval", "metrics")
 
 

@@ -5,7 +5,7 @@ the cost model (geopd.costmodel, `geopd plan`) sizes the same steps with them.
 
 An on-policy step is one rollout batch of prompts x samples, trained in `num_updates` optimizer
 updates of `global_batch_size` samples each, as slime and verl count them; `update_of_samples`
-says which samples go to which update. Each update (or SFT step) runs as micro-batches: with a
+says which samples go to which update (contiguous blocks, as slime, or interleaved). Each update (or SFT step) runs as micro-batches: with a
 token budget (engine.micro_batch_tokens) as many as the budget needs, without one SFT_BUCKETS
 length buckets per SFT step and one micro-batch per RL update (`micro_batch_plan`); the actual
 cut of a padded batch is geopd.engines.logprobs.plan_micro_batches.
@@ -35,14 +35,40 @@ def num_updates(samples: int, global_batch_size: int) -> int:
     return max(1, rollout_split(samples, global_batch_size)[0])
 
 
-def update_of_samples(counts: list[int], rank: int, updates: int) -> list[int]:
-    """Update index of each of this rank's samples. Sample g of the rollout batch (rank-major,
-    i.e. the step's prompt order with each prompt's samples together) trains in update g mod U:
-    every update holds N // U or N // U + 1 samples, each rank contributes a near-equal share to
-    every update (no rank idles through an update), and the grouping does not depend on the
-    number of ranks. Advantages are computed before this split, over whole GRPO groups."""
-    offset = sum(counts[:rank])
-    return [(offset + i) % updates for i in range(counts[rank])]
+def update_of_samples(counts: list[int], rank: int, updates: int, split: str = "contiguous") -> list[int]:
+    """Update index of each of this rank's samples. The step's samples in their global order g
+    (rank-major: the step's prompt order, each prompt's samples together; geopd.train.data.shard
+    gives every rank a contiguous slice of the prompts) are cut into `updates` updates of
+    N // U or N // U + 1 samples, so none is dropped and the cut does not depend on the number
+    of ranks. Advantages are computed before this split, over whole GRPO groups.
+
+    - "contiguous" (slime: update u trains the u-th block of the step's samples, so a prompt's
+      samples train together; slime's blocks are exactly global_batch_size samples and drops a
+      remainder, here the first N % U blocks take one sample more): the first N % U updates
+      hold N // U + 1 consecutive samples, the others N // U;
+    - "interleaved": sample g trains in update g mod U (a prompt's samples spread over updates,
+      every rank contributes a near-equal share to every update).
+    """
+    offset, total = sum(counts[:rank]), sum(counts)
+    if split == "interleaved":
+        return [(offset + i) % updates for i in range(counts[rank])]
+    if split != "contiguous":
+        raise UserError(f"rollout.update_split must be contiguous or interleaved, got {split!r}")
+    size, extra = divmod(total, updates)
+    big = extra * (size + 1)  # samples in the first `extra` blocks, one larger than the rest
+
+    def block(g: int) -> int:
+        return g // (size + 1) if g < big else extra + (g - big) // max(size, 1)
+
+    return [block(offset + i) for i in range(counts[rank])]
+
+
+def groups_taken(counts: list[int], rank: int, room: int) -> int:
+    """Dynamic sampling (geopd.train.loop): how many of this rank's informative groups of a round
+    join the step, when rank r found counts[r] and `room` are still wanted: the first `room` in
+    the round's global order (rank-major, the prompts' order), so the groups kept do not depend
+    on the number of ranks."""
+    return max(0, min(counts[rank], room - sum(counts[:rank])))
 
 
 def micro_batch_plan(engine: Engine, method: str) -> tuple[int | None, int | None]:

@@ -5,8 +5,9 @@ As the authors' code does it:
 - direction dW = theta_t - theta_base in fp32, theta_base = the initial student for the first
   search and afterwards the parameters accepted by the previous search;
 - candidates theta_t + (factor_step * i) * dW for i = 1..candidates, tried in order, each scored
-  on a fixed validation set (50 training prompts, one sample each at the rollout temperature,
-  mean binary accuracy); theta_t's own score is the first best; a candidate is kept only if it
+  on a fixed validation set (`validation_prompts` training prompts, the paper's 50; one sample
+  each at the rollout temperature, mean binary accuracy, so the score moves in steps of
+  1 / validation_prompts); theta_t's own score is the first best; a candidate is kept only if it
   scores strictly higher than the best so far; at the first one that does not, the best is
   restored and the search stops;
 - only attention and MLP parameters move (embeddings, lm_head and the layer/final norms do not);
@@ -110,6 +111,10 @@ def make_extrapolator(trainer) -> Extrapolator:
     if r.off_policy:
         raise UserError(f"run {spec.run}: extrapolation scores the student's own samples; "
                         "it cannot run with rollout.source: teacher")
+    if ext.validation_prompts > len(trainer.records):
+        # A smaller set than configured would score in coarser steps than the config states.
+        raise UserError(f"run {spec.run}: extrapolation.validation_prompts {ext.validation_prompts} > the "
+                        f"{len(trainer.records)} prompts of its training data")
     val = validation_set(trainer.records, ext.validation_prompts, spec.seed)
     local = shard(val, trainer.dist.rank, trainer.dist.world)
     prompts = [format_prompt(trainer.tokenizer, rec["prompt"]) for rec in local]

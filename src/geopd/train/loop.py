@@ -6,7 +6,8 @@ step is one optimizer update for SFT, and one rollout batch (split into updates 
 Objectives come from geopd.train.objectives, chosen by name. As torchtitan's trainer, `fit()` is
 a short loop of calls; the processes and sharding live in geopd.train.distributed, how steps
 are cut into updates and micro-batches in geopd.train.batching, and the training state across
-jobs (resume, continue, kept states) in geopd.train.resume.
+jobs (resume, continue, kept states) in geopd.train.resume, and what the run shows while it trains
+(TensorBoard, W&B, progress lines, the progress file) in geopd.train.tracking.
 
 Fault tolerance: the full state is written to `state_dir` at each checkpoint step, every
 `state_every_min` minutes of wall clock (geopd.spec.STATE_EVERY_MIN: a node failure loses at most
@@ -35,22 +36,24 @@ import torch
 from geopd.engines import models
 from geopd.engines.chat import encode_sft, format_prompt
 from geopd.engines.logprobs import dummy_inputs, plan_micro_batches, token_stats
-from geopd.engines.rollout import VLLMRollout, make_rollout_engine, sequence_logprobs
+from geopd.engines.rollout import (VLLMRollout, concat_rollouts, make_rollout_engine, pad_id, select_groups,
+                                   sequence_logprobs)
 from geopd.engines import teacher as teachers
 from geopd.engines.ranks import on_rank0
 from geopd.engines.vllm_engine import check_colocation
 from geopd.errors import UserError
 from geopd.io.publish import verify_checkpoint
 from geopd.io.tensors import Checkpoint, read_tensor
-from geopd.spec import STATE_EVERY_MIN, Optim, RunSpec
+from geopd.spec import STATE_EVERY_MIN, Optim, RunSpec, Tracking
 from geopd.train import objectives as obj
 from geopd.train import resume
 from geopd.train import signals
-from geopd.train.batching import micro_batch_plan, num_updates, update_of_samples
+from geopd.train.batching import groups_taken, micro_batch_plan, num_updates, update_of_samples
 from geopd.train.data import JsonlRecords, RecordStream, build_index, shard
 from geopd.train.distributed import Dist, shard_model
 from geopd.train.effopd import make_extrapolator
 from geopd.train.rewards import reward
+from geopd.train.tracking import Tracker
 
 
 # ---- schedules and optimizer ---------------------------------------------------------------
@@ -100,9 +103,11 @@ class Stop(Exception):
 
 class Trainer:
     def __init__(self, spec: RunSpec | dict, *, model=None, tokenizer=None, threads: int | None = None,
-                 progress: bool = True, state_every_min: float = STATE_EVERY_MIN):
+                 progress: bool = True, state_every_min: float = STATE_EVERY_MIN,
+                 tracking: Tracking | dict | None = None):
         spec = self.spec = RunSpec.from_dict(spec)
         self.state_every_s = state_every_min * 60
+        self.tracking = Tracking.from_dict(tracking)  # TensorBoard, W&B, progress (geopd.train.tracking)
         self.method = spec.method
         self.engine = spec.engine
         self.dist = Dist.setup(spec.device, group=self.engine.mixed_precision)
@@ -280,7 +285,8 @@ class Trainer:
         return {"loss": self.dist.all_sum(loss_sum) / n_global, "grad_norm": grad_norm, "tokens": n_global}
 
     def _rewards(self, records: list[dict], texts: list[str]) -> torch.Tensor:
-        return torch.tensor([reward(rec, text) for rec, text in zip(records, texts)], dtype=torch.float32)
+        grader = self.spec.objective.reward
+        return torch.tensor([reward(rec, text, grader) for rec, text in zip(records, texts)], dtype=torch.float32)
 
     reward_seen: bool | None = None  # a non-zero task reward in some step so far; None: not read yet
 
@@ -310,25 +316,73 @@ class Trainer:
                 f"together, and {self.method} would train on nothing. Check the data's answer format, or set "
                 f"objective.zero_reward_patience: 0 to train anyway (last complete state: {self.state_dir})")
 
+    def _sample(self, records: list[dict], seed: int):
+        """Every rank calls the engine, also with an empty share of the prompts (more ranks than
+        prompts): an engine's tensor-parallel group may span ranks. It returns no samples then."""
+        r = self.spec.rollout
+        prompts = [format_prompt(self.tokenizer, rec["prompt"]) for rec in records]
+        return self.rollout.generate(prompts, r.samples, temperature=r.temperature, top_p=r.top_p,
+                                     max_new_tokens=r.max_new_tokens, seed=seed)
+
     def rl_step(self) -> dict:
         r = self.spec.rollout
-        records = shard(self.stream.next(r.prompts_per_step), self.dist.rank, self.dist.world)
-        prompts = [format_prompt(self.tokenizer, rec["prompt"]) for rec in records]
         if not r.off_policy:  # an engine with its own copy (vLLM, replicas) needs the update
             self.rollout.sync_weights(self.model)
         seed = (self.spec.seed * 1_000_003 + self.step) * 64 + self.dist.rank
         t0 = time.perf_counter()
-        # Every rank calls the engine, also with an empty share of the prompts (more ranks than
-        # prompts): an engine's tensor-parallel group may span ranks. It returns no samples then.
-        ro = self.rollout.generate(prompts, r.samples, temperature=r.temperature, top_p=r.top_p,
-                                   max_new_tokens=r.max_new_tokens, seed=seed)
+        if r.dynamic_sampling is None:
+            records = shard(self.stream.next(r.prompts_per_step), self.dist.rank, self.dist.world)
+            ro, rewards, info = self._sample(records, seed), None, {}
+        else:
+            records, ro, rewards, info = self._dynamic_sampling(seed)
         self.rollout.sleep()  # engine interface: frees a colocated vLLM engine's GPU memory
         t_gen = time.perf_counter() - t0
-        return {**self.train_on(ro, records, seed), "gen_s": t_gen}
+        return {**self.train_on(ro, records, seed, rewards=rewards), **info, "gen_s": t_gen}
 
-    def train_on(self, ro, records: list[dict], seed: int) -> dict:
+    def _dynamic_sampling(self, seed: int):
+        """DAPO's dynamic sampling as slime runs it (rollout.dynamic_sampling): sample rounds of
+        `prompts_per_round` prompts, drop every group whose rewards all agree, until the step
+        holds `prompts_per_step` informative groups (the first ones in the draw order: round,
+        then the prompts' order; surplus groups of the last round are discarded, as slime's are)
+        or `max_rounds` rounds are spent (the step then trains on the groups it has).
+
+        Returns (this rank's records, its rollouts and rewards of the kept groups, metrics): the
+        reward metric is over every sample drawn (the policy's accuracy), `reward_trained` over
+        the kept ones."""
+        r = self.spec.rollout
+        n, target, rank = r.samples, r.prompts_per_step, self.dist.rank
+        kept_records, parts, kept_rewards, drawn = [], [], [], []
+        total = rounds = 0
+        while total < target and rounds < r.dynamic_sampling.max_rounds:
+            records = shard(self.stream.next(r.prompts_per_round), rank, self.dist.world)
+            # round 0 samples with the step's seed, as without dynamic sampling; later rounds apart
+            ro = self._sample(records, seed + rounds * 2 ** 40)
+            rounds += 1
+            rewards = self._rewards([records[i] for i in ro.prompt_index], ro.texts)
+            drawn.append(rewards)
+            informative = obj.nonzero_variance_groups(rewards, n)[::n] if len(rewards) else torch.zeros(0, dtype=torch.bool)
+            counts = self.dist.all_gather_int(int(informative.sum()))
+            room = target - total
+            groups = informative.nonzero().squeeze(1).tolist()[:groups_taken(counts, rank, room)]
+            if groups:
+                parts.append(select_groups(ro, groups))
+                kept_records += [records[g] for g in groups]
+                kept_rewards.append(rewards.reshape(-1, n)[groups].reshape(-1))
+            total += min(room, sum(counts))
+        drawn = torch.cat(drawn)
+        self._check_rewards(drawn)
+        ro = concat_rollouts(parts, n, pad_id(self.tokenizer))
+        kept = torch.cat(kept_rewards) if kept_rewards else torch.zeros(0)
+        samples = self.dist.all_sum(float(len(drawn)))
+        info = {"sampling_rounds": rounds, "groups_kept": total, "groups_drawn": int(samples) // n,
+                "reward": self.dist.all_sum(float(drawn.sum())) / max(samples, 1.0),
+                "reward_trained": self.dist.all_sum(float(kept.sum())) / max(self.dist.all_sum(float(len(kept))), 1.0)}
+        return kept_records, ro, kept, info
+
+    def train_on(self, ro, records: list[dict], seed: int, rewards: torch.Tensor | None = None) -> dict:
         """Score this rank's rollouts (`records[i]` is the prompt of group i), compute the
-        advantages over the whole batch, and take the step's policy updates."""
+        advantages over the whole batch, and take the step's policy updates. `rewards`: the
+        samples' task rewards when the caller has graded them (dynamic sampling)."""
         r, o = self.spec.rollout, self.spec.objective
         n, temperature = r.samples, r.temperature
         seq, attn = ro.sequences, ro.attention_mask
@@ -344,8 +398,8 @@ class Trainer:
             teacher_logp = self.teacher.score(ro)[:, 1:] if self.teacher is not None else None
             if self.teacher is not None:
                 self.teacher.sleep()
-        rewards = self._rewards(sample_records, ro.texts) if self.spec.rewarded else None
-        if rewards is not None:
+        if self.spec.rewarded and rewards is None:
+            rewards = self._rewards(sample_records, ro.texts)
             self._check_rewards(rewards)
 
         inputs = {"mask": mask, "student_logp": student_logp, "teacher_logp": teacher_logp,
@@ -363,6 +417,9 @@ class Trainer:
             out["kl_k3"] = self.dist.all_sum(float(kl["k3"]) * float(mask.sum())) / max(valid, 1.0)
         if rewards is not None:
             out["reward"] = self.dist.all_sum(float(rewards.sum())) / max(samples, 1.0)
+            # Samples whose group's rewards differ: the only ones a GRPO advantage is non-zero for
+            # (0 at every step: a mix run was a scaled OPD run; geopd.report.evidence).
+            out["reward_varied_samples"] = self.dist.all_sum(float(obj.nonzero_variance_groups(rewards, n).sum()))
         return out
 
     def _policy_updates(self, seq, attn, kept, old_logp, adv) -> dict:
@@ -370,15 +427,20 @@ class Trainer:
         each; see geopd.train.batching). `kept` [N, L-1] marks the tokens that train.
 
         Each update is normalised by its own samples, counted over every rank, as verl/DAPO do:
-        token-mean over their kept tokens; seq-mean-token-mean averages per-sequence token means
-        over their sequences with any kept token. Micro-batches sum their share of that, so the
-        result does not depend on how the samples fall onto ranks and micro-batches."""
+        token-mean over their kept tokens (slime's --calculate-per-token-loss); seq-mean-token-mean
+        averages per-sequence token means over their sequences with any kept token. That is
+        slime's default per-sample loss (each sample's token mean, summed, over the update's
+        sample count: get_sum_of_sample_mean and loss_function in slime/backends/megatron_utils),
+        exactly, since every sample that trains has a response token (an EOS at least) and a
+        group the zero-variance filter drops is not in slime's update either. Micro-batches sum
+        their share of that, so the result does not depend on how the samples fall onto ranks and
+        micro-batches. Which samples form which update: rollout.update_split."""
         r, o = self.spec.rollout, self.spec.objective
         token_mean = o.aggregation == "token-mean"
         counts = self.dist.all_gather_int(seq.shape[0])
         total_samples = sum(counts)
         updates = num_updates(total_samples, total_samples if r.global_batch_size is None else r.global_batch_size)
-        which = torch.tensor(update_of_samples(counts, self.dist.rank, updates), dtype=torch.long)
+        which = torch.tensor(update_of_samples(counts, self.dist.rank, updates, r.update_split), dtype=torch.long)
         token_kept = torch.nn.functional.pad(kept, (1, 0)) > 0  # aligned with the tokens
         has_tokens = kept.sum(1) > 0
         dev, world = self.dist.device, self.dist.world
@@ -464,7 +526,7 @@ class Trainer:
             self._on_signal(signum, None)
         signals.early.clear()
         self._last_state = time.monotonic()
-        bar = self._progress_bar()
+        tracker = Tracker(self)
         try:
             while self.step < spec.steps:
                 _inject_fault("GEOPD_FAULT_SIGTERM_AT_STEP", self.step + 1, signal.SIGTERM)
@@ -475,6 +537,7 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 row = self.log(row, t0, self.after_update())
+                tracker.log(row)
                 _inject_fault("GEOPD_FAULT_KILL_AT_STEP", self.step, signal.SIGKILL)
                 save, stop = self._after_step()
                 if self.step in spec.checkpoints:
@@ -482,24 +545,12 @@ class Trainer:
                 if self.step in spec.checkpoints or save:
                     resume.save_state(self)
                     self._last_state = time.monotonic()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "mean_r_t") if k in row})
                 if stop and self.step < spec.steps:
                     raise Stop()
         finally:
-            if bar is not None:
-                bar.close()
+            tracker.close(self.step, finished=self.step >= spec.steps)
             for s, h in handlers.items():
                 signal.signal(s, h)
-
-    def _progress_bar(self):
-        if not self.progress:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.spec.steps, initial=self.step, desc=self.spec.run, unit="step",
-                    dynamic_ncols=True, mininterval=1.0)
 
     def publish(self, out_dir: str | Path, metrics_out: str | Path) -> None:
         """Move the finished exports onto the rule's outputs, then drop the resume state."""
@@ -533,8 +584,9 @@ def _slow_down(variable: str) -> None:
 
 
 def train(spec: RunSpec | dict, out_dir, metrics_out, *, threads: int | None = None, model=None, tokenizer=None,
-          progress: bool = True, state_every_min: float = STATE_EVERY_MIN) -> None:
+          progress: bool = True, state_every_min: float = STATE_EVERY_MIN,
+          tracking: Tracking | dict | None = None) -> None:
     trainer = Trainer(spec, model=model, tokenizer=tokenizer, threads=threads, progress=progress,
-                      state_every_min=state_every_min)
+                      state_every_min=state_every_min, tracking=tracking)
     trainer.fit()
     trainer.publish(out_dir, metrics_out)

@@ -80,6 +80,8 @@ def grpo_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6, scale_s
     if group_size < 2:
         raise ValueError(f"GRPO needs at least 2 samples per prompt, got group_size={group_size}")
     g = _groups(rewards.float(), group_size)
+    if not g.numel():  # no samples (a rank without a share, a step whose groups were all dropped)
+        return rewards.float()
     centered = g - g.mean(dim=1, keepdim=True)
     if scale_std:
         centered = centered / (g.std(dim=1, keepdim=True) + eps)

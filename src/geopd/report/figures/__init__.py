@@ -17,6 +17,7 @@ FIGURES = {
     "fig4_trajectories": trajectories.draw,
     "fig5_sim16": similarity.draw,
     "fig6_projection": projection.draw,
+    "fig8_projection_benchmarks": projection.draw_benchmarks,
     "fig7_controls": controls.draw,
     "training_curves": training.draw,
     "effopd_accuracy": effopd.draw,

@@ -1,6 +1,6 @@
-"""EffOPD vs vanilla OPD: (a) accuracy per step of each EffOPD run and its vanilla OPD
-reference from the shared init, with the speedup threshold (tables.effopd_speedup) and the
-steps each needs to reach it; (b) the extrapolation searches from the training log:
+"""EffOPD vs vanilla OPD: (a) accuracy per evaluated step of each EffOPD run and its vanilla OPD
+reference from the shared init, with the speed-up threshold (vanilla OPD's final accuracy,
+tables.effopd_speedup) and the steps each needs to reach it; (b) the extrapolation searches from the training log:
 validation score before (factor 0) and after each search, with the accepted factor."""
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
                 row = speed[(speed["run"] == run) & (speed["benchmark"] == bench)]
                 if drawn and len(row) and np.isfinite(row["threshold"].iloc[0]):
                     r = row.iloc[0]
-                    ax.axhline(r["threshold"], color="0.3", ls=":", lw=0.9, label="threshold (90% of OPD gain)")
+                    ax.axhline(r["threshold"], color="0.3", ls=":", lw=0.9, label="threshold (OPD's final accuracy)")
                     for key, color in (("vanilla_steps", VAN), ("effopd_steps", EFF)):
                         if not pd.isna(r[key]):
                             ax.axvline(int(r[key]), color=color, ls="--", lw=0.8)

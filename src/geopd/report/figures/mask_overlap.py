@@ -1,6 +1,7 @@
 """Fig. 3: where bf16-visible updates land: update density, principal- and low-magnitude-mask
 overlap, per module type and overall, SFT vs OPD vs RLVR, with the random baseline alpha drawn
-and the paper's overall figures marked."""
+and the paper's overall figures marked. The overlaps are at the config's first mask fraction
+(`diagnostics.alpha`; the paper's Fig. 3 reading, 0.3): the update_masks table has every one."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,8 @@ def draw(data: ReportData, stem: str | Path) -> list[Path]:
             for i, role in enumerate(ROLES):
                 if role not in have:
                     continue
-                y = [100 * float(values[role][s].get(key, np.nan)) if values[role][s] else np.nan for s in scopes]
+                column = key if key == "update_density" or alpha is None else data.overlap_key(key)
+                y = [100 * float(values[role][s].get(column, np.nan)) if values[role][s] else np.nan for s in scopes]
                 ax.bar(x + (i - 1) * width, y, width, color=role_color(role), label=role_label(data, role))
                 if published and role in published:
                     ax.plot(x[0] + (i - 1) * width, published[role], marker="x", color="k", ms=5, ls="none",
