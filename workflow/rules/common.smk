@@ -18,7 +18,7 @@ from geopd.spec import spec_json
 from geopd.paths import Layout, samples_file, summary_file
 from geopd.plan import evaluation_spec
 from geopd.report.gridfile import input_files, write_grid
-from geopd.workflow import Unversioned, snakemake_resources, threads_of
+from geopd.workflow import Unversioned, check_environments, geopd_commands, snakemake_resources, threads_of
 
 
 try:
@@ -27,12 +27,18 @@ except WorkflowError as exc:
     # Snakemake's message does not name the key or the file; ours does.
     raise WorkflowError(explain(config, workflow.configfiles) or str(exc))
 
-# Rules call the `geopd` console script of the environment Snakemake itself runs in. Set, not
+# Rules call the `geopd` console script of the environment Snakemake itself runs in (those of the
+# jobs that request GPUs name the GPU environment's by path: GEOPD below). Set, not
 # read: the envvars directive the linter suggests asserts variables the user must define.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 G = Grid(config, workflow.configfiles)
 R = str(G.results)
+# The `geopd` run by the jobs of each class of rules that may use GPUs: the GPU environment's
+# (environments.gpu) where its jobs request GPUs, else the one above. A resource of those rules
+# (`{resources.geopd}`), so `snakemake -n -p` shows the path while neither the rules' code nor
+# their params, rerun triggers, change with it.
+GEOPD = geopd_commands(G, workflow.basedir)
 # Every path under R, for the rules' patterns too: L.checkpoints_dir("{run}") is the pattern
 # results/runs/{run}/checkpoints (geopd.paths, which the grid and the report use).
 L = Layout(G.results)
@@ -53,8 +59,13 @@ wildcard_constraints:
 
 
 def res(name):
-    """Resources of a rule from the config (Slurm partition, GPUs, nodes, runtime, memory)."""
-    return snakemake_resources(G, name)
+    """Resources of a rule from the config (Slurm partition, GPUs, nodes, runtime, memory), and for
+    the rules that may use GPUs the `geopd` their jobs run."""
+    out = snakemake_resources(G, name)
+    cls = G.RESOURCE_CLASS.get(name, name)
+    if cls in GEOPD:
+        out["geopd"] = GEOPD[cls]
+    return out
 
 
 def threads(name):
