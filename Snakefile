@@ -23,6 +23,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/hooks.smk"
 
 
 rule all:

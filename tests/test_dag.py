@@ -67,25 +67,60 @@ def test_job_grouping_matches_planner_and_keeps_the_work(repo, tmp_path, groupin
         assert counts["similarity"] == len(grid.similarity_runs())
 
 
+def grouped_and_per_checkpoint(repo, tmp_path, files, workdir=None):
+    """Dry runs of `files` (grouped per run) and of `files` + job_grouping checkpoint (one job per
+    checkpoint, what --profile slurm submits by default): the per-checkpoint commands inside the
+    grouped jobs' batches and outside, the per-checkpoint jobs' commands, and both job counts."""
+    override = tmp_path / "checkpoint.yaml"
+    override.write_text('job_grouping: {evaluate: checkpoint, diagnose: checkpoint}\n')
+    shell, counts = {}, {}
+    for name, configs in (("run", files), ("checkpoint", [*files, override])):
+        out = subprocess.run([SNAKEMAKE, "-n", "-p", "-s", str(repo / "Snakefile"), "-d", str(workdir or tmp_path / name),
+                              "--configfile", *map(str, configs)], cwd=repo, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        text = out.stdout + out.stderr
+        shell[name] = [shlex.split(line.removeprefix("Shell command: ").split(" 2> ")[0])
+                       for line in text.splitlines() if line.startswith("Shell command: geopd ")]
+        counts[name] = job_counts(text)
+    per_checkpoint = {tuple(c[1:]) for c in shell["checkpoint"] if c[1] in ("evaluate", "diagnose", "similarity")}
+    batched = {tuple(c) for cmd in shell["run"] if cmd[1] == "batch" for c in json.loads(cmd[3])}
+    # the models' evaluations and the reference pairs' diagnoses stay single jobs
+    batched |= {tuple(c[1:]) for c in shell["run"] if c[1] in ("evaluate", "diagnose", "similarity")}
+    return batched, per_checkpoint, counts
+
+
 def test_grouped_jobs_run_the_per_checkpoint_commands(repo, tmp_path):
     """A per-run job's commands are exactly the per-checkpoint jobs' commands (same files, seeds,
     benchmark specs), and the aggregate rules wait for the runs' folders."""
-    override = tmp_path / "checkpoint.yaml"
-    override.write_text('job_grouping: {evaluate: checkpoint, diagnose: checkpoint}\n')
-    shell = {}
-    for name, files in (("run", [repo / "config/config.yaml"]), ("checkpoint", [repo / "config/config.yaml", override])):
-        out = subprocess.run([SNAKEMAKE, "-n", "-p", "-s", str(repo / "Snakefile"), "-d", str(tmp_path / name),
-                              "--configfile", *map(str, files)], cwd=repo, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        shell[name] = [shlex.split(line.removeprefix("Shell command: ").split(" 2> ")[0])
-                       for line in (out.stdout + out.stderr).splitlines() if line.startswith("Shell command: geopd ")]
-    per_checkpoint = {tuple(c[1:]) for c in shell["checkpoint"] if c[1] in ("evaluate", "diagnose", "similarity")}
-    batched = {tuple(c) for cmd in shell["run"] if cmd[1] == "batch" for c in json.loads(cmd[3])}
-    batched |= {tuple(c[1:]) for c in shell["run"] if c[1] == "evaluate"}  # the models' evaluations stay single
+    batched, per_checkpoint, _ = grouped_and_per_checkpoint(repo, tmp_path, [repo / "config/config.yaml"])
     assert batched == per_checkpoint and len(batched) > 100
     grid = Grid.from_file(repo / "config/config.yaml")
     assert grid.grouping("evaluate") == grid.grouping("diagnose") == "run"
     assert all(Path(p).parent == grid.results / "eval" or "/models/" in p for p in grid.eval_inputs())
+
+
+def test_paper_fixture_grouped_and_per_checkpoint_dags_make_the_same_files(repo, tmp_path):
+    """The paper grid on the fixture runs grouped per run (tests/configs/paper-fixture.yaml; CI
+    runs all of it, tests/with_vllm/test_paper_fixture.py); the paper's GPU jobs are one per
+    checkpoint. Both DAGs run the same evaluate / diagnose / similarity commands (so write the
+    same files) and the same jobs of every other rule, through to tables, figures and claims, and
+    Snakemake agrees with the planner on each."""
+    from geopd.fixture import build
+
+    files = [repo / "config/paper.yaml", repo / "tests/configs/paper-fixture.yaml"]
+    workdir = tmp_path / "wd"
+    build(workdir / "results/paper-fixture/mirror")
+    batched, per_checkpoint, counts = grouped_and_per_checkpoint(repo, tmp_path, files, workdir=workdir)
+    assert batched == per_checkpoint and len(batched) > 200
+    grouping = {"evaluate", "evaluate_run", "diagnose", "diagnose_run", "similarity"}
+    assert {r: n for r, n in counts["run"].items() if r not in grouping} == \
+        {r: n for r, n in counts["checkpoint"].items() if r not in grouping}
+    assert {"tables", "figures", "claims", "aggregate_eval", "aggregate_diagnostics"} <= set(counts["run"])
+    assert "evaluate_run" in counts["run"] and "evaluate" not in counts["run"]
+    for name, configs in (("run", files), ("checkpoint", [*files, tmp_path / "checkpoint.yaml"])):
+        planned = summarize(build_jobs(Grid.from_files(configs)))["per_rule"]
+        planned.pop("prefetch")  # the fixture's mirror stands in for it
+        assert {r: n for r, n in counts[name].items() if r != "all"} == {r: row["jobs"] for r, row in planned.items()}
 
 
 def test_paper_dry_run_trains_every_spec_row(repo):

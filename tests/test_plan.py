@@ -17,7 +17,7 @@ from geopd.errors import UserError
 from geopd.grid import Grid
 from geopd.plan import (Shapes, Sizing, benchmark_problems, build_jobs, estimate_jobs, evaluation_spec, problems,
                         suggest_evaluate, suggest_train)
-from geopd.spec import Benchmark, Engine
+from geopd.spec import VLLM, Benchmark, Engine
 from geopd.train.batching import rollout_split
 
 PAPER = "config/paper.yaml"
@@ -174,6 +174,150 @@ def test_paper_plan_passes_with_memory_time_and_updates(repo, overlay, opd, rlvr
         assert "/" in line.split()[-1] or "GPU" in line or "node" in line, line
 
 
+# ---- the engine layout and the memory model as vLLM and PyTorch count (issue 22) ------------
+
+def test_gpu_memory_is_what_cuda_reports_and_vllm_takes_its_share_of_it():
+    # nvidia-smi: 81,559 MiB for an H100 80GB HBM3 (what torch.cuda.mem_get_info reports)
+    assert cm.gpu_memory_bytes({"gpu_memory_gb": 80}) == 81559 * 2**20
+    q8 = cm.Shape.from_entry({"arch": "qwen3", "hidden": 4096, "layers": 36, "heads": 32, "kv_heads": 8,
+                              "head_dim": 128, "intermediate": 12288, "vocab": 151936})
+    engine = cm._vllm(q8, VLLM(tensor_parallel=2, gpu_memory_utilization=0.3), cm.gpu_memory_bytes({"gpu_memory_gb": 80}))
+    assert engine.reserved == pytest.approx(0.3 * 81559 * 2**20)  # not 0.3 x 80e9 bytes
+    assert cm._vllm(q8, VLLM(), 80 * 2**30).utilization == 0.92  # vLLM 0.32's default, where none is set
+
+
+def test_pinned_sleep_copies_are_rounded_per_allocation_to_powers_of_two(paper):
+    q32 = Shapes(Grid(paper)).model("qwen3-32b")
+    tensors = cm.engine_weight_tensors(q32, 2, 2)
+    # every weight in bf16, split over tp 2 but the norms, which every rank holds whole
+    norms = q32.layers * (2 * q32.hidden + 2 * q32.head_dim) + q32.hidden
+    assert sum(tensors) == (q32.params() - norms) * 2 // 2 + norms * 2
+    # one decoder layer at tp 2: qkv_proj 50 MiB -> 64, o_proj 40 -> 64, gate_up_proj 250 -> 256,
+    # down_proj 125 -> 128 MiB pinned; embedding and lm_head 741.75 MiB each -> 1 GiB
+    layer = tensors[:6]
+    assert [t / 2**20 for t in layer[:2]] == [50, 40] and [t / 2**20 for t in layer[4:]] == [250, 125]
+    pinned = cm.pinned_sleep_bytes(q32, 2, 2)
+    assert pinned == 64 * 512 * 2**20 + 2 * 2**30 + 2 * 2**20  # + the norms in 2 MiB segments
+    assert pinned / (q32.params()) == pytest.approx(1.114, abs=0.001)  # 34.0 GiB for 30.5 GiB of weights
+    assert cm.pow2_ceil(487 * 10**6) == 2**29 and cm.pow2_ceil(2**20) == 2**20
+
+
+def _paper_estimates(paper) -> dict:
+    grid = Grid(paper)
+    jobs = build_jobs(grid)
+    estimates = estimate_jobs(grid, jobs)
+    return {e.subject: e for j, e in estimates.items() if jobs[j].rule == "train"}
+
+
+def test_paper_runs_have_one_sleep_mode_engine_and_shares_sized_by_the_plan(paper):
+    """The layout of README "vLLM": the teacher sleeps, the rollout engine is resident, RLVR's
+    alone sleeps at level 2; each share in config/paper.yaml is at most the plan's largest that
+    fits every phase, and within 0.1 of it (RLVR's engine was given 0.3 with 0.94 fitting)."""
+    grid = Grid(paper)
+    for name, est in _paper_estimates(paper).items():
+        run = grid.runs[name]
+        layout = est.info.get("engine layout (per trainer process)", "")
+        if run.method == "sft":
+            assert not layout
+            continue
+        assert layout.count(", sleep mode") == 1, (name, layout)
+        r, te = run.settings.rollout, run.settings.teacher_engine
+        blocks = {"rollout": r.vllm, "teacher": te.vllm}
+        for engine in ("rollout", "teacher"):
+            fits = est.info.get(f"{engine}_utilization_that_fits")
+            if fits is None:
+                continue
+            share = blocks[engine].gpu_memory_utilization
+            assert fits - 0.1 <= share <= fits, (name, engine, share, fits)
+        if run.teacher and not r.off_policy:
+            assert "teacher engine tp 2 at 0.45, sleep mode, level 1" in layout and "rollout engine tp 2 at 0.35, resident" in layout
+            assert "rollout engine (resident)" in est.phases["train"].terms
+            assert "teacher engine (asleep)" in est.phases["generation"].terms
+        elif run.method == "rlvr":
+            assert "sleep mode, level 2" in layout and "rollout engine (asleep)" in est.phases["train"].terms
+        else:  # off-policy: one engine, the teacher's
+            assert layout.count("engine tp") == 1 and "teacher engine tp 2 at 0.8, sleep mode, level 1" in layout
+        host = est.info["host memory (per node)"].terms
+        assert not any(k.startswith("rollout engine weights") for k in host)  # only a level-1 sleeper parks weights
+    est = _paper_estimates(paper)["opd-14b-t32b"]
+    host = est.info["host memory (per node)"]
+    assert host.terms["teacher engine weights, level-1 sleep (pinned, rounded to 2^k, x 8 GPUs)"] / cm.GiB == pytest.approx(272.0, abs=0.1)
+    assert host.total < 600 * cm.GiB < 900000 * 1e6  # 505 GiB of the node's 900 GB (838 GiB) while it saves
+
+
+def test_readme_states_the_engine_shares_the_config_sets(repo, paper):
+    """One figure per engine share, the config's: README's layout table quotes them."""
+    md = (repo / "README.md").read_text()
+    md = md[md.index("**One sleep-mode engine per process**"):md.index("Why this layout")]
+    opd, rlvr = paper["method_defaults"]["opd"], paper["method_defaults"]["rlvr"]
+    off = paper["runs"]["opd-offpolicy"]["teacher_engine"]["vllm"]
+    shares = {"teacher": opd["teacher_engine"]["vllm"]["gpu_memory_utilization"],
+              "rollout": opd["rollout"]["vllm"]["gpu_memory_utilization"],
+              "rlvr": rlvr["rollout"]["vllm"]["gpu_memory_utilization"], "off-policy": off["gpu_memory_utilization"],
+              "evaluation": paper["benchmarks"]["aime24"]["gpu_memory_utilization"]}
+    assert f"| teacher {shares['teacher']:g} while it scores, rollout {shares['rollout']:g} always |" in md
+    assert f"| {shares['rlvr']:g} while it generates |" in md and f"| {shares['off-policy']:g} while it works |" in md
+    assert f"| - | {shares['evaluation']:g} |" in md
+    found = sorted({float(x) for x in re.findall(r"(?<![\d.])0\.\d+(?![\d.])", md.split("These shares")[0].replace("vLLM 0.32", "vLLM"))})
+    assert found == sorted(set(shares.values())), found  # no other share is stated
+
+
+def test_the_early_signal_comes_before_the_longest_step_and_a_save(paper):
+    for name, est in _paper_estimates(paper).items():
+        lead = est.info["signal_lead_s"]
+        assert lead == cm.signal_lead_s(est, est.requested_hours * 3600)
+        assert est.info["longest_step_s"] + est.info["state_save_s"] < lead <= est.requested_hours * 1800, name
+
+
+@pytest.mark.parametrize("resources, expected", [
+    ({"gpus": 1, "nodes": 1}, r"runs\.opd-8b-t32b\.teacher_engine\.vllm tensor_parallel 2 spans more than the 1 GPU\(s\) of a node"),
+    ({"gpus": 0}, r"runs\.sft-8b: device cuda, but resources train gpus is 0"),
+    ({"gpus": 6, "nodes": 1}, None),  # tp 2 fits a node of 6 and divides its 6 GPUs
+    ({"gpus": 3, "nodes": 1}, r"runs\.opd-8b-t32b\.teacher_engine\.vllm tensor_parallel 2 does not divide the job's 3 GPUs"),
+])
+def test_degenerate_training_resources_are_refused_by_plan_and_workflow(repo, paper, tmp_path, resources, expected):
+    """The ZeroDivisionError `geopd plan` died with on 1 GPU, and the rest of the family: a clear
+    refusal in the plan and in `snakemake -n`, never a traceback."""
+    config = changed(paper, "resources", "train", {**paper["resources"]["train"], **resources})
+    config["train_resources"] = None  # the runs' own node counts would hide the class's
+    for run in config["runs"].values():
+        run.pop("resources", None)
+    if expected is None:
+        Grid(config, ["test"])
+        assert not [p for p in plan_problems(config) if "tensor_parallel" in p or "ZeroDivision" in p]
+        return
+    with pytest.raises(UserError, match=expected):
+        Grid(config, ["test"])
+    path = tmp_path / "degenerate.yaml"
+    path.write_text(yaml.safe_dump({"resources": {"train": resources}, "train_resources": None, "runs": {
+        n: {"resources": {}} for n in config["runs"]}}))
+    for cmd in ([sys.executable, "-m", "geopd.cli", "plan", "--configfile", PAPER, str(path)],
+                [sys.executable, "-m", "snakemake", "-n", "--configfile", PAPER, str(path), "-d", str(tmp_path)]):
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and re.search(expected, out) and "Traceback" not in out, out[-3000:]
+
+
+@pytest.mark.parametrize("bench, expected", [
+    ({"tensor_parallel": 4}, r"benchmarks\.aime24\.tensor_parallel 4 spans more than the 2 GPU\(s\) of an evaluate job's node"),
+    ({"tensor_parallel": 1, "data_parallel": 4}, r"benchmarks\.aime24: tensor_parallel 1 x data_parallel 4 engines need 4 GPUs, but an evaluate job has 2"),
+])
+def test_evaluations_with_more_engines_than_gpus_are_refused(paper, bench, expected):
+    config = changed(paper, "benchmarks", "aime24", {**paper["benchmarks"]["aime24"], **bench})
+    with pytest.raises(UserError, match=expected):
+        Grid(config, ["test"])
+
+
+def test_estimate_train_places_engines_before_dividing_by_them(paper):
+    """The cost model on its own (no grid check in front): a refusal, not a ZeroDivisionError."""
+    grid = Grid(paper)
+    shapes = Shapes(grid)
+    run = grid.runs["opd-8b-t32b"]
+    est = cm.estimate_train(run, shapes.run(run.name), shapes.model(run.teacher),
+                            {**grid.resources("train", run.name), "gpus": 1, "nodes": 1}, device="cuda")
+    assert est.problems and all("spans more than the 1 GPU(s) of a node" in p for p in est.problems)
+
+
 @pytest.mark.parametrize("files", [(PAPER,), (PAPER, "config/paper-literal.yaml")])
 def test_paper_resources_are_the_suggested_ones(repo, files):
     """config/paper.yaml's train_resources and evaluate runtime (and the literal overlay's) are
@@ -284,7 +428,8 @@ def test_undersized_gpu_memory_fails_naming_rule_and_run(repo, paper, tmp_path):
     assert f"problem(s) in {path}" in proc.stderr
     lines = [l.strip() for l in proc.stderr.splitlines()[1:]]
     assert lines and all(l.startswith("rule train, rlvr-8b: ") for l in lines), proc.stderr  # nothing else
-    assert any("GiB per GPU" in l and "but has 22.4 GiB" in l for l in lines), proc.stderr
+    # a "24 GB" GPU as CUDA reports it: 24 x 1019.5 MiB (Assumptions.reported_mib_per_gb) = 23.9 GiB
+    assert any("GiB per GPU" in l and "but has 23.9 GiB" in l for l in lines), proc.stderr
 
 
 def test_too_little_time_fails_naming_rule_and_run(paper):
@@ -295,8 +440,10 @@ def test_too_little_time_fails_naming_rule_and_run(paper):
 
 
 def test_teacher_that_cannot_fit_its_engine_fails(paper):
-    found = plan_problems(changed(paper, "method_defaults", "opd", "teacher_engine", "vllm", "tensor_parallel", 1))
-    teacher = [p for p in found if "teacher engine: gpu_memory_utilization 0.5 " in p]
+    config = changed(paper, "method_defaults", "opd", "teacher_engine", "vllm", "tensor_parallel", 1)
+    # the rollout engine too: the two engines of a process share one tensor_parallel (refused otherwise)
+    found = plan_problems(changed(config, "method_defaults", "opd", "rollout", "vllm", "tensor_parallel", 1))
+    teacher = [p for p in found if "teacher engine: gpu_memory_utilization 0.45 " in p]
     assert teacher and "opd-8b-t32b" in teacher[0] and "opd-4b-t8b" not in teacher[0]  # 8B teacher fits at tp 1
 
 
@@ -379,7 +526,8 @@ def test_fixture_overlay_plans(repo, paper_mirror, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "geopd.cli", "plan", "--configfile", PAPER, str(path)],
                           cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "similarity" in proc.stdout and "qwen3-8b-base attention" in proc.stdout
+    # The overlay groups diagnosis (and Sim_K) per run; references are diagnosed from the fixture's shapes.
+    assert "diagnose_run" in proc.stdout and "diagnose_reference qwen3-8b-base all" in proc.stdout
 
 
 def test_model_without_shape_or_mirror_fails_planning_naming_it(paper):

@@ -294,6 +294,11 @@ def test_slice_runs_training_diagnostics_evaluation_and_tables_as_slurm_jobs(gri
     assert len(opd) == 1 and opd[0]["cpus"] == 2
     metrics = [json.loads(line) for line in (workdir / "results/runs/opd-8b-t32b/metrics.jsonl").read_text().splitlines()]
     assert [m["world"] for m in metrics] == [2] * 4
+    # the GPU rules ran the GPU environment's geopd (.venv-vllm stands in), Snakemake its own (.venv)
+    for run in ("sft-8b", "opd-8b-t32b"):
+        log = (workdir / f"results/logs/train/{run}.log").read_text()
+        assert re.search(rf"geopd train {run}: \S*/\.venv-vllm/bin/python\b", log), log[-2000:]
+    assert ".venv-vllm" not in sys.executable
     sft = [json.loads(line) for line in (workdir / "results/runs/sft-8b/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in sft] == list(range(1, 7)) and {m["world"] for m in sft} == {1}
     for name in ("table1_sparsity.csv", "accuracy.csv", "claims.csv"):
@@ -364,27 +369,57 @@ def test_scancelled_training_job_resumes_on_retry_with_more_time_and_memory(grid
     assert not (workdir / SFT_STATE).exists()  # resume state dropped once the outputs are in place
 
 
-def test_time_limit_sigterm_saves_state_and_retry_continues(grid_slice, slurm_conf):
+def test_time_limit_early_signal_saves_state_and_retry_continues(grid_slice, slurm_conf):
+    """The train job asks for USR1 before its time limit (sbatch --signal=USR1@120 from the
+    config's signal_lead_s; the plan's lead on a GPU run): the trainer saves a state after the
+    step it is in and exits 75 well before the limit, and the retry continues from that state."""
     workdir, _ = grid_slice
     reference = (workdir / SFT_FINAL).read_bytes()
     seen = {j["id"] for j in _train_jobs("sft-8b")}
-    # 6 steps x 25 s against a 2-minute limit. slurmctld enforces limits on a ~30 s sweep, so the
-    # job gets SIGTERM between 120 and 150 s (then SIGKILL after KillWait = 30 s): 150 s of steps
-    # plus start-up always runs past it. The trainer finishes its step (<= 25 s + a save, inside
-    # KillWait), saves, exits 75; attempt 2 has 4 minutes, enough even for all 6 steps after a
-    # slow start-up (a loaded CI machine took ~40 s to reach step 1). With 20 s steps and a
-    # 1-minute limit that retry ran out of time in CI; with 12 s steps the sweep let attempt 1
-    # finish (78 s) before it was enforced.
+    # 6 steps x 25 s against a 4-minute limit, USR1 120 s before it. Slurm may send the signal up
+    # to 60 s early (sbatch(1); it checks on a ~30 s sweep), so it arrives 60-120 s into the job:
+    # before step 6 can end (start-up + 150 s of steps) and, with the step it interrupts (<= 25 s),
+    # far from the limit. The retry has 8 minutes, its signal 5-6 min in: at most 5 steps (125 s)
+    # plus start-up (~40 s on a loaded CI machine) finish first. History: with SIGTERM at the limit
+    # itself, 12 s steps let attempt 1 finish before slurmctld enforced a 1-minute limit, and 20 s
+    # steps left the retry too little of its 2 minutes (CI).
     proc = _retrain_sft(workdir, slurm_conf, delay=25, configfiles=(SLICE, TIMEOUT))
-    _finish(proc, 600)
+    _finish(proc, 900)
     jobs = sorted((j for j in _train_jobs("sft-8b") if j["id"] not in seen), key=lambda j: int(j["id"]))
-    assert [j["state"] for j in jobs] == ["TIMEOUT", "COMPLETED"], jobs
-    assert _field(_show(jobs[0]["id"]), "TimeLimit") == "00:02:00"
-    assert _field(_show(jobs[1]["id"]), "TimeLimit") == "00:04:00"
+    # FAILED: it exited 75 on the early signal (a job Slurm stopped at its limit would be TIMEOUT)
+    assert [j["state"] for j in jobs] == ["FAILED", "COMPLETED"], jobs
+    first = _show(jobs[0]["id"])
+    assert _field(first, "TimeLimit") == "00:04:00"
+    assert _field(_show(jobs[1]["id"]), "TimeLimit") == "00:08:00"
+    minutes, seconds = map(int, _field(first, "RunTime").split(":")[-2:])
+    assert 60 * minutes + seconds < 200, first  # stopped on the signal, well before the limit
     log = (workdir / "results/logs/train/sft-8b.log").read_text()
     resumed = re.search(r"resumed sft-8b from \S+ \(step (\d)\)", log)
     assert resumed and 1 <= int(resumed.group(1)) < 6, log[-2000:]
     assert (workdir / SFT_FINAL).read_bytes() == reference
+
+
+def test_early_signal_reaches_every_rank_through_srun_and_torchrun(slurm_conf, tmp_path):
+    """What sbatch --signal=USR1@lead does at its time (scancel --signal without --batch: every
+    process of the job's steps, not the batch step), on `geopd launch` with two tasks of one
+    torchrun worker each: both workers get USR1 and carry on; torchrun, in between, survives it."""
+    probe = REPO / "tests" / "signal_probe.py"
+    out = tmp_path / "probe"
+    out.mkdir()
+    launch = f"{sys.executable} -m geopd.cli launch --nodes 1 --tasks 2 --cpus-per-task 1 -- {probe} {out} 120"
+    job = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "job.out"), "--ntasks=2", "--cpus-per-task=1",
+                          "-t", "5", "--wrap", launch], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        _wait_for(lambda: len(list(out.glob("ready-*"))) == 2, 180, "two workers")
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        _wait_for(lambda: "COMPLETED" in _field(_show(job), "JobState") or "FAIL" in _field(_show(job), "JobState"),
+                  120, "the job's end")
+    finally:
+        subprocess.run(["scancel", job])
+    assert _field(_show(job), "JobState") == "COMPLETED", (tmp_path / "job.out").read_text()[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
+    assert [(r["rank"], r["signal"]) for r in records] == [("0", "USR1"), ("1", "USR1")], records
+    assert {r["omp"] for r in records} == {"1"}  # --cpus-per-task 1 shared by one worker per task
 
 
 def _status(workdir: Path) -> dict[str, dict]:

@@ -37,11 +37,14 @@ def world(tmp_path_factory):
     return grid
 
 
-def run_cli(spec, out: Path, env_extra=None, check=True):
+def train_cmd(spec, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "geopd.cli", "train", "--spec", spec_json(spec), "--out", str(out), "--metrics",
+            str(out) + ".metrics.jsonl", "--threads", "1", "--no-progress", *extra]
+
+
+def run_cli(spec, out: Path, env_extra=None, check=True, extra=()):
     env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "geopd.cli", "train", "--spec", spec_json(spec), "--out",
-                           str(out), "--metrics", str(out) + ".metrics.jsonl", "--threads", "1",
-                           "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(train_cmd(spec, out, *extra), capture_output=True, text=True, env=env, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -112,6 +115,65 @@ def test_sigterm_saves_state_and_retry_continues(world, tmp_path):
     assert [s.name for s in states] == ["state-00000002"]
     proc = run_cli(spec, tmp_path / "out")
     assert "resumed" in proc.stdout + proc.stderr
+
+
+def test_early_signal_usr1_saves_state_and_retry_continues(world, tmp_path):
+    """USR1, Slurm's early signal before a time limit (sbatch --signal), stops as SIGTERM does."""
+    spec = respec(world, "sft-8b", tmp_path)
+    proc = run_cli(spec, tmp_path / "out", {"GEOPD_FAULT_USR1_AT_STEP": "2"}, check=False)
+    assert proc.returncode == 75 and "signal 10: saving state after step 2" in proc.stderr, proc.stderr[-2000:]
+    assert [s.name for s in Path(spec["state_dir"]).glob("state-*")] == ["state-00000002"]
+    assert "resumed sft-8b" in run_cli(spec, tmp_path / "out").stderr
+
+
+def _catches_usr1(pid: int) -> bool:
+    """Whether process `pid` has a handler for SIGUSR1 (/proc/<pid>/status SigCgt, bit 10 - 1)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(l for l in status.splitlines() if l.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signal.SIGUSR1 - 1) & 1)
+
+
+def test_a_signal_while_starting_up_stops_after_the_first_step(world, tmp_path):
+    """`geopd train` keeps a stop signal that arrives before its loop (torch loading, a 32B
+    teacher's engine starting) instead of dying of it or losing it: one step, a state, exit 75."""
+    import time
+
+    spec = respec(world, "sft-8b", tmp_path)
+    proc = subprocess.Popen(train_cmd(spec, tmp_path / "out"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while not _catches_usr1(proc.pid) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 75, err[-2000:]
+    assert "signal 10: saving state after step 1" in err, err[-2000:]  # noted before any step ran
+    assert [s.name for s in Path(spec["state_dir"]).glob("state-*")] == ["state-00000001"]
+
+
+def test_states_saved_by_wall_clock_bound_what_a_kill_loses(world, tmp_path):
+    """--state-every-min: a state between checkpoints, so a node failure loses at most that much
+    wall clock; the retry resumes from it and ends bitwise where an uninterrupted run does."""
+    ref = respec(world, "sft-8b", tmp_path / "ref")
+    run_cli(ref, tmp_path / "ref" / "out")
+    spec = respec(world, "sft-8b", tmp_path / "killed")
+    assert spec["checkpoints"] == [3, 6]  # a kill at step 5 falls between checkpoints
+    every_step = ["--state-every-min", "1e-9"]  # the interval has passed after every step
+    proc = run_cli(spec, tmp_path / "killed" / "out", {"GEOPD_FAULT_KILL_AT_STEP": "5"}, check=False, extra=every_step)
+    assert proc.returncode == -signal.SIGKILL
+    assert [s.name for s in Path(spec["state_dir"]).glob("state-*")] == ["state-00000004"]
+    proc = run_cli(spec, tmp_path / "killed" / "out", extra=every_step)
+    assert "(step 4)" in proc.stderr, proc.stderr[-2000:]
+    for step in spec["checkpoints"]:
+        a, b = weights(tmp_path / "ref" / "out" / f"step-{step}"), weights(tmp_path / "killed" / "out" / f"step-{step}")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), step
+    # by default (every 30 min) a kill between checkpoints finds the last checkpoint's state
+    spec = respec(world, "sft-8b", tmp_path / "default")
+    run_cli(spec, tmp_path / "default" / "out", {"GEOPD_FAULT_KILL_AT_STEP": "5"}, check=False)
+    assert [s.name for s in Path(spec["state_dir"]).glob("state-*")] == ["state-00000003"]
 
 
 def test_state_of_other_settings_is_not_resumed(world, tmp_path):

@@ -133,6 +133,25 @@ def test_forcerun_recomputes_only_what_depends_on_the_rule(done):
     assert set(counts) == {"diagnose_run"}
 
 
+def test_moving_the_gpu_environment_reruns_nothing(done, tmp_path):
+    """The GPU rules run `{resources.geopd}`: once their jobs request GPUs they name another
+    `geopd` by path (the dry run shows it), and a finished grid stays finished: resources are no
+    rerun trigger, and neither the rules' code nor their params hold the path."""
+    import yaml
+
+    elsewhere = tmp_path / "elsewhere venv"
+    overlay = tmp_path / "gpu-env.yaml"
+    overlay.write_text(yaml.safe_dump({"environments": {"gpu": str(elsewhere)},
+                                       "resources": {"train": {"gpus": 1}, "evaluate": {"gpus": 1}}}))
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(done), "--configfile", *CONFIGS, str(overlay),
+           "--cores", "2", "-n"]
+    shown = ok(subprocess.run([*cmd, "-p", "--forcerun", "evaluate_run", "--until", "evaluate_run"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300))
+    assert f"{elsewhere / 'bin' / 'geopd'}' batch --commands" in shown, shown[-3000:]
+    out = ok(subprocess.run([*cmd, "--quiet", "rules"], cwd=REPO, capture_output=True, text=True, timeout=300))
+    assert "Job stats:" not in out, out[-3000:]
+
+
 def test_killed_workflow_leaves_no_half_written_output_and_resumes(done):
     target = "results/runs/sft-8b/checkpoints"
     final = done / target / "step-6" / "model.safetensors"

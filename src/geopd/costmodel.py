@@ -13,14 +13,17 @@ A training job runs in phases, each with its own peak: start-up (the student sha
 its weights exist, each rank reading its own slices, before any engine starts), and for
 OPD/RLVR generation (the trainer's sharded weights and Adam moments resident, gradients freed),
 teacher scoring (plus the prompt log-probs vLLM computes outside its budget), recompute of the
-behaviour log-probs and training. An awake vLLM engine holds its gpu_memory_utilization x GPU
-memory (weights at its dtype / tensor_parallel, activations, the rest KV cache). The engines of
-one process sleep and wake together (vLLM 0.32 has one sleep allocator per process;
-geopd.engines.vllm_engine): both are awake while either generates or scores, a sleeping one
-keeps `vllm_sleep_residue_gib` (its KV cache freed), and its weights go to pinned host memory
-(level 1: the teacher's, and the rollout engine's beside a teacher) or are dropped (level 2: a
-rollout engine alone, whose weights the trainer pushes after waking it). The trainer empties
-PyTorch's cache before an engine wakes (geopd.engines.vllm_engine._wake_all).
+behaviour log-probs and training. An awake vLLM engine holds its gpu_memory_utilization x the
+GPU's reported total memory, as vLLM applies it (vllm/v1/worker/utils.py request_memory:
+utilization x torch.cuda.mem_get_info's total; `Assumptions.reported_mib_per_gb`): weights at its
+dtype / tensor_parallel, activations, the rest KV cache. At most one engine per process is in
+sleep mode (vLLM 0.32's CuMem allocator is one per process; geopd.engines.vllm_engine): asleep
+it keeps `vllm_sleep_residue_gib` (its KV cache freed) and its weights go to pinned host memory
+(level 1: the teacher's) or are dropped (level 2: a rollout engine alone, whose weights the
+trainer pushes after waking it); a resident engine (sleep: false) holds its whole share in every
+phase. Every GPU phase also carries a CUDA context and `gpu_reserve_gib` (NCCL buffers,
+fragmentation between PyTorch's and vLLM's pools). The trainer empties PyTorch's cache before an
+engine wakes (geopd.engines.vllm_engine.Engine._wake).
 
 Time: token counts x FLOPs per token / (GPUs x peak x utilisation) for training, recompute
 and teacher scoring; vLLM decode from a memory-bandwidth roofline (weights + the KV cache read
@@ -34,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from geopd.spec import VLLM, Benchmark, Engine, max_model_len
+from geopd.spec import VLLM, Benchmark, Engine, engine_placement_problems, engine_tensor_parallels, max_model_len
 from geopd.train.batching import largest_micro_batch, num_updates, rollout_split
 
 GiB = 2 ** 30
@@ -71,7 +74,20 @@ class Assumptions:
     # Per sleeping engine: what vLLM's sleep mode does not release (CUDA graph pool, NCCL
     # buffers, non-torch allocations); vLLM's docs say sleep frees "up to 90%+" of its memory.
     vllm_sleep_residue_gib: float = 2.0
+    # vLLM's gpu_memory_utilization where a block sets none (vllm/config/cache.py, CacheConfig).
+    vllm_default_utilization: float = 0.92
+    # What CUDA reports as a GPU's total memory (torch.cuda.mem_get_info, to which vLLM applies
+    # gpu_memory_utilization), per GB of its label: nvidia-smi shows 81,559 MiB (79.6 GiB) for an
+    # H100 80GB HBM3 and 143,771 MiB for an H200 141GB, 1019.5 MiB per labelled GB for both.
+    reported_mib_per_gb: float = 81559 / 80
     cuda_context_gib: float = 1.0        # per process
+    # Per GPU beside the modelled tensors: NCCL communicators' buffers (the trainer's FSDP group,
+    # vLLM's world and tensor-parallel groups: ~0.5 GiB each with NVLS on H100 NVSwitch nodes) and
+    # fragmentation between PyTorch's caching allocator and vLLM's memory pools.
+    gpu_reserve_gib: float = 3.0
+    # Pinned host buffers of a sleeping engine beyond its weights: its "runtime" allocations
+    # (model runner buffers), which vLLM's sleep offloads at every level (CuMemBackend.suspend).
+    vllm_sleep_pinned_gib: float = 0.5
     allocator_factor: float = 1.10       # caching-allocator fragmentation over the tensor peak
     # Lengths the config does not state: mean generated length / max_new_tokens (reasoning
     # traces of a distilled 8B student on DAPO-Math or AIME run to several thousand tokens),
@@ -104,6 +120,13 @@ class Assumptions:
     # Planning fails when the requested runtime is below this fraction of the estimate: the
     # estimate is uncertain by up to ~2x, a request below half of it is a plan that cannot work.
     time_fail_ratio: float = 0.5
+    # The early signal before a training job's time limit (sbatch --signal=USR1@lead): lead =
+    # margin x (the longest step + a checkpoint export and state save) + Slurm's resolution (it may
+    # send the signal up to 60 s early, sbatch(1)); jobs the model does not cover (CPU) get
+    # default_signal_lead_s. Never more than half the job's runtime.
+    signal_margin: float = 1.5
+    signal_resolution_s: float = 60.0
+    default_signal_lead_s: float = 300.0
     # RLVR with dynamic sampling: the fraction of prompt groups whose rewards all agree (all
     # right or all wrong), which are dropped and sampled again. Not measured: a planning guess
     # until a run's metrics (groups_drawn / groups_kept per step) measure it.
@@ -271,6 +294,57 @@ class Breakdown:
 def compute_bytes(engine: Engine) -> int:
     """Bytes per element of the trainer's compute dtype (engine.param_dtype)."""
     return DTYPE_BYTES[engine.param_dtype]
+
+
+# ---- a sleeping engine's weights in pinned host memory ------------------------------------------
+#
+# vLLM's level-1 sleep copies each allocation of its CuMem pool tagged "weights" into a pinned host
+# tensor of the allocation's size (device_allocator/cumem.py, CuMemAllocator.sleep), and PyTorch's
+# CachingHostAllocator rounds every pinned allocation up to a power of two and keeps it cached
+# after it is freed (aten/src/ATen/core/CachingHostAllocator.h, allocate: "Round up the allocation
+# to the nearest power of two", PowerOf2Ceil, unless pinned_max_round_threshold is set: unset by
+# default). The pool's allocations are the CUDA caching allocator's segments
+# (c10/cuda/CUDACachingAllocator.cpp): a tensor of 10 MiB or more gets its own, rounded up to
+# 2 MiB; tensors under 1 MiB share 2 MiB segments and those of 1-10 MiB 20 MiB ones.
+
+MiB = 2 ** 20
+
+
+def pow2_ceil(n: int) -> int:
+    return 1 << max(0, math.ceil(n) - 1).bit_length()
+
+
+def engine_weight_tensors(shape: Shape, tp: int, dtype_bytes: int) -> list[int]:
+    """Bytes of each weight tensor one rank of a vLLM engine holds: vLLM's Qwen3 fuses q/k/v into
+    qkv_proj and gate/up into gate_up_proj (Qwen3-MoE: every expert's w13 and w2 stacked in one
+    tensor each, the router replicated), splits them, the embedding and lm_head over tp, and
+    replicates KV heads past their number."""
+    b, h = dtype_bytes, shape.hidden
+    kv = math.ceil(shape.kv_heads / tp) * shape.head_dim
+    layer = [(shape.q_dim // tp + 2 * kv) * h * b, h * (shape.q_dim // tp) * b,
+             2 * h * b, 2 * shape.head_dim * b]  # qkv, o, the two layer norms, q/k norms
+    if shape.moe:
+        e, m = shape.num_experts, shape.moe_intermediate // tp
+        layer += [e * 2 * m * h * b, e * h * m * b, e * h * b]
+    else:
+        i = shape.intermediate // tp
+        layer += [2 * i * h * b, h * i * b]
+    root = [shape.vocab // tp * h * b] * (1 if shape.tied_embeddings else 2) + [h * b]
+    return layer * shape.layers + root
+
+
+def pinned_sleep_bytes(shape: Shape, tp: int, dtype_bytes: int) -> int:
+    """Pinned host bytes one rank's weights take while its engine sleeps at level 1."""
+    small = medium = total = 0
+    for t in engine_weight_tensors(shape, tp, dtype_bytes):
+        if t < MiB:
+            small += t
+        elif t < 10 * MiB:
+            medium += t
+        else:
+            total += pow2_ceil(math.ceil(t / (2 * MiB)) * 2 * MiB)
+    total += math.ceil(small / (2 * MiB)) * pow2_ceil(2 * MiB) + math.ceil(medium / (20 * MiB)) * pow2_ceil(20 * MiB)
+    return total
 
 
 # ---- the trainer's memory ---------------------------------------------------------------------
@@ -585,27 +659,18 @@ class Estimate:
         return self
 
 
-def gpu_memory_bytes(resources: dict) -> float | None:
+def gpu_memory_bytes(resources: dict, a: Assumptions = ASSUMPTIONS) -> float | None:
+    """A GPU's total memory as CUDA reports it (79.6 GiB for an "80 GB" H100), from the label."""
     gb = resources.get("gpu_memory_gb")
-    return None if gb is None else gb * 1e9  # decimal GB, as GPUs are labelled (80 GB ~ 74.5 GiB)
+    return None if gb is None else gb * a.reported_mib_per_gb * MiB
 
 
-def _vllm(shape: Shape, block: VLLM, gpu_bytes: float, *, default_util: float, transient: float = 0.0,
+def _vllm(shape: Shape, block: VLLM, gpu_bytes: float, *, transient: float = 0.0,
           a: Assumptions = ASSUMPTIONS) -> VLLMEngine:
-    """A vLLM engine of `block`'s settings; `default_util` where it sets no gpu_memory_utilization
-    (the planner's share for the engine's role)."""
-    util = default_util if block.gpu_memory_utilization is None else block.gpu_memory_utilization
+    """A vLLM engine of `block`'s settings (vLLM's default share where it sets none)."""
+    util = a.vllm_default_utilization if block.gpu_memory_utilization is None else block.gpu_memory_utilization
     return VLLMEngine(shape, tp=int(block.tensor_parallel), utilization=float(util),
                       dtype_bytes=DTYPE_BYTES[block.gpu_dtype], gpu_bytes=gpu_bytes, transient=transient, a=a)
-
-
-def _engine_parallel_problems(name: str, engine: VLLMEngine, gpus: int, world: int) -> list[str]:
-    out = []
-    if engine.tp > gpus:
-        out.append(f"{name} tensor_parallel {engine.tp} spans more than the {gpus} GPUs of a node")
-    elif world % engine.tp:
-        out.append(f"{name} tensor_parallel {engine.tp} does not divide the job's {world} GPUs")
-    return out
 
 
 # ---- one training job, phase by phase ---------------------------------------------------------
@@ -661,7 +726,11 @@ class _Colocated:
     name: str                    # "rollout" | "teacher"
     engine: VLLMEngine
     block: VLLM
-    level: int                   # its sleep level when alone in its process
+    level: int                   # its sleep level (1: weights kept in pinned host memory, 2: dropped)
+
+    @property
+    def sleeps(self) -> bool:
+        return self.block.sleep
 
 
 def updates_info(run) -> dict:
@@ -735,7 +804,7 @@ def colocated_engines(job: TrainJob, est: Estimate) -> list[_Colocated]:
         pass  # off-policy: the teacher's own engine samples (Trainer._rollout_engine): no second engine
     else:
         source = job.teacher if r.off_policy else job.student
-        engine = _vllm(source, r.vllm, job.gpu_bytes, default_util=0.5, a=a)
+        engine = _vllm(source, r.vllm, job.gpu_bytes, a=a)
         # the student's engine drops its weights asleep (pushed before each use); a checkpoint's keeps them
         out.append(_Colocated("rollout", engine, r.vllm, 1 if r.off_policy else 2))
         est.problems += [f"rollout engine: {p}" for p in engine.problems(job.seq)]
@@ -743,54 +812,58 @@ def colocated_engines(job: TrainJob, est: Estimate) -> list[_Colocated]:
         if max_model_len(r.vllm.max_model_len, r.max_new_tokens, a.max_prompt_tokens) < job.seq:
             est.problems.append(f"rollout.vllm.max_model_len {r.vllm.max_model_len} is shorter than "
                                 f"a prompt ({a.max_prompt_tokens}) + max_new_tokens ({r.max_new_tokens})")
-        est.problems += _engine_parallel_problems("rollout engine", engine, job.gpus, job.world)
     if job.teacher is not None and not job.hf_teacher:
         v = te.vllm
         # one request's prompt tokens per step: logits in the engine dtype + fp32 log-probs
         batched = a.vllm_max_num_batched_tokens if v.max_num_batched_tokens is None else v.max_num_batched_tokens
         logprobs = min(batched, job.seq) * job.teacher.vocab * (DTYPE_BYTES[v.gpu_dtype] + 4)
-        engine = _vllm(job.teacher, v, job.gpu_bytes, default_util=0.4, transient=logprobs, a=a)
+        engine = _vllm(job.teacher, v, job.gpu_bytes, transient=logprobs, a=a)
         out.append(_Colocated("teacher", engine, v, 1))
         est.problems += [f"teacher engine: {p}" for p in engine.problems(job.seq)]
         est.info["teacher engine (awake, per GPU)"] = engine.breakdown()
-        est.problems += _engine_parallel_problems("teacher engine", engine, job.gpus, job.world)
     return out
 
 
 def sleeping_weights(job: TrainJob, engines: list[_Colocated]) -> Breakdown:
-    """Host memory of the engines' weights parked by a level-1 sleep. The engines of one process
-    sleep and wake together (vLLM 0.32 has one sleep allocator per process;
-    geopd.engines.vllm_engine): while either generates or scores both are awake, and two
-    sleepers both sleep at level 1, which parks their weights in pinned host memory."""
+    """Pinned host memory per node of the sleep-mode engine (at most one per process): at level 1
+    its weights, each CuMem allocation rounded up to a power of two (pinned_sleep_bytes); at every
+    level its runtime buffers."""
     out = Breakdown()
-    sleepers = [e.name for e in engines if e.block.sleep]
     for e in engines:
-        if e.name in sleepers and (len(sleepers) > 1 or e.level == 1):
-            out.add(f"{e.name} engine weights, level-1 sleep (pinned, x {job.gpus} GPUs)", job.gpus * e.engine.weights)
+        if not e.sleeps:
+            continue
+        if e.level == 1:
+            pinned = pinned_sleep_bytes(e.engine.shape, e.engine.tp, e.engine.dtype_bytes)
+            out.add(f"{e.name} engine weights, level-1 sleep (pinned, rounded to 2^k, x {job.gpus} GPUs)",
+                    job.gpus * pinned)
+        out.add(f"{e.name} engine runtime buffers, asleep (pinned, x {job.gpus} GPUs)",
+                job.gpus * job.a.vllm_sleep_pinned_gib * GiB)
     return out
 
 
-def held(engines: list[_Colocated], a: Assumptions, b: Breakdown) -> Breakdown:
-    """Each engine while the trainer computes: its residue asleep, else its reservation."""
+def held(engines: list[_Colocated], a: Assumptions, b: Breakdown, awake: tuple[str, ...] = ()) -> Breakdown:
+    """Each engine in a phase: its whole share when awake (`awake`) or resident (sleep: false),
+    its residue when asleep."""
     for e in engines:
-        if e.block.sleep:
+        if e.name in awake:
+            b.add(f"{e.name} engine (awake)", e.engine.reserved)
+        elif e.sleeps:
             b.add(f"{e.name} engine (asleep)", a.vllm_sleep_residue_gib * GiB)
         else:
-            b.add(f"{e.name} engine", e.engine.reserved)
+            b.add(f"{e.name} engine (resident)", e.engine.reserved)
     return b
 
 
 def engine_phases(job: TrainJob, engines: list[_Colocated]) -> dict[str, Breakdown]:
-    """Generation and teacher scoring: the resident trainer beside its awake engines."""
-    awake = job.resident()
-    for e in engines:
-        awake.add(f"{e.name} engine (awake)", e.engine.reserved)
+    """Generation and teacher scoring: the resident trainer beside the engine at work (the
+    sampler, or the teacher) and the others as they are held (geopd.engines.vllm_engine)."""
     names = {e.name: e for e in engines}
     out = {}
-    if "rollout" in names or "teacher" in names and job.settings.rollout.off_policy:
-        out["generation"] = Breakdown(dict(awake.terms))
+    sampler = "rollout" if "rollout" in names else ("teacher" if job.settings.rollout.off_policy else None)
+    if sampler is not None and sampler in names:
+        out["generation"] = held(engines, job.a, job.resident(), awake=(sampler,))
     if "teacher" in names:
-        score = Breakdown(dict(awake.terms))
+        score = held(engines, job.a, job.resident(), awake=("teacher",))
         score.add("teacher prompt log-probs (outside vLLM's budget)", names["teacher"].engine.transient)
         out["teacher scoring"] = score
     return out
@@ -805,7 +878,7 @@ def recompute_phase(job: TrainJob, engines: list[_Colocated]) -> Breakdown:
 
 def host_memory(job: TrainJob, engines: list[_Colocated]) -> Breakdown:
     """Host memory per node: the GPU processes, rank 0 gathering the training state, and the
-    engines' weights a level-1 sleep parks."""
+    sleeping engine's pinned buffers."""
     host = Breakdown().add("GPU processes", job.gpus * job.a.host_process_gib * GiB)
     # rank 0 gathers on the host: the fp32 weights and a bf16 copy to export a checkpoint (6P), the
     # fp32 weights and Adam moments to save the training state (12P; geopd.train.checkpoint)
@@ -834,14 +907,16 @@ def train_seconds(job: TrainJob, est: Estimate, engines: list[_Colocated]) -> No
     names = {e.name: e.engine for e in engines}
     rollout_engine, teacher_engine = names.get("rollout"), names.get("teacher")
     fs = a.filesystem_gb_s * 1e9
+    save = (2 * student.params() + 16 * student.params()) / fs  # a checkpoint export and a state save
+    est.info["state_save_s"] = save
     sec["start (load, engines)"] = 2 * student.params() / fs + a.engine_start_s * len(engines)
-    sec["checkpoints (export + state)"] = len([c for c in run.saved_steps if c > run.start_step]) * (
-        2 * student.params() + 16 * student.params()) / fs
+    sec["checkpoints (export + state)"] = len([c for c in run.saved_steps if c > run.start_step]) * save
     if not job.rl:
         mean = a.sft_fraction * s.max_length
         tokens = s.batch_size * mean * steps
         sec["SFT forward + backward"] = compute_seconds(3 * tokens * student.forward_flops(mean / 2), world, a.train_mfu, a)
         est.info["train_tokens"] = tokens
+        est.info["longest_step_s"] = sec["SFT forward + backward"] / max(steps, 1)
         return
     r = s.rollout
     samples = r.samples_per_step
@@ -854,18 +929,20 @@ def train_seconds(job: TrainJob, est: Estimate, engines: list[_Colocated]) -> No
                     sampling_rounds=rounds)
     # off-policy: the teacher's engine samples
     sampler = rollout_engine if rollout_engine is not None else (teacher_engine if r.off_policy else None)
+    replicas = max(1, world // sampler.tp) if sampler is not None else 1
     if sampler is not None:
-        replicas = world // sampler.tp
         sec["rollout generation"] = steps * rounds * generation_seconds(
             sampler, replicas, drawn, a.prompt_tokens, r.max_new_tokens, a)
         est.info["decode_tokens_per_s_per_gpu"] = sampler.decode_tokens_per_s(
             a.prompt_tokens + mean_new / 2, math.ceil(drawn / replicas)) / sampler.tp
+    search = 0.0
     if rollout_engine is not None and run.extrapolation:
         ext = run.extrapolation
         searches = sum(1 for k in range(steps.bit_length() + 1) if run.start_step < 2 ** k <= run.steps)
         validation = generation_seconds(rollout_engine, replicas, ext.validation_prompts,
                                         a.prompt_tokens, r.max_new_tokens, a)
-        sec["EffOPD searches (worst case)"] = searches * (ext.candidates + 1) * validation
+        search = (ext.candidates + 1) * validation
+        sec["EffOPD searches (worst case)"] = searches * search
     if teacher is not None:
         est.info["teacher_tokens"] = steps * tokens
         mfu = a.prefill_mfu if teacher_engine is not None else a.train_mfu
@@ -874,37 +951,90 @@ def train_seconds(job: TrainJob, est: Estimate, engines: list[_Colocated]) -> No
     sec["training forward + backward"] = steps * compute_seconds(
         3 * tokens * student.forward_flops(context), world, a.train_mfu, a)
     sec["per-step overhead"] = steps * a.rl_step_overhead_s
+    per_step = sum(v for k, v in sec.items() if k not in ("start (load, engines)", "checkpoints (export + state)",
+                                                          "EffOPD searches (worst case)"))
+    est.info["longest_step_s"] = per_step / max(steps, 1) + search
+
+
+def signal_lead_s(est: Estimate, requested_s: float, a: Assumptions = ASSUMPTIONS) -> int:
+    """Seconds before the time limit that a training job asks Slurm for USR1 (geopd.train.loop saves
+    its state after the step it is in and exits for a retry): margin x (the longest step + a
+    state save) + Slurm's resolution, or the default where the model has no step time (CPU jobs);
+    at most half the job's `requested_s` and Slurm's 65,535."""
+    if "longest_step_s" in est.info:
+        lead = a.signal_margin * (est.info["longest_step_s"] + est.info["state_save_s"]) + a.signal_resolution_s
+    else:
+        lead = a.default_signal_lead_s
+    return int(min(math.ceil(lead), requested_s // 2, 65535))
 
 
 def estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, *, device: str,
                    a: Assumptions = ASSUMPTIONS) -> Estimate:
     """One training job (`run` is a geopd.grid.runs.Run): each phase's peak memory per GPU, host
-    memory per node, and time."""
+    memory per node, time, and the early signal it asks Slurm for (info signal_lead_s: the
+    resources' signal_lead_s, else `signal_lead_s` of the estimate)."""
+    est = _estimate_train(run, student, teacher, resources, device=device, a=a)
+    est.info["signal_lead_s"] = job_signal_lead(est, resources, a)
+    return est
+
+
+def job_signal_lead(est: Estimate, resources: dict, a: Assumptions = ASSUMPTIONS) -> int:
+    """A training job's early-signal lead: its resources' signal_lead_s, else `signal_lead_s`."""
+    lead = resources.get("signal_lead_s")
+    return int(lead) if lead is not None else signal_lead_s(est, resources["runtime"] * 60, a)
+
+
+def engine_layout(engines: list[_Colocated]) -> str:
+    """Which engines share each trainer process, in the order they are built (the sleep-mode
+    engine first: geopd.engines.vllm_engine), and how each is held while the trainer computes."""
+    parts = []
+    for e in sorted(engines, key=lambda e: not e.sleeps):
+        how = (f"sleep mode, level {e.level} ({'weights in pinned host memory' if e.level == 1 else 'weights dropped, pushed on waking'})"
+               if e.sleeps else "resident (no sleep mode: its share is held in every phase)")
+        parts.append(f"{e.name} engine tp {e.engine.tp} at {e.engine.utilization:g}, {how}")
+    return "; ".join(parts) or "no vLLM engine"
+
+
+def _estimate_train(run, student: Shape, teacher: Shape | None, resources: dict, *, device: str,
+                    a: Assumptions = ASSUMPTIONS) -> Estimate:
     gpus, nodes = resources.get("gpus", 0), resources.get("nodes", 1)
     est = Estimate("train", run.name, gpus, nodes, resources["runtime"] / 60)
     est.info.update(updates_info(run))
     if gpus == 0 or device == "cpu":
         return est  # CPU training (the miniature): not modelled
-    gpu_bytes = gpu_memory_bytes(resources)
+    gpu_bytes = gpu_memory_bytes(resources, a)
     est.memory_limit = gpu_bytes
     if gpu_bytes is None:
         est.problems.append("resources: gpu_memory_gb is not set: GPU memory cannot be checked")
         gpu_bytes = float("inf")
     job = train_job(run, student, teacher, gpus, gpus * nodes, gpu_bytes, a)
     est.info.update(micro_batch_tokens=job.micro, world=job.world)
+    s = run.settings
+    placement = [p for key, tp in engine_tensor_parallels(s, teacher=teacher is not None).items()
+                 for p in engine_placement_problems(key, tp, gpus, job.world)]
+    if placement:  # its engines cannot be placed: say so, and estimate nothing else
+        est.problems += placement
+        return est
 
     phases = {"load": load_phase(job), "train": train_phase(job)}
     if job.hf_teacher:
         phases["teacher scoring"] = hf_teacher_scoring_phase(job)
     engines = colocated_engines(job, est) if job.rl else []
     if job.rl:
+        est.info["engine layout (per trainer process)"] = engine_layout(engines)
         phases.update(engine_phases(job, engines))
         held(engines, a, phases["train"])
         phases["recompute"] = recompute_phase(job, engines)
-    ctx = Breakdown().add("CUDA context", a.cuda_context_gib * GiB)
+    ctx = (Breakdown().add("CUDA context", a.cuda_context_gib * GiB)
+           .add("NCCL buffers, fragmentation (reserve)", a.gpu_reserve_gib * GiB))
     for phase in phases.values():
         phase.terms = {**ctx.terms, **phase.terms}
     est.phases = phases
+
+    for e in engines:  # the largest share each engine could take with every phase still fitting
+        rooms = [(gpu_bytes - (p.total - p.terms[k])) / gpu_bytes for p in phases.values()
+                 for k in (f"{e.name} engine (awake)", f"{e.name} engine (resident)") if k in p.terms]
+        est.info[f"{e.name}_utilization_that_fits"] = min(rooms, default=None)
 
     host = host_memory(job, engines)
     est.info["host memory (per node)"] = host
@@ -925,7 +1055,7 @@ def eval_parallelism(shape: Shape, bench: Benchmark, gpus: int, nodes: int, gpu_
     tp = bench.tensor_parallel
     if tp is None:
         tp = 1
-        while tp < gpus and _vllm(shape, bench.vllm(tp), gpu_bytes, default_util=0.9, a=a).problems(max_model_len):
+        while tp < gpus and _vllm(shape, bench.vllm(tp), gpu_bytes, a=a).problems(max_model_len):
             tp *= 2
     dp = bench.data_parallel or max(1, gpus * nodes // tp)
     return int(tp), int(dp)
@@ -937,7 +1067,7 @@ def estimate_eval(rule: str, subject: str, shape: Shape, bench: Benchmark, probl
     est = Estimate(rule, subject, gpus, nodes, resources["runtime"] / 60, info={"bench": bench.name})
     if gpus == 0 or device == "cpu":
         return est
-    gpu_bytes = gpu_memory_bytes(resources)
+    gpu_bytes = gpu_memory_bytes(resources, a)
     est.memory_limit = gpu_bytes
     if gpu_bytes is None:
         est.problems.append("resources: gpu_memory_gb is not set: GPU memory cannot be checked")
@@ -950,7 +1080,7 @@ def estimate_eval(rule: str, subject: str, shape: Shape, bench: Benchmark, probl
         est.problems.append(f"benchmark {bench.name}: max_model_len {bench.max_model_len} is shorter than "
                             f"a prompt ({a.max_prompt_tokens}) + max_new_tokens ({bench.max_new_tokens})")
     tp, dp = eval_parallelism(shape, bench, gpus, nodes, gpu_bytes, max_len, a)
-    engine = _vllm(shape, bench.vllm(tp), gpu_bytes, default_util=0.9, a=a)
+    engine = _vllm(shape, bench.vllm(tp), gpu_bytes, a=a)
     est.info.update(tp=tp, dp=dp)
     est.info["vLLM engine (per GPU)"] = engine.breakdown()
     est.problems += [f"vLLM engine: {p}" for p in engine.problems(max_len)]
@@ -959,6 +1089,7 @@ def estimate_eval(rule: str, subject: str, shape: Shape, bench: Benchmark, probl
     if tp * dp > gpus * nodes:
         est.problems.append(f"tensor_parallel {tp} x data_parallel {dp} needs more than the {gpus * nodes} GPUs requested")
     est.phases = {"generation": Breakdown().add("CUDA context", a.cuda_context_gib * GiB)
+                  .add("NCCL buffers, fragmentation (reserve)", a.gpu_reserve_gib * GiB)
                   .add(f"vLLM engine (tp={tp})", engine.reserved)}
     if problems is None:
         est.problems.append(f"benchmark {bench.name}: number of problems unknown (prepare its data first)")

@@ -21,8 +21,7 @@ from geopd.errors import UserError
 from geopd.io.table import Column, fixed
 from geopd.grid import Grid, checks
 from geopd.grid.runs import Ref
-from geopd.spec import Benchmark
-from geopd.workflow import DEFAULT_MAX_RUNTIME
+from geopd.spec import DEFAULT_MAX_RUNTIME, Benchmark
 from geopd.world.tokenizer import vocabulary
 
 
@@ -293,6 +292,24 @@ def evaluation_spec(grid: Grid, bench: str, *, run: str | None = None, model: st
     return spec.updated(tensor_parallel=tp, data_parallel=dp)
 
 
+def train_estimate(grid: Grid, run: str, shapes: Shapes | None = None) -> cm.Estimate:
+    """The cost model's estimate of run `run`'s training job."""
+    shapes = shapes or Shapes(grid)
+    r = grid.runs[run]
+    return cm.estimate_train(r, shapes.run(run), shapes.model(r.teacher) if r.teacher else None,
+                             grid.resources("train", run), device=grid.device)
+
+
+def signal_lead(grid: Grid, run: str) -> int:
+    """Seconds before its time limit that run `run`'s training job asks Slurm for USR1 (sbatch
+    --signal=USR1@lead; geopd.costmodel.signal_lead_s): the estimate's, the resources' own, or the
+    default for a job whose models the plan cannot read."""
+    try:
+        return train_estimate(grid, run).info["signal_lead_s"]
+    except UserError:
+        return cm.job_signal_lead(cm.Estimate("train", run, 0, 1, 0), grid.resources("train", run))
+
+
 def estimate_jobs(grid: Grid, jobs: dict[str, Job]) -> dict[str, cm.Estimate]:
     """An estimate for every job the cost model covers (training, evaluation, diagnostics);
     jobs with the same inputs share one."""
@@ -305,8 +322,7 @@ def estimate_jobs(grid: Grid, jobs: dict[str, Job]) -> dict[str, cm.Estimate]:
             if job.rule == "train":
                 run = grid.runs[meta["subject"]]
                 key = ("train", run.name)
-                make = lambda: cm.estimate_train(run, shapes.run(run.name),
-                                                 shapes.model(run.teacher) if run.teacher else None, res, device=device)
+                make = lambda: train_estimate(grid, run.name, shapes)
             elif job.rule in ("evaluate", "evaluate_model"):
                 # one estimate per (model, benchmark): every checkpoint of a run has its init's shape
                 model = meta.get("model") or shapes.root_model(Ref("run", meta["subject"]))
@@ -555,6 +571,17 @@ def detail(estimates: dict[str, cm.Estimate]) -> list[str]:
                 lines += [f"    {k:<58}{v / cm.GiB:>9.2f}" for k, v in b.terms.items()]
         for k, v in e.seconds.items():
             lines.append(f"  time {k:<53}{v / 3600:>9.2f} h")
+        if "engine layout (per trainer process)" in e.info:
+            lines.append(f"  engines per trainer process: {e.info['engine layout (per trainer process)']}")
+        for name in ("rollout", "teacher"):
+            fits = e.info.get(f"{name}_utilization_that_fits")
+            if fits is not None:
+                lines.append(f"  {name} engine: largest gpu_memory_utilization with every phase fitting: {fits:.2f}")
+        if e.rule == "train" and "signal_lead_s" in e.info:
+            why = (f" (the longest step {e.info['longest_step_s'] / 60:.1f} min + a state save "
+                   f"{e.info['state_save_s'] / 60:.1f} min, x margin, + Slurm's resolution)"
+                   if "longest_step_s" in e.info else "")
+            lines.append(f"  early signal: sbatch --signal=USR1@{e.info['signal_lead_s']}{why}")
         for k in ("rollout_tokens", "teacher_tokens", "train_tokens"):
             if k in e.info:
                 lines.append(f"  {k.replace('_', ' '):<58}{e.info[k]:>12.3g}")

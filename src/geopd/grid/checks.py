@@ -25,10 +25,8 @@ from geopd.data import demo_tasks
 from geopd.errors import UserError
 from geopd.grid.runs import Ref
 from geopd.paths import TASKS_DIR
+from geopd.spec import DEFAULT_MAX_RUNTIME
 
-# 48 h: a common time limit of GPU partitions (`sinfo -o "%P %l"` shows yours). Jobs that ask
-# for more must state their partition's limit as max_runtime.
-DEFAULT_MAX_RUNTIME = 2880
 # Nodes one job may span unless the config states its partition's (`sinfo -o "%P %D"`).
 DEFAULT_MAX_NODES = 64
 # Folders of the repository that outputs must never land in (nor the repository itself).
@@ -130,13 +128,13 @@ def _origin(grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str:
 
 
 def _where(grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str:
-    """"file(s): block(s)" for a message about resolved keys: the block each key that is set
-    comes from (train_resources.<run> may set runtime and resources.train max_runtime), and the
-    files that set them."""
+    """"file(s): block" for a message about resolved keys: the files of the blocks that set them
+    (train_resources.<run> may set runtime and resources.train max_runtime), and the block of the
+    first key set."""
     found = {k: next((name for name, block in _blocks(grid, cls, run) if k in block), None) for k in keys}
     found = {k: b for k, b in found.items() if b is not None} or {keys[0]: f"resources.{cls}"}
     files = grid.origins.of(*(f"{b}.{k}" for k, b in found.items()))
-    return f"{files}: {', '.join(dict.fromkeys(found.values()))}"
+    return f"{files}: {next(iter(found.values()))}"
 
 
 def resource_problems(grid, rule: str) -> list[str]:

@@ -12,7 +12,8 @@ from geopd import mirror
 from geopd.config import deep_merge
 from geopd.data.lcb import RELEASE_FILES
 from geopd.grid.runs import Ref, continuation
-from geopd.spec import Benchmark, RunSpec, Tracking
+from geopd.spec import (Benchmark, RunSpec, Tracking, colocation_problems, engine_placement_problems,
+                        engine_tensor_parallels)
 
 
 class Specs:
@@ -237,6 +238,47 @@ class Specs:
         return {"name": self.config["name"], "runs": runs, "run_order": list(self.runs), "benchmarks": self.benchmarks,
                 "teachers": self.teacher_benchmarks(), "reference_pairs": self.reference_pairs(),
                 "diagnostics": self.config["diagnostics"], "inputs": inputs}
+
+    # ---- where the engines of each job can run ------------------------------------------------
+
+    def placement_problems(self) -> list[str]:
+        """Jobs that could not start on what they request, one line each naming the run or
+        benchmark and its keys (geopd.spec: where vLLM engines can live): a GPU device without
+        GPUs, engines whose tensor_parallel does not fit a node or divide the job's GPUs, two
+        engines of a process with different tensor_parallel or both in sleep mode, an evaluation
+        with more engines than GPUs. The grid refuses them (the Snakefile and `geopd plan`)."""
+        out = []
+        gpu = self.device != "cpu"
+        for name, run in self.runs.items():
+            res = self.resources("train", name)
+            where = f"runs.{name}"
+            gpus, world = res.get("gpus", 0), res.get("gpus", 0) * res.get("nodes", 1)
+            out += [f"{where}: {p}" for p in colocation_problems(run.settings, teacher=run.teacher is not None,
+                                                                 device=self.device)]
+            if self.device == "cuda" and gpus < 1:
+                out.append(f"{where}: device cuda, but resources train gpus is {gpus}: the job would have no GPU")
+            elif gpu and gpus >= 1:
+                for key, tp in engine_tensor_parallels(run.settings, teacher=run.teacher is not None).items():
+                    out += [f"{where}.{p} (resources: {gpus} GPU(s) x {res.get('nodes', 1)} node(s))"
+                            for p in engine_placement_problems(key, tp, gpus, world)]
+        res = self.resources("evaluate")
+        gpus, nodes = res.get("gpus", 0), res.get("nodes", 1)
+        evaluated = sorted({b for run in self.runs.values() for b in run.eval})
+        if self.device == "cuda" and gpus < 1 and evaluated:
+            out.append(f"resources.evaluate: device cuda, but gpus is {gpus}: evaluations would have no GPU")
+        elif gpu and gpus >= 1:
+            for bench in evaluated:
+                spec = self.benchmark_spec(bench)
+                if spec.backend == "hf" or spec.tensor_parallel is None:
+                    continue  # the planner picks tensor x data parallelism to fit (geopd.plan.evaluation_spec)
+                tp, dp = spec.tensor_parallel, spec.data_parallel or max(1, gpus * nodes // spec.tensor_parallel)
+                if tp > gpus:
+                    out.append(f"benchmarks.{bench}.tensor_parallel {tp} spans more than the {gpus} GPU(s) of an "
+                               "evaluate job's node")
+                elif tp * dp > gpus * nodes:
+                    out.append(f"benchmarks.{bench}: tensor_parallel {tp} x data_parallel {dp} engines need "
+                               f"{tp * dp} GPUs, but an evaluate job has {gpus * nodes}")
+        return out
 
     # ---- resources -----------------------------------------------------------------------
 

@@ -86,10 +86,11 @@ class Targets:
         return [r.name for r in self.runs.values() if r.benchmarks]
 
     def eval_run_targets(self, run: str) -> list[tuple[int, str]]:
-        """(step, benchmark) of every evaluation of one run, step by step."""
+        """(step, benchmark) of every evaluation of one run, benchmark by benchmark: a grouped job
+        (`geopd batch`) keeps its vLLM engine while the settings stay, and benchmarks with other
+        engine settings then cost one engine start each, not one per checkpoint."""
         r = self.runs[run]
-        return sorted(((s, b) for b in r.benchmarks for s in r.eval_steps(b)),
-                      key=lambda sb: (sb[0], r.benchmarks.index(sb[1])))
+        return [(s, b) for b in r.benchmarks for s in r.eval_steps(b)]
 
     def eval_inputs(self) -> list[str]:
         """What aggregate_eval waits for: every evaluation file, or with evaluations grouped by

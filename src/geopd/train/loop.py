@@ -9,11 +9,16 @@ are cut into updates and micro-batches in geopd.train.batching, and the training
 jobs (resume, continue, kept states) in geopd.train.resume, and what the run shows while it trains
 (TensorBoard, W&B, progress lines, the progress file) in geopd.train.tracking.
 
-Fault tolerance: at each checkpoint step (and on SIGTERM/SIGUSR1, which Slurm sends before
-a time limit) the full state is written to `state_dir`; a restarted job resumes from the last
-complete state and ends bitwise where an uninterrupted run would (CPU). Exported checkpoints
-accumulate in `state_dir/exports` and are moved onto the rule's output only at the very end,
-because Snakemake deletes the outputs of a failed job.
+Fault tolerance: the full state is written to `state_dir` at each checkpoint step, every
+`state_every_min` minutes of wall clock (geopd.spec.STATE_EVERY_MIN: a node failure loses at most
+that), and after the step in which a stop was asked for (SIGUSR1, which Slurm sends `lead` seconds
+before a training job's time limit: sbatch --signal, geopd.launch; or SIGTERM), after which the job
+exits 75 for a retry; a restarted job resumes from the last complete state and ends bitwise where an
+uninterrupted run would (CPU). The ranks agree after each step on whether to save or stop (a signal
+reaches them at different moments, and saving is collective). A signal that arrives while the
+process starts up (`geopd train` notes it from its start: geopd.train.signals) counts from
+the first step. Exported checkpoints accumulate in `state_dir/exports` and are moved onto the
+rule's output only at the very end, because Snakemake deletes the outputs of a failed job.
 """
 from __future__ import annotations
 
@@ -39,9 +44,10 @@ from geopd.engines.vllm_engine import check_colocation
 from geopd.errors import UserError
 from geopd.io.publish import verify_checkpoint
 from geopd.io.tensors import Checkpoint, read_tensor
-from geopd.spec import Optim, RunSpec, Tracking
+from geopd.spec import STATE_EVERY_MIN, Optim, RunSpec, Tracking
 from geopd.train import objectives as obj
 from geopd.train import resume
+from geopd.train import signals
 from geopd.train.batching import groups_taken, micro_batch_plan, num_updates, update_of_samples
 from geopd.train.data import JsonlRecords, RecordStream, build_index, shard
 from geopd.train.distributed import Dist, shard_model
@@ -97,8 +103,10 @@ class Stop(Exception):
 
 class Trainer:
     def __init__(self, spec: RunSpec | dict, *, model=None, tokenizer=None, threads: int | None = None,
-                 progress: bool = True, tracking: Tracking | dict | None = None):
+                 progress: bool = True, state_every_min: float = STATE_EVERY_MIN,
+                 tracking: Tracking | dict | None = None):
         spec = self.spec = RunSpec.from_dict(spec)
+        self.state_every_s = state_every_min * 60
         self.tracking = Tracking.from_dict(tracking)  # TensorBoard, W&B, progress (geopd.train.tracking)
         self.method = spec.method
         self.engine = spec.engine
@@ -114,7 +122,7 @@ class Trainer:
         self.records = self._load_data()  # before any model is loaded: fail fast on bad data
         self.tokenizer = tokenizer if model is not None else self._load_tokenizer()
         if spec.teacher:
-            check_colocation(spec.to_dict())  # before anything loads
+            check_colocation(spec)  # before anything loads
         self.model = self._load_student(model)
         self.teacher = self._load_teacher() if spec.teacher else None
         self.model.train()
@@ -504,13 +512,25 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
 
+    def _after_step(self) -> tuple[bool, bool]:
+        """(save a state now, then stop), as every rank agrees: a stop asked of any rank, or the
+        wall-clock interval since the last save passed on rank 0."""
+        due = self.state_every_s > 0 and time.monotonic() - self._last_state >= self.state_every_s
+        flags = self.dist.all_max(int(self._stop_requested) * 2 + int(due and self.dist.main))
+        return flags > 0, flags >= 2
+
     def fit(self) -> None:
         spec = self.spec
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        handlers = {s: signal.signal(s, self._on_signal) for s in signals.STOP_SIGNALS}
+        for signum in signals.early:  # asked while starting up
+            self._on_signal(signum, None)
+        signals.early.clear()
+        self._last_state = time.monotonic()
         tracker = Tracker(self)
         try:
             while self.step < spec.steps:
                 _inject_fault("GEOPD_FAULT_SIGTERM_AT_STEP", self.step + 1, signal.SIGTERM)
+                _inject_fault("GEOPD_FAULT_USR1_AT_STEP", self.step + 1, signal.SIGUSR1)
                 _slow_down("GEOPD_FAULT_STEP_DELAY")
                 t0 = time.perf_counter()
                 row = self.sft_step() if self.method == "sft" else self.rl_step()
@@ -519,12 +539,13 @@ class Trainer:
                 row = self.log(row, t0, self.after_update())
                 tracker.log(row)
                 _inject_fault("GEOPD_FAULT_KILL_AT_STEP", self.step, signal.SIGKILL)
+                save, stop = self._after_step()
                 if self.step in spec.checkpoints:
                     self.export()
+                if self.step in spec.checkpoints or save:
                     resume.save_state(self)
-                elif self._stop_requested:
-                    resume.save_state(self)
-                if self._stop_requested:
+                    self._last_state = time.monotonic()
+                if stop and self.step < spec.steps:
                     raise Stop()
         finally:
             tracker.close(self.step, finished=self.step >= spec.steps)
@@ -563,7 +584,9 @@ def _slow_down(variable: str) -> None:
 
 
 def train(spec: RunSpec | dict, out_dir, metrics_out, *, threads: int | None = None, model=None, tokenizer=None,
-          progress: bool = True, tracking: Tracking | dict | None = None) -> None:
-    trainer = Trainer(spec, model=model, tokenizer=tokenizer, threads=threads, progress=progress, tracking=tracking)
+          progress: bool = True, state_every_min: float = STATE_EVERY_MIN,
+          tracking: Tracking | dict | None = None) -> None:
+    trainer = Trainer(spec, model=model, tokenizer=tokenizer, threads=threads, progress=progress,
+                      state_every_min=state_every_min, tracking=tracking)
     trainer.fit()
     trainer.publish(out_dir, metrics_out)
