@@ -436,14 +436,18 @@ def test_non_finite_weight(tmp_path, capsys):
 
 
 def test_unresolvable_sources(tmp_path, monkeypatch):
-    with pytest.raises(UserError, match="no such checkpoint folder"):
+    with pytest.raises(UserError, match="no such file or folder"):
         Checkpoint.open(str(tmp_path / "nope" / "deeper" / "x"))
     import huggingface_hub
 
-    def offline(**kw):
-        raise huggingface_hub.errors.LocalEntryNotFoundError("offline mode is enabled")
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    def unreachable(**kw):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("the hub cannot be reached")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(UserError, match="Qwen/Qwen3-8B-Base: not a local folder, and the hub id could not"):
+        Checkpoint.open("Qwen/Qwen3-8B-Base")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: only the local hub cache is asked
+    with pytest.raises(UserError, match="Qwen/Qwen3-8B-Base: no such file or folder, nor a hub id in the local"):
         Checkpoint.open("Qwen/Qwen3-8B-Base")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -28,7 +28,7 @@ import pytest
 
 from geopd import sandbox
 from geopd.sandbox import machine, process, programs, run_batch, run_program
-from geopd.grading.code import grade_tests
+from geopd.grading.code import grade_code, grade_tests
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
@@ -345,11 +345,11 @@ def test_a_symlink_does_not_lead_out_of_the_directory(mode):
 
 def test_session_requests_are_timed_by_the_grader():
     """A runner's own claims about time do not count: the grader times each request from
-    its delivery to the "done" frame, and ends one that runs past its limit."""
+    its delivery to the arrival of the whole reply, and ends one that runs past its limit."""
     runner = sandbox.RUNNER_LIB + (
         "import time\nsend({'ready': True})\n"
         "while True:\n    req = recv()\n    if req is None:\n        break\n"
-        "    time.sleep(float(req[1]))\n    send({'done': True, 'elapsed': 0.0})\n    send({'ok': True}, b'x')\n")
+        "    time.sleep(float(req[1]))\n    send({'ok': True, 'elapsed': 0.0}, b'x')\n")
     with sandbox.Session(runner, timeout_s=1.0, n_requests=3) as s:
         assert s.ready and s.isolation and sandbox.is_isolated(s.isolation)
         fast = s.request({}, b"0.2", timeout_s=1.0)
@@ -472,3 +472,30 @@ def test_forged_replies_are_a_runtime_error():
              "print(1)")
     g = grade_tests(forge, [{"input": "", "output": "1"}, {"input": "", "output": "2"}])
     assert [r["verdict"] for r in g["results"]] == ["runtime_error"], g["results"]
+
+
+def test_a_program_cannot_stop_the_clock_with_its_own_frames():
+    """Issue 23: the runner shares its process with the program, which can send frames of its
+    own. The grader's clock stops only at the arrival of a whole reply, and the first reply is
+    the one judged: a program that sends an early "done" at 0.8 s and its answer at 1.6 s under
+    a 1 s limit does not pass (on the old protocol the "done" stopped the clock and the answer
+    had a further limit's grace: it passed at up to 2x the limit), nor does one that sends
+    only its own (right) answer at 1.6 s."""
+    head = ("import sys, time\n"
+            "m = sys.modules['__main__']\n"
+            "real = m.send\n"
+            "n = int(input())\n"
+            "time.sleep(0.8)\n")
+    tail = ("time.sleep(0.8)\n"
+            "real({'status': 'ok'}, (str(2 * n) + '\\n').encode())\n"
+            "m.send = lambda *a, **k: None\n")   # the runner's own frames go nowhere
+    tests = [{"input": "3", "output": "6"}]
+    early_done = head + "real({'done': True})\n" + tail
+    g = grade_tests(early_done, tests, timeout_s=1.0)
+    assert not g["results"][0]["passed"], g["results"]
+    assert grade_code(f"```python\n{early_done}```", tests, timeout_s=1.0) is False
+    late = grade_tests(head + tail, tests, timeout_s=1.0)["results"]
+    assert [r["verdict"] for r in late] == ["timeout"] and late[0]["elapsed_s"] >= 1.0, late
+    # without the stalls the same program answers in time: sending its own reply is no crime
+    quick = (head + tail).replace("time.sleep(0.8)\n", "")
+    assert [r["verdict"] for r in grade_tests(quick, tests, timeout_s=1.0)["results"]] == ["passed"]

@@ -19,7 +19,11 @@ def test_fixed_columns_lay_out_as_the_planner_prints():
     ]
 
 
-def test_fixed_cells_wider_than_their_column_push_right_never_truncate():
+def test_fixed_columns_widen_to_cells_wider_than_them_never_truncate():
+    """A cell wider than its column widens the column (issue 23: `nodes: 100000` once ran the
+    plan's numbers together): every row stays aligned, a right-aligned cell a space apart."""
     lines = fixed([Column("x", 4, "<"), Column("n", 3), Column(" (phase)", 9, "<")],
-                  [("a-long-name", 12345, " (train)")], indent=2)
-    assert lines == ["x     n (phase) ", "  a-long-name12345 (train) "]
+                  [("a-long-name", 12345, " (train)"), ("b", 1, "")], indent=2)
+    assert lines == ["x                 n (phase) ",
+                     "  a-long-name 12345 (train) ",
+                     "  b               1         "]

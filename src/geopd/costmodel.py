@@ -38,7 +38,7 @@ import math
 from dataclasses import dataclass, field
 
 from geopd.spec import VLLM, Benchmark, Engine, engine_placement_problems, engine_tensor_parallels, max_model_len
-from geopd.train.batching import largest_micro_batch, rollout_split
+from geopd.train.batching import largest_micro_batch, num_updates, rollout_split
 
 GiB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
@@ -739,10 +739,11 @@ def updates_info(run) -> dict:
     r = run.settings.rollout
     if run.method == "sft":
         return {"updates_per_step": 1, "leftover_samples": 0, "updates": steps}
-    # slime's count: full batches only. The trainer takes at least one update per step
-    # (geopd.train.batching.num_updates) where this says 0 (global_batch_size > prompts x samples).
+    # The trainer's count (geopd.train.batching.num_updates, slime's: full batches); a
+    # global_batch_size above a step's samples is refused before planning (geopd.grid.checks).
     samples = r.samples_per_step
-    updates, left = rollout_split(samples, samples if r.global_batch_size is None else r.global_batch_size)
+    batch = samples if r.global_batch_size is None else r.global_batch_size
+    updates, left = num_updates(samples, batch), rollout_split(samples, batch)[1]
     return {"updates_per_step": updates, "leftover_samples": left, "updates": steps * updates}
 
 
@@ -1075,6 +1076,9 @@ def estimate_eval(rule: str, subject: str, shape: Shape, bench: Benchmark, probl
         est.problems.append(f"benchmark {bench.name}: backend hf on GPU is not modelled: use vllm")
         return est.check(a)
     max_len = bench.model_len(a.max_prompt_tokens)
+    if max_len < a.max_prompt_tokens + bench.max_new_tokens:  # as a rollout engine's (colocated_engines)
+        est.problems.append(f"benchmark {bench.name}: max_model_len {bench.max_model_len} is shorter than "
+                            f"a prompt ({a.max_prompt_tokens}) + max_new_tokens ({bench.max_new_tokens})")
     tp, dp = eval_parallelism(shape, bench, gpus, nodes, gpu_bytes, max_len, a)
     engine = _vllm(shape, bench.vllm(tp), gpu_bytes, a=a)
     est.info.update(tp=tp, dp=dp)

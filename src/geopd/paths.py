@@ -44,6 +44,9 @@ class RunFiles:
         self.progress = self.run_dir / "progress.json"    # step, total, timing, host/pid/Slurm job
         self.wandb_root = self.run_dir                     # W&B writes <wandb_root>/wandb/
 
+# The lm-eval task YAMLs geopd ships (a benchmark's `task` names one): package data, not results.
+TASKS_DIR = Path(__file__).resolve().parent / "evaluate" / "tasks"
+
 
 class Layout:
     """Paths under one results root (a str or Path; every method returns a str)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from geopd import costmodel as cm
 from geopd.errors import UserError
 from geopd.io.table import Column, fixed
-from geopd.grid import Grid
+from geopd.grid import Grid, checks
 from geopd.grid.runs import Ref
 from geopd.spec import DEFAULT_MAX_RUNTIME, Benchmark
 from geopd.world.tokenizer import vocabulary
@@ -136,6 +136,26 @@ def build_jobs(grid: Grid) -> dict[str, Job]:
     return jobs
 
 
+# What the cost model says when it lacks an input rather than finds a job that cannot run: a
+# hub model's architecture before it is prefetched (`shape: null`), a benchmark's size before its
+# data is prepared, a GPU's memory the config does not state. `geopd plan` reports them; the
+# workflow, which may be about to prefetch what is missing, does not stop on them.
+UNPLANNED = ("no architecture to plan with", "cannot be checked", "number of problems unknown")
+
+
+def refusals(grid: Grid, *, unplanned: bool = False) -> list[str]:
+    """Everything the workflow (workflow/rules/common.smk) refuses, as `geopd plan` does, one line
+    each: the config's own checks (geopd.grid.checks), then, once those pass, every job's memory
+    and time against what it requests (the cost model); `unplanned`: also what the cost model
+    could not check for want of an input (UNPLANNED)."""
+    found = checks.problems(grid)
+    if found:
+        return found
+    jobs = build_jobs(grid)
+    found = problems(jobs, estimate_jobs(grid, jobs))
+    return found if unplanned else [p for p in found if not any(u in p for u in UNPLANNED)]
+
+
 def select(jobs: dict[str, Job], grid: Grid, targets: list[str]) -> dict[str, Job]:
     """Jobs needed for the targets: rule names, run names or job ids, and what they need."""
     if not targets:
@@ -232,9 +252,7 @@ class Shapes:
         return value
 
     def root_model(self, ref: Ref) -> str:
-        while ref.kind == "run":
-            ref = self.grid.runs[ref.name].init
-        return ref.name
+        return self.grid.root_model(ref)
 
     def run(self, name: str) -> cm.Shape:
         return self.model(self.root_model(Ref("run", name)))

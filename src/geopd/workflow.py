@@ -31,6 +31,7 @@ from pathlib import Path
 
 from geopd.errors import UserError
 from geopd.grid import Grid
+from geopd.grid.checks import resource_problems
 from geopd.plan import signal_lead
 from geopd.spec import DEFAULT_MAX_RUNTIME, STATE_EVERY_MIN
 
@@ -66,37 +67,12 @@ def retry_mem_mb(res: dict, attempt: int) -> int:
     return res["mem_mb"] if cap is None else min(res["mem_mb"] * attempt, cap)
 
 
-def _origin(grid: Grid, cls: str, run: str | None, keys: tuple[str, ...]) -> str:
-    """The config block a resolved value came from (the most specific that sets one of keys)."""
-    if run is not None and any(k in grid.runs[run].resources for k in keys):
-        return f"runs.{run}.resources"
-    if run is not None and any(k in (grid.config.get("train_resources") or {}).get(run, {}) for k in keys):
-        return f"train_resources.{run}"
-    for block in (cls, "default"):
-        if any(k in grid.config["resources"].get(block, {}) for k in keys):
-            return f"resources.{block}"
-    return f"resources.{cls}"
-
-
 def check_resources(grid: Grid, rule: str) -> None:
-    """Refuse a request above its own cap: Slurm would reject every attempt of the job."""
-    cls = grid.RESOURCE_CLASS.get(rule, rule)
-    for run in (list(grid.runs) if cls == "train" else [None]):
-        res = grid.resources(rule, run)
-        where = f"rule {rule}" + (f", run {run}" if run else "")
-        cap = res.get("max_runtime", DEFAULT_MAX_RUNTIME)
-        if res["runtime"] > cap:
-            named = ("max_runtime" if "max_runtime" in res
-                     else f"max_runtime (default {DEFAULT_MAX_RUNTIME} min = 48 h)")
-            raise UserError(
-                f"{', '.join(grid.sources)}: {_origin(grid, cls, run, ('runtime', 'max_runtime'))}: "
-                f"runtime {res['runtime']} min exceeds {named} {cap} ({where}); set max_runtime to "
-                f"your partition's time limit or lower runtime")
-        if "max_mem_mb" in res and res["mem_mb"] > res["max_mem_mb"]:
-            raise UserError(
-                f"{', '.join(grid.sources)}: {_origin(grid, cls, run, ('mem_mb', 'max_mem_mb'))}: "
-                f"mem_mb {res['mem_mb']} exceeds max_mem_mb {res['max_mem_mb']} ({where}): "
-                f"no node could run it")
+    """Refuse a request above its own cap: Slurm would reject every attempt of the job (the
+    check geopd.grid.checks makes for every rule when the workflow starts and when planning)."""
+    found = resource_problems(grid, rule)
+    if found:
+        raise UserError(found[0])
 
 
 def _resolved(grid: Grid, rule: str, wildcards) -> dict:

@@ -1,4 +1,4 @@
-# Shared by every file of workflow/rules: the config checked against its schema, the grid
+# Shared by every file of workflow/rules: the config checked (as `geopd plan` checks it), the grid
 # (geopd.grid.Grid) and its results root, wildcard constraints, resources, and the functions that
 # build the commands' arguments and the report's captions. Functions only, no rules (Snakemake's
 # linter asks for the two to be apart).
@@ -9,30 +9,39 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
-
-from geopd.config import explain, mask_alphas
+from geopd.config import mask_alphas
+from geopd.errors import UserError
 from geopd.grid import Grid
 from geopd.spec import spec_json
 from geopd.paths import Layout, samples_file, summary_file
-from geopd.plan import evaluation_spec
+from geopd.plan import evaluation_spec, refusals
 from geopd.report.gridfile import input_files, write_grid
 from geopd.workflow import Unversioned, check_environments, geopd_commands, snakemake_resources, threads_of
 
 
+# The config checked before any job is scheduled, by the same code as `geopd plan`: each config
+# file read strictly (YAML errors, repeated keys: file and line), the schema, every reference,
+# then what no job could carry out (geopd.grid.checks) and each job's memory and time (the cost
+# model). One line per problem, naming the file and key; exit status 2, as `geopd plan`.
+# (A file Snakemake itself cannot parse never gets here: the plugin snakemake_logger_plugin_geopd
+# names its file and line instead of Snakemake's "Config file is not valid JSON or YAML".)
 try:
-    validate(config, "../schemas/config.schema.yaml")
-except WorkflowError as exc:
-    # Snakemake's message does not name the key or the file; ours does.
-    raise WorkflowError(explain(config, workflow.configfiles) or str(exc))
+    G = Grid.load(workflow.configfiles, config)
+    if workflow.is_main_process:
+        for line in G.changes:
+            print(f"warning: {line}", file=sys.stderr)
+    found = refusals(G)
+    if found:
+        raise UserError(f"{len(found)} problem(s) in {', '.join(G.sources)}:\n  " + "\n  ".join(found))
+except UserError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 # Rules call the `geopd` console script of the environment Snakemake itself runs in (those of the
 # jobs that request GPUs name the GPU environment's by path: GEOPD below). Set, not
 # read: the envvars directive the linter suggests asserts variables the user must define.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
-G = Grid(config, workflow.configfiles)
 R = str(G.results)
 # The `geopd` run by the jobs of each class of rules that may use GPUs: the GPU environment's
 # (environments.gpu) where its jobs request GPUs, else the one above. A resource of those rules

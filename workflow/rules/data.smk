@@ -18,7 +18,7 @@ if G.mirror is not None:
         # Runs where Snakemake runs (the login node has the network); gated repos need HF_TOKEN.
         localrule: True
         shell:
-            "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 geopd prefetch --spec {params.spec:q} 2> {log}"
+            "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 geopd prefetch --spec {params.spec:q} 2> {log:q}"
 
 
 rule prepare_data:
@@ -35,7 +35,7 @@ rule prepare_data:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd data --spec {params.spec:q} --out {output} 2> {log}"
+        "geopd data --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
 
 rule pretrain_model:
@@ -55,7 +55,7 @@ rule pretrain_model:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd make-model --spec {params.spec:q} --out {output} --threads {threads} 2> {log}"
+        "geopd make-model --spec {params.spec:q} --out {output:q} --threads {threads} 2> {log:q}"
 
 
 use rule pretrain_model as finetune_model with:

@@ -22,7 +22,7 @@ if G.grouping("diagnose") == "run":
         conda:
             "../envs/geopd.yaml"
         shell:
-            "geopd batch --commands {params.commands:q} 2> {log}"
+            "geopd batch --commands {params.commands:q} 2> {log:q}"
 
 
 else:
@@ -44,7 +44,7 @@ else:
         conda:
             "../envs/geopd.yaml"
         shell:
-            "geopd {params.args} 2> {log}"
+            "geopd {params.args} 2> {log:q}"
 
     rule similarity:
         input:
@@ -62,7 +62,7 @@ else:
         conda:
             "../envs/geopd.yaml"
         shell:
-            "geopd {params.args} 2> {log}"
+            "geopd {params.args} 2> {log:q}"
 
 
 rule diagnose_reference:
@@ -81,7 +81,7 @@ rule diagnose_reference:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd {params.args} 2> {log}"
+        "geopd {params.args} 2> {log:q}"
 
 
 rule aggregate_diagnostics:
@@ -101,6 +101,6 @@ rule aggregate_diagnostics:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report aggregate-diagnostics --results {params.results} --grid {input.grid} "
-        "--out-summary {output.summary} --out-matrices {output.matrices} "
-        "--out-similarity {output.similarity} 2> {log}"
+        "geopd report aggregate-diagnostics --results {params.results:q} --grid {input.grid:q} "
+        "--out-summary {output.summary:q} --out-matrices {output.matrices:q} "
+        "--out-similarity {output.similarity:q} 2> {log:q}"

@@ -22,7 +22,7 @@ if G.grouping("evaluate") == "run":
         conda:
             "../envs/geopd.yaml"
         shell:
-            "{resources.geopd:q} batch --commands {params.commands:q} 2> {log}"
+            "{resources.geopd:q} batch --commands {params.commands:q} 2> {log:q}"
 
 else:
 
@@ -44,7 +44,7 @@ else:
         conda:
             "../envs/geopd.yaml"
         shell:
-            "{resources.geopd:q} {params.args} 2> {log}"
+            "{resources.geopd:q} {params.args} 2> {log:q}"
 
 
 rule evaluate_model:
@@ -65,7 +65,7 @@ rule evaluate_model:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "{resources.geopd:q} {params.args} 2> {log}"
+        "{resources.geopd:q} {params.args} 2> {log:q}"
 
 
 rule aggregate_eval:
@@ -83,4 +83,4 @@ rule aggregate_eval:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report aggregate-eval --results {params.results} --grid {input.grid} --out {output} 2> {log}"
+        "geopd report aggregate-eval --results {params.results:q} --grid {input.grid:q} --out {output:q} 2> {log:q}"

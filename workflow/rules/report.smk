@@ -36,7 +36,7 @@ rule tables:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report tables --results {params.results} --grid {input.grid} 2> {log}"
+        "geopd report tables --results {params.results:q} --grid {input.grid:q} 2> {log:q}"
 
 
 rule figures:
@@ -58,7 +58,7 @@ rule figures:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report figures --results {params.results} --grid {input.grid} 2> {log}"
+        "geopd report figures --results {params.results:q} --grid {input.grid:q} 2> {log:q}"
 
 
 rule claims:
@@ -80,7 +80,7 @@ rule claims:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report claims --results {params.results} --grid {input.grid} 2> {log}"
+        "geopd report claims --results {params.results:q} --grid {input.grid:q} 2> {log:q}"
 
 
 # Each run's training curves, in the report's "Training curves" category beside the paper's
@@ -99,7 +99,7 @@ rule run_curves:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report run-curves --metrics {input.metrics} --run {wildcards.run} --out {output.png} 2> {log}"
+        "geopd report run-curves --metrics {input.metrics:q} --run {wildcards.run:q} --out {output.png:q} 2> {log:q}"
 
 
 # ---- the report from what exists ---------------------------------------------------------------
@@ -127,4 +127,4 @@ rule report_partial:
     conda:
         "../envs/geopd.yaml"
     shell:
-        "geopd report partial --results {params.results} --grid {input.grid} --out-dir {output} 2> {log}"
+        "geopd report partial --results {params.results:q} --grid {input.grid:q} --out-dir {output:q} 2> {log:q}"

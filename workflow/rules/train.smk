@@ -26,5 +26,5 @@ rule train:
     shell:
         "{resources.geopd:q} launch --nodes {resources.nodes} --tasks {resources.tasks} --gpus-per-node {resources.gpus} "
         "--cpus-per-task {resources.cpus_per_task} -- "
-        "{resources.geopd:q} train --spec {params.spec:q} --tracking {params.tracking:q} --out {output.checkpoints} "
-        "--metrics {output.metrics} --threads {threads} --state-every-min {resources.state_every_min} 2> {log}"
+        "{resources.geopd:q} train --spec {params.spec:q} --tracking {params.tracking:q} --out {output.checkpoints:q} "
+        "--metrics {output.metrics:q} --threads {threads} --state-every-min {resources.state_every_min} 2> {log:q}"

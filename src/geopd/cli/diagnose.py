@@ -17,6 +17,7 @@ import torch
 
 from geopd.diagnostics.output import check_table_path, default_workers, write_json, write_table
 from geopd.diagnostics.run import Options, diagnose
+from geopd.io.outputs import check_outputs
 
 
 def positive_int(text: str) -> int:
@@ -65,7 +66,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    check_table_path(args.out)  # fail before minutes of SVDs, not after
+    # Fail before hours of SVDs, not after: the outputs' names, places and permissions.
+    check_table_path(args.out)
+    check_outputs({"--out": args.out, "--summary": args.summary, "--spectra": args.spectra},
+                  {"--base": args.base, "--tuned": args.tuned})
     # --workers is the core budget: each process (this one when workers == 1) uses one thread.
     torch.set_num_threads(1)
     opts = Options(matrices=args.matrices, k=args.k, r=args.r, alphas=tuple(args.alpha), eta=args.eta,

@@ -12,6 +12,7 @@ import torch
 
 from geopd.evaluate import engine
 from geopd.evaluate.run import evaluate, parse_spec
+from geopd.io.outputs import check_outputs
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local JSONL only; never ask the hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     spec = parse_spec(args.benchmark)
+    check_outputs({"--out": args.out, "--samples": args.samples}, {"--model": args.model})
     if args.threads:
         torch.set_num_threads(args.threads)
     result = evaluate(spec, args.model, seed=args.seed, out=args.out, samples_file=args.samples,

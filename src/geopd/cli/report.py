@@ -21,6 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from geopd.errors import UserError
+from geopd.io.outputs import check_outputs
 from geopd.paths import Layout
 from geopd.report import aggregate
 from geopd.report.claims import write_claims
@@ -118,21 +120,40 @@ def _render(args) -> int:
     return 0
 
 
+def check_results(args) -> None:
+    """A mistyped --results must not pass as an empty grid: the folder must exist, and tables,
+    figures and claims need at least one of the aggregated files in it."""
+    results = Path(args.results)
+    if not results.is_dir():
+        raise UserError(f"--results {results}: no such folder")
+    if args.report_command in ("tables", "figures", "claims"):
+        layout = Layout(results)
+        aggregated = [layout.diagnostics_summary(), layout.diagnostics_matrices(), layout.similarity_summary(),
+                      layout.accuracy_file()]
+        if not any(Path(p).exists() for p in aggregated):
+            raise UserError(f"--results {results}: none of {', '.join(str(Path(p).relative_to(results)) for p in aggregated)} "
+                            f"is there: is it the results folder? (aggregate-diagnostics and aggregate-eval write them)")
+
+
 def main(args: argparse.Namespace) -> int:
     cmd = args.report_command
     if cmd == "grid":
         write_grid(args.spec, args.out)
         return 0
+    if cmd == "run-curves":
+        from geopd.report.figures import run_curves  # heavy: matplotlib
+
+        out = Path(args.out).with_suffix("")
+        check_outputs({"--out": out.with_suffix(".png"), "--out (pdf)": out.with_suffix(".pdf")},
+                      {"--metrics": args.metrics})
+        paths = run_curves.draw(args.metrics, args.run, out)
+        print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+        return 0
+    check_results(args)
     if cmd == "aggregate-diagnostics":
         return _aggregate_diagnostics(args)
     if cmd == "aggregate-eval":
         return _aggregate_eval(args)
     if cmd == "partial":
         return _partial(args)
-    if cmd == "run-curves":
-        from geopd.report.figures import run_curves  # heavy: matplotlib
-
-        paths = run_curves.draw(args.metrics, args.run, Path(args.out).with_suffix(""))
-        print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
-        return 0
     return _render(args)

@@ -14,6 +14,7 @@ import torch
 from geopd.cli.diagnose import positive_int
 from geopd.diagnostics.output import check_table_path, default_workers, write_json, write_table
 from geopd.diagnostics.similarity import similarity_series
+from geopd.io.outputs import check_outputs
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,8 @@ def main(args: argparse.Namespace) -> int:
     check_table_path(args.out)
     if args.summary and not args.summary.endswith(".json"):
         check_table_path(args.summary)
+    check_outputs({"--out": args.out, "--summary": args.summary},
+                  {"--init": args.init, "--checkpoints": args.checkpoints})
     torch.set_num_threads(1)
     table, means = similarity_series(args.init, args.checkpoints, args.k, args.matrices, args.workers)
     write_table(table, args.out)

@@ -56,6 +56,11 @@ def load_split(data_dir: str | Path, split: str, *, required_keys: Iterable[str]
 
 # ---- miniature ---------------------------------------------------------------------------
 
+def demo_tasks(spec: dict) -> list[str]:
+    """The tasks a synthetic-demos set demonstrates (math unless it says otherwise)."""
+    return spec.get("tasks", ["math"])
+
+
 def synthetic(spec: dict) -> dict[str, list[dict]]:
     kind, seed = spec["kind"], spec["seed"]
     n_train, n_test = spec.get("n_train", 0), spec.get("n_test", 0)
@@ -68,7 +73,7 @@ def synthetic(spec: dict) -> dict[str, list[dict]]:
         return {s: tasks.code_problems(n, seed, s) for s, n in (("train", n_train), ("test", n_test))}
     if kind == "synthetic-demos":
         rng = random.Random(seed + 1)
-        task_list = spec.get("tasks", ["math"])
+        task_list = demo_tasks(spec)
         share = spec.get("mix") or {t: 1.0 / len(task_list) for t in task_list}
         if set(share) != set(task_list):
             raise UserError(f"data set {spec['name']}: mix names {sorted(share)} but tasks are {sorted(task_list)}")

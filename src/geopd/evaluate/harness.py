@@ -33,8 +33,8 @@ from geopd.engines.vllm_engine import import_vllm, llm_kwargs, standalone_on_cpu
 from geopd.errors import UserError
 from geopd.evaluate import hooks
 from geopd.evaluate.engine import engine_for, vllm_settings
+from geopd.paths import TASKS_DIR
 
-TASKS_DIR = Path(__file__).with_name("tasks")
 DEFAULT_TASK = {"math": "geopd_math", "mcq": "geopd_mcq"}
 FILTER = "all"
 METRICS = ("avg", "pass", "maj")

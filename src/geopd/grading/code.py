@@ -37,9 +37,10 @@ tokens are compared lazily, numbers as Decimals, JSON with integers as Decimals)
            non-string dict key) is unequal, as it compares unequal there. DeepCoder's TACO
            and PrimeIntellect records say call_match "value-or-first": the APPS runner's
            rule, equal to the stored value or to its first element (CALL_MATCHES).
-  time     each test's time is measured by the grader, from the input's delivery to the
-           call's end, less the time the program waited for a CPU; over `timeout_s`
-           (6 s) is a timeout. The module's execution has its own `timeout_s`.
+  time     each test's time is measured by the grader alone, from the input's delivery to
+           the arrival of the program's whole reply, less the time the program waited for
+           a CPU; over `timeout_s` (6 s) is a timeout. The module's execution has its own
+           `timeout_s`. Nothing the program sends can stop the clock.
   order    tests run in order and stop at the first failure.
 Verdicts: passed, wrong_answer, timeout, runtime_error, memory, output_limit,
 sandbox_error (LiveCodeBench error codes 1, -2, -3, -4, -4, -4, -5).
@@ -304,7 +305,6 @@ try:
     loaded = {"ok": True}
 except Exception as exc:
     loaded = {"ok": False, "error": _error(exc)}
-send({"done": True})
 send(loaded)
 if target is None:
     raise SystemExit(0)
@@ -327,7 +327,6 @@ while True:
             reply = {"status": "error", "error": _error(exc)}
         finally:
             sys.stdout, sys.stdin, builtins.open = saved
-        send({"done": True})
         send(reply, captured.getvalue().encode("utf-8", "surrogatepass"))
         del captured
         continue
@@ -337,7 +336,6 @@ while True:
         result = target(*args)
     except Exception as exc:
         reply = {"status": "error", "error": _error(exc)}
-    send({"done": True})
     if reply["status"] == "ok":
         try:
             body = json.dumps(_plain(result, True)).encode()

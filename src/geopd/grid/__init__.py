@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from geopd.config import deep_merge, read_yaml, validate
+from geopd.config import Merged, Sources, deep_merge, merge_files, validate
 from geopd.errors import UserError
 from geopd.grid.runs import Run, resolve_runs
 from geopd.grid.specs import Specs
@@ -22,9 +22,13 @@ from geopd.paths import Layout
 
 
 class Grid(Specs, Targets):
-    def __init__(self, config: dict, sources: Iterable[str | Path] = (), results: str | None = None):
+    def __init__(self, config: dict, sources: Iterable[str | Path] | Sources = (), results: str | None = None):
         self.config = config
-        self.sources = [str(s) for s in sources] or ["(config)"]
+        # Which file set which key, so that every message names the file(s) of its key.
+        self.origins = sources if isinstance(sources, Sources) else Sources([str(s) for s in sources])
+        self.sources = list(self.origins.files) or ["(config)"]
+        # What a later config file changed in a run it redefines (one line per run).
+        self.changes: list[str] = []
         self.results = Path(results or config.get("results", "results"))
         self.layout = Layout(self.results)
         self.device: str = config.get("device", "cpu")
@@ -42,19 +46,31 @@ class Grid(Specs, Targets):
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: dict | None = None) -> "Grid":
-        config = read_yaml(path)
-        if overrides:
-            config = deep_merge(config, overrides)
-        return cls(validate(config, [path]), [path])
+        return cls.load([path], overrides=overrides)
 
     @classmethod
     def from_files(cls, paths: Iterable[str | Path]) -> "Grid":
         """Several config files merged in order, as `snakemake --configfile a b` merges them."""
-        paths = list(paths)
-        return cls(validate(merged_config(paths), paths), paths)
+        return cls.load(paths)
 
-    def _fail(self, key: str, message: str):
-        raise UserError(f"{', '.join(self.sources)}: {key}: {message}")
+    @classmethod
+    def load(cls, paths: Iterable[str | Path], config: dict | None = None, overrides: dict | None = None) -> "Grid":
+        """The grid of config files, each read strictly (geopd.config.read_yaml), merged in order,
+        checked against the schema and for every cross-reference; a UserError naming the file and
+        key of the first kind of problem found. `config`: the merged config to use instead (the
+        workflow's, which `--config` may have changed); the files still name the keys."""
+        merged: Merged = merge_files(paths)
+        config = merged.config if config is None else config
+        if overrides:
+            config = deep_merge(config, overrides)
+        grid = cls(validate(config, merged.sources), merged.sources)
+        grid.changes = merged.changes
+        return grid
+
+    def _fail(self, key: str, message: str, *more: str):
+        """A UserError naming the file(s) that set `key` (and `more` keys, for a message about
+        several), then the key."""
+        raise UserError(f"{self.origins.of(key, *more)}: {key}: {message}")
 
     # ---- paths (geopd.paths.Layout) ---------------------------------------------------------
 
@@ -111,7 +127,4 @@ class Grid(Specs, Targets):
 
 def merged_config(paths: Iterable[str | Path]) -> dict:
     """Config files merged in order (mappings key by key, anything else replaced)."""
-    config: dict = {}
-    for path in paths:
-        config = deep_merge(config, read_yaml(path))
-    return config
+    return merge_files(paths).config

@@ -48,6 +48,12 @@ class Specs:
             return [self.prefetch_marker("models", model["hub"])]
         return []
 
+    def root_model(self, ref: Ref) -> str:
+        """The model a reference's weights descend from (a run's init, followed to a model)."""
+        while ref.kind == "run":
+            ref = self.runs[ref.name].init
+        return ref.name
+
     def ref_source(self, ref: Ref) -> str:
         if ref.kind == "model":
             return self.model_source(ref.name)

@@ -29,8 +29,17 @@ class Column:
 def fixed(columns: Sequence[Column], rows: Iterable[Sequence[object]], indent: int = 2) -> list[str]:
     """Fixed-width lines: the header line, then one line per row. The first column names the row:
     rows are indented by `indent` characters, taken from that column's width, so a row's first
-    cell sits under its header's title. A cell wider than its column pushes the rest of its line
-    right (never truncated). Cells are str() of what is given, aligned as `format` aligns them."""
+    cell sits under its header's title. A column widens to its widest cell (never truncated), a
+    right-aligned one to keep a space before it, so that cells stay aligned and apart. Cells are str() of what is given,
+    aligned as `format` aligns them."""
+    rows = [[str(v) for v in row] for row in rows]
+    widths = []
+    for i, c in enumerate(columns):
+        gap = 1 if c.align == ">" else 0  # a right-aligned cell keeps a space from its left neighbour
+        cells = [len(row[i]) for row in rows if i < len(row)]
+        need = (indent if i == 0 else 0) + max(cells, default=0) + gap
+        widths.append(max(c.width, need, len(c.header) + gap))
+    columns = [Column(c.header, w, c.align) for c, w in zip(columns, widths)]
     first, rest = columns[0], columns[1:]
     lines = ["".join(_cell(c.header, c) for c in columns)]
     for row in rows:

@@ -116,15 +116,21 @@ def resolve_source(source: str) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if not _HUB_ID.match(source):
-        raise UserError(f"{source}: no such checkpoint folder")
     repo_id, _, revision = source.partition("@")
+    # A path, not a hub id: absolute or relative to here, or its folder exists here
+    # (results/step-5 mistyped is no repo "results" on the hub).
+    if source.startswith(("/", ".", "~")) or not _HUB_ID.match(source) or Path(repo_id).parent.is_dir():
+        raise UserError(f"{source}: no such file or folder")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(repo_id=repo_id, revision=revision or None,
+        local = snapshot_download(repo_id=repo_id, revision=revision or None, local_files_only=offline,
                                   allow_patterns=["*.safetensors", "*.json"])
     except Exception as exc:  # offline, unknown repo, gated, network: all the user's to fix
+        if offline:
+            raise UserError(f"{source}: no such file or folder, nor a hub id in the local hub cache "
+                            f"(HF_HUB_OFFLINE is set: the hub is not asked)") from None
         raise UserError(f"{source}: not a local folder, and the hub id could not be resolved "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return Path(local)

@@ -24,9 +24,10 @@ def frame(header: dict, body: bytes = b"") -> bytes:
 @dataclass
 class Reply:
     """One request's outcome. status: ok | timeout | exit (the process ended) |
-    output_limit | protocol. elapsed_s: seconds from the request's delivery to the
-    runner's "done", measured by the grader, less the time the process spent waiting for a
-    CPU (so that a loaded machine does not turn correct programs into timeouts)."""
+    output_limit | protocol. elapsed_s: seconds from the request's delivery to the arrival of
+    the whole reply, measured by the grader (never by anything inside the sandbox), less the
+    time the process spent waiting for a CPU (so that a loaded machine does not turn correct
+    programs into timeouts)."""
 
     status: str
     header: dict | None = None
@@ -40,8 +41,10 @@ class Session:
 
     `runner` is Python source that starts with RUNNER_LIB (the reply descriptor filled in
     by `Session`) and serves requests with recv()/send(); it sends {"ready": true} first.
-    Per request the runner sends a {"done": ...} frame as soon as the timed work ends,
-    then the result frame; only the first is timed, the second has `result_grace_s`."""
+    Per request the runner sends one reply frame. The time is the host's alone: from the
+    request's delivery to the arrival of the complete reply (its delivery included), so no
+    frame a program sends can stop the clock early (an early "done" and a reply delivered
+    later within a grace period once let a 2x-limit program pass)."""
 
     HARD_FACTOR = 4.0  # a request never runs longer than this x its limit, however loaded
 
@@ -86,8 +89,7 @@ class Session:
             if time.monotonic() >= deadline_fn():
                 return "deadline", None
 
-    def request(self, header: dict, body: bytes = b"", *, timeout_s: float = 6.0,
-                result_grace_s: float | None = None) -> Reply:
+    def request(self, header: dict, body: bytes = b"", *, timeout_s: float = 6.0) -> Reply:
         box = self.box
         if not self.ready or box.exited:
             return Reply("exit")
@@ -112,7 +114,7 @@ class Session:
             # Extended by the time the program sat in the run queue, up to the hard cap.
             return min(hard, t0 + timeout_s + waited() + 0.05)
 
-        ev, got = self._next_frame(deadline)
+        ev, got = self._next_frame(deadline)  # a frame counts once it has arrived whole
         t_done = time.monotonic()
         elapsed = max(0.0, (t_done - t0) - waited())
         if ev == "deadline":
@@ -120,19 +122,8 @@ class Session:
             return Reply("timeout", elapsed_s=max(elapsed, timeout_s), wall_s=t_done - t0)
         if ev != "ok":
             return self._failed(elapsed, t_done - t0)
-        done_header, _, t_frame = got
-        if not done_header.get("done") or done_header.get("seq") != seq:
-            box.kill("protocol")
-            return Reply("protocol", done_header, elapsed_s=elapsed, wall_s=t_done - t0)
-        grace = timeout_s if result_grace_s is None else result_grace_s
-        ev, got = self._next_frame(lambda: t_done + grace)
-        if ev == "deadline":
-            box.kill("timeout")
-            return Reply("timeout", done_header, elapsed_s=elapsed, wall_s=t_done - t0)
-        if ev != "ok":
-            return self._failed(elapsed, t_done - t0)
         header, body_bytes, _ = got
-        if header.get("seq") != seq:  # a late reply to an earlier request
+        if header.get("seq") != seq:  # a late reply to an earlier request, or a forgery
             box.kill("protocol")
             return Reply("protocol", header, elapsed_s=elapsed, wall_s=t_done - t0)
         return Reply("ok", header, body_bytes, elapsed_s=elapsed, wall_s=t_done - t0)
