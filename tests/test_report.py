@@ -960,3 +960,16 @@ def test_a_teacher_no_stronger_than_the_anchor_is_no_evidence_of_distillation():
     assert claims.judge(stronger, claims.stable_rank_band(stronger)).reproduced == claims.YES
     unevaluated = ReportData(grid=small_grid(), summary=summary, accuracy=acc_rows({("sft-8b", 20): 0.4}))
     assert unevaluated.no_teacher_signal("opd-8b-t32b") == []
+
+
+def test_run_curves_of_a_run_with_a_dot_in_its_name(tmp_path):
+    """Mix runs are named opd-mix-0.50: the figure must be opd-mix-0.50.png, not opd-mix-0.png
+    (the miniature's run_curves job for opd-sparse-random-0.50 failed on that)."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-5, "updates": 1}) + "\n"
+                               for s in (1, 2, 3)))
+    out = tmp_path / "figures" / "opd-mix-0.50.png"
+    proc = subprocess.run([sys.executable, "-m", "geopd.cli", "report", "run-curves", "--metrics", str(metrics),
+                           "--run", "opd-mix-0.50", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["opd-mix-0.50.pdf", "opd-mix-0.50.png"]

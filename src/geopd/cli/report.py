@@ -143,8 +143,10 @@ def main(args: argparse.Namespace) -> int:
     if cmd == "run-curves":
         from geopd.report.figures import run_curves  # heavy: matplotlib
 
-        out = Path(args.out).with_suffix("")
-        check_outputs({"--out": out.with_suffix(".png"), "--out (pdf)": out.with_suffix(".pdf")},
+        # The stem keeps a run's own dots (opd-mix-0.50.png -> opd-mix-0.50): strip ".png" only.
+        out = Path(args.out)
+        out = out.with_name(out.name.removesuffix(".png"))
+        check_outputs({"--out": out.with_name(out.name + ".png"), "--out (pdf)": out.with_name(out.name + ".pdf")},
                       {"--metrics": args.metrics})
         paths = run_curves.draw(args.metrics, args.run, out)
         print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)

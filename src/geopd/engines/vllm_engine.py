@@ -364,8 +364,8 @@ class Engine:
                                "live in this process (they share its parallel groups)")
         llm, self.llm = self.llm, None
         _LIVE.remove(llm)
-        if self in _SLEEPERS:
-            _SLEEPERS.remove(self)
+        if self in _GPU_ENGINES:
+            _GPU_ENGINES.remove(self)
         if self.colocated:
             _PROCESS_TP.pop(self.role, None)
         # EngineCore.shutdown: executor and workers down, the gc.freeze() of its start-up undone,

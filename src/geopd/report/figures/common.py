@@ -50,7 +50,8 @@ def save(fig, stem: str | Path) -> list[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    out = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    # Appended, not with_suffix: a stem may hold a dot of its own (run opd-mix-0.50).
+    out = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
     for path in out:
         fig.savefig(path)
     plt.close(fig)
