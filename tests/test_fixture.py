@@ -241,12 +241,16 @@ def test_dry_run_of_the_overlay_lists_every_rule_and_prefetch_only_without_the_f
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return _job_counts(proc.stdout + proc.stderr)
 
-    every = {"prefetch", "prepare_data", "train", "diagnose", "diagnose_reference", "similarity", "evaluate",
-             "evaluate_model", "aggregate_diagnostics", "aggregate_eval", "grid_spec", "tables", "figures", "claims"}
+    # The overlay groups evaluation and diagnostics per run (job_grouping), so a run's checkpoints
+    # are one evaluate_run and one diagnose_run job (similarity included) instead of one job each.
+    every = {"prefetch", "prepare_data", "train", "diagnose_run", "diagnose_reference", "evaluate_run",
+             "evaluate_model", "run_curves", "aggregate_diagnostics", "aggregate_eval", "grid_spec", "tables",
+             "figures", "claims"}
     counts = dry_run()
     assert set(counts) == every                       # (no model is built: pretrain/finetune are miniature-only)
     assert counts == {r: row["jobs"] for r, row in summarize(build_jobs(Grid.from_files(PAPER)))["per_rule"].items()}
-    assert counts["prefetch"] == 18 and counts["prepare_data"] == 5 and counts["train"] == 26
+    # 13 hub models + 9 data sets fetched (Fig. 8's five benchmarks included), each data set prepared once.
+    assert counts["prefetch"] == 22 and counts["prepare_data"] == 9 and counts["train"] == 26
     # With the fixture where the overlay's hub_mirror points, nothing is downloaded, and the
     # prepare_data rule of every data set runs (offline) through the real loaders.
     shutil.copytree(paper_mirror, tmp_path / "results/paper-fixture/mirror")

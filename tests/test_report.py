@@ -741,6 +741,8 @@ def test_cli_end_to_end(tmp_path, mini_grid):
 
 def test_cli_bad_grid_is_a_user_error(tmp_path, capsys):
     (tmp_path / "grid.json").write_text("{}")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "accuracy.csv").write_text("run,step,benchmark,accuracy\n")  # past the results-folder check
     assert geopd_main(["report", "tables", "--results", str(tmp_path)]) == 2
     assert "grid.json: expected an object with a 'runs' mapping" in capsys.readouterr().err
 
