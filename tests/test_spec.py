@@ -190,3 +190,16 @@ def test_grid_refuses_a_key_the_method_cannot_use(repo, path, value, key):
     node[path[-1]] = value
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         Grid(config)
+
+
+def test_the_planner_models_the_evaluation_engine_at_the_share_it_starts_with():
+    """A benchmark that sets no gpu_memory_utilization: the planner's engine (Benchmark.vllm, as
+    costmodel.estimate_eval builds it) has the share geopd.evaluate.engine starts vLLM with, not
+    vLLM's own default (0.92); one that sets it keeps its own."""
+    from geopd.evaluate.engine import vllm_settings
+
+    bench = Benchmark(kind="math", data="x", samples=1, temperature=1.0, max_new_tokens=1000)
+    started = vllm_settings(bench.to_dict())["gpu_memory_utilization"]
+    assert bench.vllm(2).gpu_memory_utilization == started == 0.9
+    own = Benchmark(kind="math", data="x", samples=1, temperature=1.0, max_new_tokens=1000, gpu_memory_utilization=0.7)
+    assert own.vllm(2).gpu_memory_utilization == vllm_settings(own.to_dict())["gpu_memory_utilization"] == 0.7

@@ -38,6 +38,11 @@ REWARDS = ("math-verify", "deepscaler")     # a math record's grader (geopd.trai
 TRAINER_DTYPES = ("float32", "bfloat16")
 
 
+# An evaluation engine's share of its GPUs where a benchmark sets none: the engine has them to
+# itself (geopd.evaluate.engine starts it so, and the planner models it so).
+EVAL_GPU_MEMORY_UTILIZATION = 0.9
+
+
 class SpecError(UserError, ValueError):
     """A spec that does not hold together: a UserError for the command line, and a ValueError
     for the tensor functions that take a block directly (geopd.train.objectives.advantages)."""
@@ -603,9 +608,10 @@ class Benchmark(Spec):
     data_dir: str | None = None
 
     def vllm(self, tensor_parallel: int) -> VLLM:
-        """The evaluation engine's vLLM settings (as the planner models it)."""
-        return VLLM(tensor_parallel=tensor_parallel, gpu_memory_utilization=self.gpu_memory_utilization,
-                    dtype=self.dtype)
+        """The evaluation engine's vLLM settings (as the planner models it; geopd.evaluate.engine
+        starts it with EVAL_GPU_MEMORY_UTILIZATION where the benchmark sets no share)."""
+        util = EVAL_GPU_MEMORY_UTILIZATION if self.gpu_memory_utilization is None else self.gpu_memory_utilization
+        return VLLM(tensor_parallel=tensor_parallel, gpu_memory_utilization=util, dtype=self.dtype)
 
     def model_len(self, prompt_tokens: int) -> int:
         """The longest sequence the evaluation engine must hold (see `max_model_len`)."""

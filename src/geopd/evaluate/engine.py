@@ -16,7 +16,9 @@ most one engine (`engine_for`):
 Both paths share it: lm-eval's vLLM wrapper is built around the held engine (geopd.evaluate.harness)
 and the code kinds sample through VLLMRollout.on_engine (geopd.evaluate.generation). The engine is
 started with the trainer's processed log-probs mode (what VLLMRollout reads); lm-eval's generation
-asks for no log-probs, so the mode does not touch its results.
+asks for no log-probs, so its sampling distribution is unchanged, but on CUDA vLLM then samples
+top-k / top-p with its native sampler instead of FlashInfer's (vllm/v1/sample/ops/
+topk_topp_sampler.py), so the draws differ from an engine in the default mode.
 """
 from __future__ import annotations
 
@@ -27,20 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geopd.engines.vllm_engine import Engine, check_settings
+from geopd.spec import EVAL_GPU_MEMORY_UTILIZATION
 
 # The benchmark spec's keys that configure its engine (geopd.engines.vllm_engine.SETTINGS).
 VLLM_KEYS = ("tensor_parallel", "gpu_memory_utilization", "dtype", "max_model_len", "enforce_eager", "kv_cache_gib")
-GPU_MEMORY_UTILIZATION = 0.9  # an evaluation engine has its GPUs to itself
 # config.json fields that name the folder or the writer, not the architecture.
 CONFIG_NOISE = ("_name_or_path", "transformers_version")
 # What a tokenizer is made of in a Hugging Face folder (those present are compared).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja")
+                   "added_tokens.json", "chat_template.jinja", "tokenizer.model")
 
 
 def vllm_settings(spec: dict) -> dict:
     """A benchmark spec's vLLM engine settings (geopd.engines.vllm_engine's keys)."""
-    return {"gpu_memory_utilization": GPU_MEMORY_UTILIZATION, **{k: spec[k] for k in VLLM_KEYS if k in spec}}
+    return {"gpu_memory_utilization": EVAL_GPU_MEMORY_UTILIZATION, **{k: spec[k] for k in VLLM_KEYS if k in spec}}
 
 
 def identity(model: str | Path) -> str:
