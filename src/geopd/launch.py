@@ -143,8 +143,11 @@ def run_relaying(line: list[str]) -> int:
     previous = signal.signal(RELAYED, signal.SIG_IGN)  # inherited across fork and exec
     try:
         child = subprocess.Popen(line)
-    finally:
+    except BaseException:
         signal.signal(RELAYED, previous)
+        raise
+    # Ignored until `relay` is installed below, never back to the default action in between: a
+    # USR1 then would end this launcher and leave torchrun running.
 
     def relay(signum, frame):
         for pid in [child.pid, *descendants(child.pid)]:
