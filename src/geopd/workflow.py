@@ -154,7 +154,8 @@ def geopd_commands(grid: Grid, workdir: str | os.PathLike) -> dict[str, str]:
 
 def check_environments(grid: Grid, workdir: str | os.PathLike, rules: set[str]) -> None:
     """Before anything is submitted: the GPU environment exists if a job of `rules` needs it."""
-    needed = sorted(r for r in rules if grid.RESOURCE_CLASS.get(r, r) in gpu_classes(grid))
+    gpu = gpu_classes(grid)
+    needed = sorted(r for r in rules if grid.RESOURCE_CLASS.get(r, r) in gpu)
     if not needed:
         return
     geopd = gpu_environment(grid, workdir) / "bin" / "geopd"

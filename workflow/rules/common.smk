@@ -12,6 +12,7 @@ from pathlib import Path
 from geopd.config import mask_alphas
 from geopd.errors import UserError
 from geopd.grid import Grid
+from geopd.grid.checks import refuse
 from geopd.spec import spec_json
 from geopd.paths import Layout, samples_file, summary_file
 from geopd.plan import evaluation_spec, refusals
@@ -30,9 +31,7 @@ try:
     if workflow.is_main_process:
         for line in G.changes:
             print(f"warning: {line}", file=sys.stderr)
-    found = refusals(G)
-    if found:
-        raise UserError(f"{len(found)} problem(s) in {', '.join(G.sources)}:\n  " + "\n  ".join(found))
+    refuse(refusals(G), ", ".join(G.sources))
 except UserError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(2)

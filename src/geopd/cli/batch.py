@@ -87,4 +87,5 @@ def main(args: argparse.Namespace) -> int:
         return 0
     finally:
         for name in dict.fromkeys(argv[0] for argv in commands):
-            close_command(importlib.import_module(module_of(name)))
+            if (module := sys.modules.get(module_of(name))) is not None:  # a kind that never ran holds nothing
+                close_command(module)

@@ -25,7 +25,7 @@ import torch
 from geopd.engines.ranks import on_rank0, writer
 from geopd.errors import UserError
 from geopd.io.publish import verify_checkpoint, write_atomically
-from geopd.io.tensors import INDEX, SINGLE, read_header
+from geopd.io.tensors import INDEX, SINGLE, hub_offline, read_header
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
@@ -177,13 +177,6 @@ def _resolve(source: str | os.PathLike, what: str, verify: bool, allow_foreign: 
     return text, False
 
 
-def _offline() -> bool:
-    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import, so a value set
-    # later (a test, a launcher) would otherwise be ignored and every lookup would wait on
-    # network timeouts.
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
 def _hub_unreachable(source: str, exc: Exception) -> UserError:
     return UserError(f"model {source} not found locally and the hub is unreachable "
                      f"(or has no such model): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -198,7 +191,7 @@ def load_model(source: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
     where, local = _resolve(source, "model", verify, allow_foreign)
     try:
         with _quiet_loading():
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=_offline())
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=hub_offline())
     except (OSError, ValueError) as exc:
         if local:
             raise UserError(f"model {where}: cannot be loaded ({type(exc).__name__}: {exc})") from None
@@ -270,7 +263,7 @@ def _hub_snapshot(repo_id: str) -> Path:
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"],
-                                      local_files_only=_offline()))
+                                      local_files_only=hub_offline()))
     except Exception as exc:  # network, missing repo, no local copy offline
         raise _hub_unreachable(repo_id, exc) from None
 
@@ -280,7 +273,7 @@ def load_tokenizer(source: str | os.PathLike, *, verify: bool = True, allow_fore
 
     where, local = _resolve(source, "tokenizer of", verify, allow_foreign)
     try:
-        return AutoTokenizer.from_pretrained(where, local_files_only=_offline())
+        return AutoTokenizer.from_pretrained(where, local_files_only=hub_offline())
     except (OSError, ValueError) as exc:
         if local:
             raise UserError(f"tokenizer of {where}: cannot be loaded ({type(exc).__name__}: {exc})") from None

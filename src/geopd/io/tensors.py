@@ -110,6 +110,13 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     return out
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read at call time: huggingface_hub reads it once, at import, so a value set
+    later (a test, a launcher) would otherwise be ignored and every lookup would wait on network
+    timeouts."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
 def resolve_source(source: str) -> Path:
     """A local folder or .safetensors file as is; otherwise a hub id downloaded (or found in the
     local hub cache) with huggingface_hub."""
@@ -121,7 +128,7 @@ def resolve_source(source: str) -> Path:
     # (results/step-5 mistyped is no repo "results" on the hub).
     if source.startswith(("/", ".", "~")) or not _HUB_ID.match(source) or Path(repo_id).parent.is_dir():
         raise UserError(f"{source}: no such file or folder")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    offline = hub_offline()
     try:
         from huggingface_hub import snapshot_download
 
